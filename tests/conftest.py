@@ -9,7 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-MOVIELENS_100K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "movielens-100k"
+MOVIELENS_100K = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "movielens-100k"
+)
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from recsampled._validation import check_positive_int
 from recsampled.losses.sampled_softmax import Weights, _as_labels, _as_shards, _check_shapes
 
 
-def full_logits(weights: Weights, biases: Weights, inputs: tf.Tensor, num_classes: int) -> tf.Tensor:
+def full_logits(
+    weights: Weights, biases: Weights, inputs: tf.Tensor, num_classes: int
+) -> tf.Tensor:
     """``[batch_size, num_classes]`` logits ``inputs · weightsᵀ + biases`` over every class.
 
     Args:

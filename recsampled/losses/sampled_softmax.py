@@ -24,20 +24,23 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from recsampled._validation import check_positive_int, received
+from recsampled._validation import check_num_sampled, check_positive_int, received
 from recsampled.samplers.base import SampledValues, as_true_classes, check_ids_in_range
-from recsampled.samplers.log_uniform import LogUniformSampler
 
 _LOWEST = float(np.finfo(np.float32).min)  # -FLT_MAX, what TF adds to accidental hits
 
 Weights = tf.Tensor | tf.Variable | Sequence[tf.Tensor | tf.Variable]
 
 
+def _as_tensor(value: object) -> tf.Tensor | tf.Variable:
+    return value if isinstance(value, tf.Variable) else tf.convert_to_tensor(value)
+
+
 def _as_shards(weights: Weights) -> list:
     if isinstance(weights, tf.Tensor | tf.Variable | np.ndarray):
-        return [weights]
-    if isinstance(weights, Sequence) and len(weights) > 0:
-        return list(weights)
+        return [_as_tensor(weights)]
+    if isinstance(weights, Sequence) and len(weights) > 0 and not isinstance(weights, str):
+        return [_as_tensor(w) for w in weights]
     raise ValueError(
         "`weights` must be a [num_classes, dim] tensor or variable, or a non-empty list of "
         f"shards partitioned by 'div'. {received('weights', weights)}"
@@ -108,7 +111,9 @@ def _as_labels(labels: tf.Tensor, num_true: int, num_classes: int) -> tf.Tensor:
             f"`labels` must have shape [batch_size, num_true={num_true}]. "
             f"Received: labels with shape {tensor.shape}."
         )
-    return as_true_classes(tensor, num_classes)
+    tensor = as_true_classes(tensor)
+    check_ids_in_range("labels", tensor, num_classes)
+    return tensor
 
 
 def _as_sampled_values(
@@ -132,9 +137,7 @@ def _as_sampled_values(
             f"`sampled_values[0]` (sampled_candidates) must have shape [num_sampled={num_sampled}]"
             f" or [batch_size, {num_sampled}]. Received: shape {candidates.shape}."
         )
-    if candidates.shape.rank == 2 and not candidates.shape[:1].is_compatible_with(
-        labels.shape[:1]
-    ):
+    if candidates.shape.rank == 2 and not candidates.shape[:1].is_compatible_with(labels.shape[:1]):
         raise ValueError(
             "Per-example `sampled_values[0]` must have one row per example. Received: "
             f"sampled_candidates with shape {candidates.shape}, labels with shape {labels.shape}."
@@ -176,7 +179,7 @@ def sampled_logits(
         num_classes: N.
         num_true: labels per example.
         sampled_values: a sampler's triple; shared ``[S]`` or per-example ``[batch_size, S]``.
-            If None, ``LogUniformSampler(num_classes)`` draws ``S`` unique ids, as in TF.
+            If None, TF's ``log_uniform_candidate_sampler`` draws ``S`` unique ids, as in TF.
         subtract_log_q: subtract ``log(expected_count)`` from every logit.
         remove_accidental_hits: add ``-FLT_MAX`` to sampled logits equal to a label of the row.
         seed: seed of the default sampler.
@@ -195,9 +198,10 @@ def sampled_logits(
     labels = _as_labels(labels, num_true, num_classes)
     shards = _as_shards(weights)
     _check_shapes(shards, biases, inputs, labels, num_classes)
-    if sampled_values is None:
-        sampled_values = LogUniformSampler(num_classes).sample(
-            labels, num_sampled, unique=True, seed=seed
+    if sampled_values is None:  # TF's own default, so that equal seeds give equal numbers
+        check_num_sampled(num_sampled, num_classes, unique=True)
+        sampled_values = tf.random.log_uniform_candidate_sampler(
+            labels, num_true, num_sampled, unique=True, range_max=num_classes, seed=seed
         )
     sampled, true_count, sampled_count = _as_sampled_values(sampled_values, num_sampled, labels)
     check_ids_in_range("sampled_values[0]", sampled, num_classes)

@@ -6,13 +6,19 @@ sampled_expected_count)`` triple and the probability of any id.
 - :class:`UnigramSampler`: item counts raised to a ``distortion``.
 """
 
-from recsampled.samplers.base import CandidateSampler, SampledValues, expected_count
+from recsampled.samplers.base import (
+    CandidateSampler,
+    InverseTransformSampler,
+    SampledValues,
+    expected_count,
+)
 from recsampled.samplers.log_uniform import LogUniformSampler
 from recsampled.samplers.uniform import UniformSampler
 from recsampled.samplers.unigram import UnigramSampler
 
 __all__ = [
     "CandidateSampler",
+    "InverseTransformSampler",
     "LogUniformSampler",
     "SampledValues",
     "UniformSampler",

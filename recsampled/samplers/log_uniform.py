@@ -1,8 +1,9 @@
-"""Log-uniform (Zipfian) candidate sampler, drawn by TF's ``log_uniform_candidate_sampler``.
+"""Log-uniform (Zipfian) candidate sampler, the default of ``tf.nn.sampled_softmax_loss``.
 
 ``P(k) = log((k + 2) / (k + 1)) / log(N + 1)`` for ``k`` in ``[0, N)``: it assumes ids are sorted
-by decreasing frequency, which is how ``recsampled.data`` orders its vocabularies. This is the
-default sampler of ``tf.nn.sampled_softmax_loss``.
+by decreasing frequency, which is how ``recsampled.data`` orders its vocabularies. Inverse
+transform: ``k = floor(exp(u · log(N + 1))) - 1`` for ``u`` uniform in ``[0, 1)``, since
+``P(k' <= k) = log(k + 2) / log(N + 1)``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import math
 
 import tensorflow as tf
 
-from recsampled.samplers.base import CandidateSampler, SampledValues
+from recsampled.samplers.base import InverseTransformSampler
 
 
-class LogUniformSampler(CandidateSampler):
+class LogUniformSampler(InverseTransformSampler):
     """Draws class ``k`` with probability ``log((k+2)/(k+1)) / log(N+1)``.
 
     Example:
@@ -28,16 +29,6 @@ class LogUniformSampler(CandidateSampler):
         p = tf.math.log1p(1.0 / (k + 1.0)) / math.log(self.num_classes + 1.0)
         return tf.cast(p, tf.float32)
 
-    def _sample(
-        self, true_classes: tf.Tensor, num_sampled: int, unique: bool, seed: int | None
-    ) -> SampledValues:
-        return SampledValues(
-            *tf.random.log_uniform_candidate_sampler(
-                true_classes=true_classes,
-                num_true=int(true_classes.shape[1]),
-                num_sampled=num_sampled,
-                unique=unique,
-                range_max=self.num_classes,
-                seed=seed,
-            )
-        )
+    def _from_uniform(self, u: tf.Tensor) -> tf.Tensor:
+        ids = tf.cast(tf.floor(tf.exp(u * math.log(self.num_classes + 1.0))), tf.int64) - 1
+        return tf.clip_by_value(ids, 0, self.num_classes - 1)

@@ -1,13 +1,14 @@
-"""Uniform candidate sampler: ``P(k) = 1 / N``, drawn by TF's ``uniform_candidate_sampler``."""
+"""Uniform candidate sampler: ``P(k) = 1 / N`` (the distribution of TF's
+``uniform_candidate_sampler``)."""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from recsampled.samplers.base import CandidateSampler, SampledValues
+from recsampled.samplers.base import InverseTransformSampler
 
 
-class UniformSampler(CandidateSampler):
+class UniformSampler(InverseTransformSampler):
     """Draws every class with the same probability ``1 / num_classes``.
 
     Example:
@@ -21,16 +22,6 @@ class UniformSampler(CandidateSampler):
         ids = tf.convert_to_tensor(ids)
         return tf.fill(tf.shape(ids), tf.constant(1.0 / self.num_classes, tf.float32))
 
-    def _sample(
-        self, true_classes: tf.Tensor, num_sampled: int, unique: bool, seed: int | None
-    ) -> SampledValues:
-        return SampledValues(
-            *tf.random.uniform_candidate_sampler(
-                true_classes=true_classes,
-                num_true=int(true_classes.shape[1]),
-                num_sampled=num_sampled,
-                unique=unique,
-                range_max=self.num_classes,
-                seed=seed,
-            )
-        )
+    def _from_uniform(self, u: tf.Tensor) -> tf.Tensor:
+        ids = tf.cast(tf.floor(u * self.num_classes), tf.int64)
+        return tf.minimum(ids, self.num_classes - 1)

@@ -1,15 +1,14 @@
 """Unigram (popularity) candidate sampler with distortion.
 
-``P(k) = c_k^d / Σ_j c_j^d`` for item counts ``c`` and distortion ``d``, the distribution of TF's
-``fixed_unigram_candidate_sampler``: ``d = 1`` is the unigram (popularity) distribution, ``d = 0.75``
-is word2vec's choice and ``d = 0`` is uniform over all ids (``0^0 = 1``, so zero counts included).
+``P(k) = c_k^d / Σ_j c_j^d`` for item counts ``c`` and distortion ``d``, the distribution of
+TF's ``fixed_unigram_candidate_sampler``: ``d = 1`` is the unigram (popularity) distribution,
+``d = 0.75`` is word2vec's choice and ``d = 0`` is uniform over all ids (``0^0 = 1``, so zero
+counts included).
 
 Why not TF's op: ``fixed_unigram_candidate_sampler`` takes the counts as an op *attribute*; at
 10^7 classes building that op took 104 s here (the attribute is serialised into the graph), so we
 draw by inverse-CDF instead: one ``cumsum`` at construction (O(N)), then ``searchsorted`` per draw
-(O(S log N)). ``unique=True`` follows TF's semantics exactly: draw with replacement, keep the
-first ``num_sampled`` distinct ids, and report expected counts from ``num_tries``, the number of
-draws it took (``recsampled.samplers.base``).
+(O(S log N)). ``unique=True`` rejects repeats as TF does (``recsampled.samplers.base``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsampled._validation import check_non_negative_float, received
-from recsampled.samplers.base import CandidateSampler, SampledValues, expected_count
+from recsampled.samplers.base import InverseTransformSampler
 
 
 def _as_counts(counts: object) -> np.ndarray:
@@ -42,7 +41,7 @@ def _as_counts(counts: object) -> np.ndarray:
     return array
 
 
-class UnigramSampler(CandidateSampler):
+class UnigramSampler(InverseTransformSampler):
     """Draws class ``k`` with probability proportional to ``counts[k] ** distortion``.
 
     Args:
@@ -85,48 +84,9 @@ class UnigramSampler(CandidateSampler):
     def probability(self, ids: tf.Tensor) -> tf.Tensor:
         return tf.gather(self._probs, tf.convert_to_tensor(ids))
 
-    def _draw(self, n: tf.Tensor | int, seed: int | None) -> tf.Tensor:
-        """``[n]`` int64 ids drawn with replacement."""
-        u = tf.random.uniform(tf.reshape(n, [1]), dtype=tf.float64, seed=seed)
+    def _from_uniform(self, u: tf.Tensor) -> tf.Tensor:
         ids = tf.searchsorted(self._cdf, u, side="right", out_type=tf.int64)
         return tf.minimum(ids, self.num_classes - 1)
-
-    def _sample(
-        self, true_classes: tf.Tensor, num_sampled: int, unique: bool, seed: int | None
-    ) -> SampledValues:
-        if unique:
-            sampled, num_tries = self._draw_unique(num_sampled, seed)
-        else:
-            sampled, num_tries = self._draw(num_sampled, seed), tf.constant(num_sampled, tf.int64)
-        return SampledValues(
-            sampled_candidates=sampled,
-            true_expected_count=expected_count(
-                self.probability(true_classes), num_tries, num_sampled
-            ),
-            sampled_expected_count=expected_count(self.probability(sampled), num_tries, num_sampled),
-        )
-
-    def _draw_unique(self, num_sampled: int, seed: int | None) -> tuple[tf.Tensor, tf.Tensor]:
-        """First ``num_sampled`` distinct ids of a stream of draws, and the draws it took."""
-
-        def missing(ids: tf.Tensor) -> tf.Tensor:
-            return tf.size(tf.unique(ids).y) < num_sampled
-
-        def draw_more(ids: tf.Tensor) -> tuple[tf.Tensor]:
-            # Double the stream: rejection sampling needs few rounds even for skewed counts.
-            return (tf.concat([ids, self._draw(tf.size(ids), seed)], axis=0),)
-
-        (stream,) = tf.while_loop(
-            missing,
-            draw_more,
-            (self._draw(num_sampled, seed),),
-            shape_invariants=(tf.TensorShape([None]),),
-        )
-        distinct, index = tf.unique(stream, out_idx=tf.int64)
-        positions = tf.range(tf.size(stream, out_type=tf.int64))
-        first_seen = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
-        sampled = tf.ensure_shape(distinct[:num_sampled], [num_sampled])
-        return sampled, first_seen[num_sampled - 1] + 1
 
     def get_config(self) -> dict:
         return {"num_classes": self.num_classes, "distortion": self.distortion}

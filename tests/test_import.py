@@ -1,0 +1,46 @@
+"""``import recsampled`` selects Keras 2 by itself, and fails early when that is impossible."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    environ |= {"TF_CPP_MIN_LOG_LEVEL": "3"} | env
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=300
+    )
+
+
+def test_fresh_interpreter_gets_keras_2():
+    result = _run(
+        "import recsampled, tensorflow as tf, tensorflow_recommenders as tfrs; "
+        "print(tf.keras.__name__)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("tf_keras")
+
+
+def test_tensorflow_imported_first_still_works_if_keras_not_touched():
+    result = _run("import tensorflow as tf; import recsampled; print(tf.keras.__name__)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("tf_keras")
+
+
+@pytest.mark.parametrize(
+    ("code", "env", "message"),
+    [
+        ("import tensorflow as tf; tf.keras.layers; import recsampled", {}, "Keras 3"),
+        ("import recsampled", {"TF_USE_LEGACY_KERAS": "0"}, "TF_USE_LEGACY_KERAS is set to '0'"),
+    ],
+)
+def test_import_error_says_what_to_do(code, env, message):
+    result = _run(code, **env)
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and message in result.stderr
+    assert "TF_USE_LEGACY_KERAS" in result.stderr
