@@ -1,0 +1,139 @@
+"""The one exception for bad input data, and the record of one rejected row.
+
+Every message names the source (the file as the caller spelled it), the place (the 1-based line of
+a text file, header included, or the 1-based row of a Parquet file or an in-memory table), the
+column, the value read and what was expected:
+
+    ratings.csv, line 17, column 'rating': expected a finite number, got 'abc'.
+
+For missing columns, :func:`missing_columns_error` suggests close names and, when the header did
+not split, the delimiter that would split it (:func:`sniff_delimiter`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+_MAX_SHOWN = 80
+_SNIFFED = (",", "\t", ";", "|", "::", " ")
+
+
+def show_value(value: str) -> str:
+    """Quotes a value read from a file for a message, shortened to 80 characters."""
+    if len(value) > _MAX_SHOWN:
+        return repr(value[:_MAX_SHOWN]) + "..."
+    return repr(value)
+
+
+class BadRow(NamedTuple):
+    """One row rejected by a loader.
+
+    Attributes:
+        row: 1-based data row (the header is not a row; blank lines and malformed lines are).
+        line: 1-based physical line of a text file (the header is line 1), or ``None`` for
+            Parquet files and in-memory tables, which have rows but no lines.
+        column: the offending column, or ``None`` when the row as a whole is malformed (wrong
+            number of fields).
+        value: the offending text as read (the whole line when ``column`` is ``None``).
+        expected: what was expected instead, e.g. ``"a finite number"``.
+    """
+
+    row: int
+    line: int | None
+    column: str | None
+    value: str
+    expected: str
+
+    def describe(self, source: str) -> str:
+        """One sentence naming the source, line (or row), column, value and expectation."""
+        where = f"line {self.line}" if self.line is not None else f"row {self.row}"
+        column = f", column {self.column!r}" if self.column is not None else ""
+        return f"{source}, {where}{column}: expected {self.expected}, got {show_value(self.value)}."
+
+
+class DataError(ValueError):
+    """Input data that cannot be read as an interaction log.
+
+    Attributes:
+        source: the file (as passed by the caller) or ``"<table>"`` for an in-memory table.
+        bad_row: the first offending row, when the problem is a row; else ``None``.
+    """
+
+    def __init__(self, message: str, *, source: str, bad_row: BadRow | None = None):
+        super().__init__(message)
+        self.source = source
+        self.bad_row = bad_row
+
+    @classmethod
+    def from_bad_rows(cls, source: str, bad_rows: Sequence[BadRow], total: int) -> DataError:
+        """The error for ``on_bad_rows="error"``: the first bad row, and how many there are."""
+        first = bad_rows[0]
+        more = (
+            f" {total} bad rows in all; the first ones: "
+            + "; ".join(
+                f"line {b.line}" if b.line is not None else f"row {b.row}" for b in bad_rows
+            )
+            + "."
+            if total > 1
+            else ""
+        )
+        return cls(
+            f"{first.describe(source)}{more} Fix the data, or pass on_bad_rows='skip' to drop bad "
+            "rows (they are counted in the load report, with examples).",
+            source=source,
+            bad_row=first,
+        )
+
+
+def missing_columns_error(
+    source: str,
+    found: Sequence[str],
+    columns: Mapping[str, str],
+    *,
+    where: str,
+    first_line: str | None = None,
+    delimiter: str | None = None,
+) -> DataError | None:
+    """The error for required columns absent from ``found``, with suggestions; None if none."""
+    missing = [(role, name) for role, name in columns.items() if name not in found]
+    if not missing:
+        return None
+    guess = None
+    if first_line is not None and delimiter is not None and len(found) == 1:
+        guess = sniff_delimiter(first_line, delimiter)
+    parts = []
+    for role, name in missing:
+        close = [] if guess else difflib.get_close_matches(name, found, n=1, cutoff=0.6)
+        close += [f for f in found if f.lower() == name.lower()]
+        hint = f" (did you mean {close[-1]!r}?)" if close else ""
+        parts.append(f"{role}_col={name!r}{hint}")
+    message = (
+        f"{source}, {where}: expected columns {list(columns.values())}; not found: "
+        f"{', '.join(parts)}. Found {len(found)} columns: {list(found)[:20]}."
+    )
+    if guess is not None:
+        message += (
+            f" The line has no {delimiter!r} but splits on {guess!r}: pass delimiter={guess!r}."
+        )
+    if list(found) == ["userId", "movieId", "rating", "timestamp"]:
+        message += " This is a MovieLens ratings.csv: pass format='movielens-latest'."
+    elif found and all(_looks_numeric(f) for f in found):
+        message += " The first line looks like data: if the file has no header, pass column_names."
+    return DataError(message, source=source)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def sniff_delimiter(line: str, used: str) -> str | None:
+    """The delimiter, other than ``used``, that splits ``line`` into the most fields."""
+    counts = {d: len(line.split(d)) for d in _SNIFFED if d != used and d not in used}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > 1 else None
