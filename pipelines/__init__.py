@@ -1,0 +1,1 @@
+"""Pipelines: plain functions and scripts that compose recsampled (recipes, benchmarks)."""
