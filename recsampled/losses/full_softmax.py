@@ -11,7 +11,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 from recsampled._validation import check_positive_int
-from recsampled.losses.sampled_softmax import Weights, _as_labels, _as_shards, _check_shapes
+from recsampled.losses.sampled_softmax import (
+    Weights,
+    _as_labels,
+    _as_shards,
+    _check_shapes,
+    lookup,
+)
 
 
 def full_logits(
@@ -69,5 +75,9 @@ def full_softmax_loss(
         labels = _as_labels(labels, num_true, num_classes)
         _check_shapes(_as_shards(weights), biases, inputs, labels, num_classes)
         logits = full_logits(weights, biases, inputs, num_classes)
-        true_logits = tf.gather(logits, labels, batch_dims=1)  # [B, T]
+        # [B, T] label logits as row-wise dot products: gathering them from `logits` would give
+        # a dense [B, N] gradient (2x slower and twice the memory at N = 10^6).
+        true_w = tf.cast(lookup(weights, labels), inputs.dtype)  # [B, T, D]
+        true_b = tf.cast(lookup(biases, labels), inputs.dtype)  # [B, T]
+        true_logits = tf.reduce_sum(inputs[:, tf.newaxis, :] * true_w, axis=-1) + true_b
         return tf.reduce_logsumexp(logits, axis=1) - tf.reduce_mean(true_logits, axis=1)

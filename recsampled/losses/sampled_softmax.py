@@ -219,14 +219,17 @@ def sampled_logits(
     if per_example:
         # [B, S]: each example against its own candidates.
         sampled_logits_ = tf.einsum("bd,bsd->bs", inputs, sampled_w) + sampled_b
-        hits = tf.equal(labels[:, :, tf.newaxis], sampled[:, tf.newaxis, :])
+        candidates = sampled[:, tf.newaxis, :]  # [B, 1, S]
     else:
         # [B, S]: every example against the shared candidates.
         sampled_logits_ = tf.matmul(inputs, sampled_w, transpose_b=True) + sampled_b
-        hits = tf.equal(labels[:, :, tf.newaxis], sampled[tf.newaxis, tf.newaxis, :])
+        candidates = sampled[tf.newaxis, tf.newaxis, :]  # [1, 1, S]
 
     if remove_accidental_hits:
-        hits = tf.reduce_any(hits, axis=1)  # [B, S]
+        if num_true == 1:
+            hits = tf.equal(labels, candidates[:, 0, :])  # [B, S]
+        else:
+            hits = tf.reduce_any(tf.equal(labels[:, :, tf.newaxis], candidates), axis=1)
         sampled_logits_ += tf.where(
             hits, tf.constant(_LOWEST, inputs.dtype), tf.constant(0.0, inputs.dtype)
         )
