@@ -1,0 +1,460 @@
+"""A retrieval task with the call signature of ``tfrs.tasks.Retrieval``, plus logQ from item
+frequencies and negatives drawn from the whole catalogue (mixed negative sampling).
+
+**Scores.** For queries ``u_1..u_B`` and candidate columns ``j`` (the ``B_c >= B`` in-batch rows of
+``candidate_embeddings``, whose first ``B`` rows are the positives, then ``S`` items drawn from
+the catalogue by ``sampler``)::
+
+    o_rj = u_r·v_j / τ - log q(i_j)           i_j the item id of column j
+
+followed, as in TFRS, by accidental-hit removal, ``score_mask``, hard-negative mining, and the
+categorical cross-entropy against the label column ``j = r`` (SUM over rows, ``sample_weight``).
+
+**The correction.** ``q(i)`` is the probability that item ``i`` is among the candidates of a step
+(Bengio & Senécal, 2008; TF's ``candidate_sampling.pdf``: ``Q(y|x)``, the probability of ``y`` in
+the set of sampled classes). Two independent sources put items there:
+
+- the batch, with inclusion probability ``π_b(i)``: ``candidate_sampling_probability`` for the
+  in-batch columns (as in TFRS), or ``candidate_frequency.probability(i)`` for any id, from
+  counts (``1 - (1 - p_i)^B``) or the streaming estimator of Yi et al. (2019);
+- the catalogue sampler, ``S`` unique draws, with expected count ``Q_c(i)`` (TF's ``unique=True``
+  expected count ``1 - (1 - P(i))^num_tries``, itself an inclusion probability).
+
+An item is among the candidates if either source puts it there, so under independence::
+
+    q(i) = 1 - (1 - π_b(i))·(1 - Q_c(i)) = π_b(i) + Q_c(i) - π_b(i)·Q_c(i)
+
+used for *every* column, in-batch or sampled, positive or negative (the positive's own logit is
+corrected too, as in Yi et al. 2019, TFRS and TF's sampled softmax). Yang et al. (WWW 2020,
+"Mixed Negative Sampling for Learning Two-tower Neural Networks in Recommendations") correct by
+the mixture of the two proposals, the sum of expected counts ``π_b + Q_c``; the two agree when
+both are small and differ for items both sources include almost surely, where the sum would count
+the item twice (``q → 2``) although it is one column. TFRS issue #635 asks exactly this question
+and is open. Conventions:
+
+- A source that is off contributes 0: ``Q_c = 0`` without catalogue sampling, so ``q = π_b``
+  and the task is ``tfrs.tasks.Retrieval``; ``π_b = 0`` with ``in_batch_negatives=False``, so
+  ``q = Q_c`` and the task is TF's sampled softmax over the candidate tower.
+- ``π_b`` of a sampled item is ``candidate_frequency.probability``; with only a
+  ``candidate_sampling_probability`` tensor it is unknown and taken as 0 (``q = Q_c``).
+- With no probability known at all (no frequency, no tensor, no sampler) no correction applies.
+- ``q`` is clipped to ``[1e-6, 1]`` by TFRS's ``SamplingProbablityCorrection``.
+
+**One column per item.** ``q`` is the probability of a *set* membership, so each distinct item
+must be one negative column: when the task knows the ids (``candidate_frequency``, ``num_sampled
+> 0`` or ``in_batch_negatives=False``) a column whose id already appeared in an earlier column is
+masked for every row but its own (it stays the label of its row). A sampled item that is also in
+the batch is therefore never a second negative, and repeats of a popular item within the batch
+count once. Positives never act as negatives: accidental hits (a column with the row's positive
+id, other than the label) are removed over both sources, which is why ``remove_accidental_hits``
+must be True in that mode. Masked logits get TFRS's ``MIN_FLOAT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import tensorflow as tf
+from tensorflow_recommenders import layers as tfrs_layers
+from tensorflow_recommenders import metrics as tfrs_metrics
+from tensorflow_recommenders.tasks import base
+
+from recsampled._validation import check_num_sampled, check_optional_seed, received
+from recsampled.samplers.base import CandidateSampler, SampledValues
+
+MIN_FLOAT = tfrs_layers.loss.MIN_FLOAT
+
+
+class CandidateFrequency(Protocol):
+    """What the task needs of an in-batch probability source (``recsampled.samplers.frequency``)."""
+
+    def update(self, ids: tf.Tensor) -> object:
+        """Records the items of one training batch."""
+
+    def probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """Probability that each id is in a batch, shaped like ``ids``."""
+
+
+def _check_optional_positive_float(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"`{name}` must be None or a number > 0. {received(name, value)}")
+    return float(value)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool. {received(name, value)}")
+    return value
+
+
+def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
+    """``[num_columns]`` bool: whether an earlier column holds the same id.
+
+    Example:
+        >>> repeated_columns(tf.constant([7, 3, 7, 7, 5])).numpy()
+        array([False, False,  True,  True, False])
+    """
+    distinct, index = tf.unique(ids, out_idx=tf.int32)
+    positions = tf.range(tf.size(ids))
+    first = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
+    return tf.gather(first, index) < positions
+
+
+class Retrieval(tf.keras.layers.Layer, base.Task):
+    """Retrieval task: ``tfrs.tasks.Retrieval`` plus frequency-based logQ and catalogue negatives.
+
+    The first eight arguments, and every argument of :meth:`call` but ``training``, are those of
+    ``tfrs.tasks.Retrieval``, with the same meaning; with none of the keyword-only arguments set,
+    the loss is TFRS's (tested to 1e-6). See the module docstring for the math.
+
+    Args:
+        loss: loss on ``(labels, scores)``; default categorical cross-entropy from logits with
+            SUM reduction, as in TFRS.
+        metrics: ``tfrs.metrics.Factorized`` metric(s) over the whole corpus.
+        batch_metrics: Keras metrics on ``(labels, scores)`` of the batch.
+        loss_metrics: Keras metrics of the loss value.
+        temperature: τ, scores are divided by it.
+        num_hard_negatives: keep only the hardest negatives per row (TFRS's semantics).
+        remove_accidental_hits: mask columns holding the row's positive id (needs
+            ``candidate_ids``); must be True when any keyword-only option below is set.
+        name: layer name.
+        candidate_frequency: source of ``π_b`` for any id, updated with the batch's positive ids
+            on every training call: :class:`recsampled.samplers.frequency.FixedFrequency` or
+            :class:`recsampled.samplers.frequency.FrequencyEstimator`.
+        sampler: catalogue sampler over ids ``[0, sampler.num_classes)`` (any
+            :class:`recsampled.samplers.CandidateSampler`); draws ``num_sampled`` unique ids per
+            step, shared by the batch.
+        num_sampled: S, catalogue negatives per step; 0 turns catalogue sampling off.
+        candidate_model: maps ``[S]`` int ids to ``[S, embedding_dim]`` embeddings: the candidate
+            tower, or any embedding function over ids. Needed when ``num_sampled > 0``.
+        in_batch_negatives: whether the other rows' candidates are negatives. False (with
+            ``num_sampled > 0``) gives the sampled softmax: positive plus catalogue negatives.
+        seed: op-level seed of the sampler.
+
+    Example:
+        >>> from recsampled.samplers import UniformSampler
+        >>> from recsampled.samplers.frequency import FixedFrequency
+        >>> items = tf.keras.layers.Embedding(100, 8)
+        >>> task = Retrieval(
+        ...     remove_accidental_hits=True,
+        ...     candidate_frequency=FixedFrequency(counts=tf.range(100, 0, -1), batch_size=4),
+        ...     sampler=UniformSampler(num_classes=100), num_sampled=16, candidate_model=items)
+        >>> ids = tf.constant([3, 1, 4, 1])
+        >>> task(tf.random.normal([4, 8]), items(ids), candidate_ids=ids).shape
+        TensorShape([])
+    """
+
+    def __init__(
+        self,
+        loss: tf.keras.losses.Loss | None = None,
+        metrics: Sequence[tfrs_metrics.Factorized] | tfrs_metrics.Factorized | None = None,
+        batch_metrics: list[tf.keras.metrics.Metric] | None = None,
+        loss_metrics: list[tf.keras.metrics.Metric] | None = None,
+        temperature: float | None = None,
+        num_hard_negatives: int | None = None,
+        remove_accidental_hits: bool = False,
+        name: str | None = None,
+        *,
+        candidate_frequency: CandidateFrequency | None = None,
+        sampler: CandidateSampler | None = None,
+        num_sampled: int = 0,
+        candidate_model: Callable[[tf.Tensor], tf.Tensor] | None = None,
+        in_batch_negatives: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self._loss = (
+            loss
+            if loss is not None
+            else tf.keras.losses.CategoricalCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM
+            )
+        )
+        self.factorized_metrics = metrics if metrics is not None else []
+        self._batch_metrics = batch_metrics or []
+        self._loss_metrics = loss_metrics or []
+        self._temperature = _check_optional_positive_float("temperature", temperature)
+        self._num_hard_negatives = num_hard_negatives
+        self._remove_accidental_hits = _check_bool("remove_accidental_hits", remove_accidental_hits)
+        self._in_batch_negatives = _check_bool("in_batch_negatives", in_batch_negatives)
+        self._seed = check_optional_seed("seed", seed)
+        if candidate_frequency is not None and not (
+            callable(getattr(candidate_frequency, "update", None))
+            and callable(getattr(candidate_frequency, "probability", None))
+        ):
+            raise ValueError(
+                "`candidate_frequency` must have `update(ids)` and `probability(ids)` methods, "
+                "like FixedFrequency or FrequencyEstimator. "
+                f"{received('candidate_frequency', candidate_frequency)}"
+            )
+        self.candidate_frequency = candidate_frequency
+        self._num_sampled = self._check_catalogue(sampler, num_sampled, candidate_model)
+        self.sampler = sampler
+        self.candidate_model = candidate_model
+        self._by_id = (
+            candidate_frequency is not None or self._num_sampled > 0 or not in_batch_negatives
+        )
+        if self._by_id and not self._remove_accidental_hits:
+            raise ValueError(
+                "`remove_accidental_hits` must be True with `candidate_frequency`, "
+                "`num_sampled` > 0 or `in_batch_negatives=False`: the task then treats every "
+                "item id as one column, and a positive must never act as a negative. "
+                "Received: remove_accidental_hits=False."
+            )
+        self._correction = tfrs_layers.loss.SamplingProbablityCorrection()
+        self._accidental_hits = tfrs_layers.loss.RemoveAccidentalHits()
+        self._hard_negatives = (
+            tfrs_layers.loss.HardNegativeMining(num_hard_negatives)
+            if num_hard_negatives is not None
+            else None
+        )
+
+    def _check_catalogue(
+        self,
+        sampler: CandidateSampler | None,
+        num_sampled: object,
+        candidate_model: Callable[[tf.Tensor], tf.Tensor] | None,
+    ) -> int:
+        if isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 0:
+            raise ValueError(
+                f"`num_sampled` must be an integer >= 0. {received('num_sampled', num_sampled)}"
+            )
+        if num_sampled == 0:
+            if not self._in_batch_negatives:
+                raise ValueError(
+                    "`num_sampled` must be > 0 when `in_batch_negatives=False` (there would be "
+                    "no negatives). Received: num_sampled=0."
+                )
+            return 0
+        if not isinstance(sampler, CandidateSampler):
+            raise ValueError(
+                "`sampler` must be a recsampled CandidateSampler when `num_sampled` > 0. "
+                f"{received('sampler', sampler)}"
+            )
+        if not callable(candidate_model):
+            raise ValueError(
+                "`candidate_model` must be a callable mapping int ids to embeddings (the "
+                f"candidate tower) when `num_sampled` > 0. "
+                f"{received('candidate_model', candidate_model)}"
+            )
+        return check_num_sampled(num_sampled, sampler.num_supported_classes, unique=True)
+
+    @property
+    def factorized_metrics(self) -> Sequence[tfrs_metrics.Factorized]:
+        """The metrics over the whole corpus (as in ``tfrs.tasks.Retrieval``)."""
+        return self._factorized_metrics
+
+    @factorized_metrics.setter
+    def factorized_metrics(
+        self, value: Sequence[tfrs_metrics.Factorized] | tfrs_metrics.Factorized | None
+    ) -> None:
+        if not isinstance(value, Sequence):
+            value = [value] if value is not None else []
+        self._factorized_metrics = value
+
+    def call(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        sample_weight: tf.Tensor | None = None,
+        candidate_sampling_probability: tf.Tensor | None = None,
+        candidate_ids: tf.Tensor | None = None,
+        compute_metrics: bool = True,
+        compute_batch_metrics: bool = True,
+        score_mask: tf.Tensor | None = None,
+        training: bool | None = None,
+    ) -> tf.Tensor:
+        """Computes the loss and updates the metrics.
+
+        Args:
+            query_embeddings: ``[batch_size, embedding_dim]`` queries, or
+                ``[batch_size, num_heads, embedding_dim]`` for max-sim scoring (no factorized
+                metrics then, as in TFRS).
+            candidate_embeddings: ``[num_candidates, embedding_dim]``; row ``r < batch_size``
+                is the positive of query ``r``, further rows are extra negatives.
+            sample_weight: ``[batch_size]`` example weights.
+            candidate_sampling_probability: ``[num_candidates]`` in-batch inclusion
+                probabilities ``π_b``; not together with ``candidate_frequency``.
+            candidate_ids: ``[num_candidates]`` int ids; needed for accidental hits and for the
+                keyword-only options of the constructor.
+            compute_metrics: update the factorized metrics.
+            compute_batch_metrics: update the batch metrics.
+            score_mask: ``[batch_size, num_candidates]`` bool, False drops a column for a row
+                (catalogue columns are always kept).
+            training: whether this is a training step; ``candidate_frequency`` is updated
+                unless it is False (pass ``training=False`` when evaluating).
+
+        Returns:
+            Scalar loss.
+        """
+        num_queries = tf.shape(query_embeddings)[0]
+        if candidate_ids is not None:
+            candidate_ids = tf.convert_to_tensor(candidate_ids)
+        if self._by_id and candidate_ids is None:
+            raise ValueError(
+                "`candidate_ids` must be given when the task uses `candidate_frequency`, "
+                "catalogue sampling or `in_batch_negatives=False`. Received: candidate_ids=None."
+            )
+        if self._by_id and not candidate_ids.dtype.is_integer:
+            raise ValueError(
+                "`candidate_ids` must be integer ids in the id space of the sampler and of "
+                "`candidate_frequency`. Received: candidate_ids of dtype "
+                f"{candidate_ids.dtype.name}."
+            )
+        if candidate_sampling_probability is not None and (
+            self.candidate_frequency is not None or not self._in_batch_negatives
+        ):
+            raise ValueError(
+                "`candidate_sampling_probability` must be None when the task has a "
+                "`candidate_frequency` (it computes the probabilities itself) or "
+                "`in_batch_negatives=False` (in-batch columns are then not negatives). "
+                "Received: a candidate_sampling_probability tensor."
+            )
+        column_ids = candidate_ids
+        columns = candidate_embeddings
+        sampled = None
+        if self._num_sampled:
+            sampled = self._draw(candidate_ids)
+            columns = tf.concat(
+                [
+                    candidate_embeddings,
+                    tf.cast(self.candidate_model(sampled.sampled_candidates), columns.dtype),
+                ],
+                axis=0,
+            )
+            column_ids = tf.concat(
+                [candidate_ids, tf.cast(sampled.sampled_candidates, candidate_ids.dtype)], axis=0
+            )
+
+        if len(tf.shape(query_embeddings)) == 3:
+            scores = tf.math.reduce_max(tf.einsum("qne,ce->qnc", query_embeddings, columns), axis=1)
+        else:
+            scores = tf.linalg.matmul(query_embeddings, columns, transpose_b=True)
+        labels = tf.eye(num_queries, tf.shape(scores)[1])
+
+        if self._temperature is not None:
+            scores = scores / self._temperature
+
+        probability = self._column_probability(
+            candidate_sampling_probability, candidate_ids, sampled, num_queries, training
+        )
+        if probability is not None:
+            scores = self._correction(scores, probability)
+
+        if self._remove_accidental_hits:
+            if column_ids is None:
+                raise ValueError(
+                    "When accidental hit removal is enabled, `candidate_ids` must be supplied. "
+                    "Received: candidate_ids=None."
+                )
+            scores = self._accidental_hits(labels, scores, column_ids)
+
+        if self._by_id:
+            scores = tf.where(self._negative_mask(column_ids, labels), MIN_FLOAT, scores)
+
+        if score_mask is not None:
+            if sampled is not None:
+                catalogue = tf.ones([num_queries, self._num_sampled], tf.bool)
+                score_mask = tf.concat([tf.cast(score_mask, tf.bool), catalogue], axis=1)
+            scores = tf.where(score_mask, scores, MIN_FLOAT)
+
+        if self._hard_negatives is not None:
+            scores, labels = self._hard_negatives(scores, labels)
+
+        loss = self._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)
+        return self._update_metrics(
+            loss,
+            query_embeddings,
+            candidate_embeddings,
+            candidate_ids,
+            labels,
+            scores,
+            sample_weight=sample_weight,
+            compute_metrics=compute_metrics,
+            compute_batch_metrics=compute_batch_metrics,
+        )
+
+    def _draw(self, candidate_ids: tf.Tensor) -> SampledValues:
+        """``S`` unique catalogue ids with expected counts, for the batch's candidates."""
+        true_classes = tf.cast(tf.reshape(candidate_ids, [-1, 1]), tf.int64)
+        values = self.sampler.sample(true_classes, self._num_sampled, unique=True, seed=self._seed)
+        return SampledValues(*(tf.stop_gradient(v) for v in values))
+
+    def _column_probability(
+        self,
+        candidate_sampling_probability: tf.Tensor | None,
+        candidate_ids: tf.Tensor | None,
+        sampled: SampledValues | None,
+        num_queries: tf.Tensor,
+        training: bool | None,
+    ) -> tf.Tensor | None:
+        """``[num_candidates (+ S)]`` q of every column, or None for no correction."""
+        in_batch = catalogue = None  # π_b of the in-batch and the sampled columns
+        if self.candidate_frequency is not None and training is not False:
+            self.candidate_frequency.update(candidate_ids[:num_queries])
+        if candidate_sampling_probability is not None:
+            in_batch = tf.cast(candidate_sampling_probability, tf.float32)
+        elif self.candidate_frequency is not None and self._in_batch_negatives:
+            in_batch = self.candidate_frequency.probability(candidate_ids)
+            if sampled is not None:
+                catalogue = self.candidate_frequency.probability(sampled.sampled_candidates)
+        if sampled is None:
+            return in_batch
+        # Q_c of the in-batch columns, then of the sampled ones.
+        counts = tf.concat([sampled.true_expected_count[:, 0], sampled.sampled_expected_count], 0)
+        if in_batch is None:
+            return counts
+        if catalogue is None:
+            catalogue = tf.zeros_like(sampled.sampled_expected_count)
+        batch = tf.concat([tf.reshape(in_batch, [-1]), catalogue], axis=0)
+        return batch + counts - batch * counts
+
+    def _negative_mask(self, column_ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """``[batch_size, num_columns]`` bool: columns that must not act as negatives."""
+        num_candidates = tf.shape(column_ids)[0] - self._num_sampled
+        if self._in_batch_negatives:
+            repeated = repeated_columns(column_ids)
+        else:
+            # Only the sampled columns are negatives; repeats among them count once.
+            repeated = tf.concat(
+                [
+                    tf.ones([num_candidates], tf.bool),
+                    repeated_columns(column_ids[num_candidates:]),
+                ],
+                axis=0,
+            )
+        return tf.logical_and(repeated[tf.newaxis, :], tf.equal(labels, 0.0))
+
+    def _update_metrics(
+        self,
+        loss: tf.Tensor,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        candidate_ids: tf.Tensor | None,
+        labels: tf.Tensor,
+        scores: tf.Tensor,
+        *,
+        sample_weight: tf.Tensor | None,
+        compute_metrics: bool,
+        compute_batch_metrics: bool,
+    ) -> tf.Tensor:
+        update_ops = [metric.update_state(loss) for metric in self._loss_metrics]
+        if compute_metrics and len(tf.shape(query_embeddings)) == 2:
+            for metric in self._factorized_metrics:
+                update_ops.append(
+                    metric.update_state(
+                        query_embeddings,
+                        # The positives only, without extra negatives.
+                        candidate_embeddings[: tf.shape(query_embeddings)[0]],
+                        true_candidate_ids=candidate_ids,
+                        sample_weight=sample_weight,
+                    )
+                )
+        if compute_batch_metrics:
+            for metric in self._batch_metrics:
+                update_ops.append(metric.update_state(labels, scores, sample_weight=sample_weight))
+        with tf.control_dependencies(update_ops):
+            return tf.identity(loss)
