@@ -1,0 +1,24 @@
+"""Keras layers and models: a sampled-softmax output that fits like any layer.
+
+- :class:`SampledSoftmax`: output layer over ``num_classes``; sampled softmax in training, full
+  softmax in ``predict``/``evaluate``; optional weight tying with an ``Embedding``.
+- :class:`SampledSoftmaxModel` / :class:`SampledSoftmaxSequential` (:class:`SampledSoftmaxMixin`):
+  ``compile(optimizer=...)`` and ``fit(x, y)`` with integer ``y``; ``evaluate`` reports the full
+  cross-entropy and perplexity.
+"""
+
+from recsampled.layers.model import (
+    SampledSoftmaxMixin,
+    SampledSoftmaxModel,
+    SampledSoftmaxSequential,
+)
+from recsampled.layers.sampled_softmax import SAMPLERS, SampledSoftmax, get_sampler
+
+__all__ = [
+    "SAMPLERS",
+    "SampledSoftmax",
+    "SampledSoftmaxMixin",
+    "SampledSoftmaxModel",
+    "SampledSoftmaxSequential",
+    "get_sampler",
+]

@@ -1,0 +1,64 @@
+"""Smoke test of ``pipelines/lm_example.py`` and checks of its Markov chain's known entropy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines import lm_example
+
+
+def test_chain_entropy_rate_and_stationary_law_match_the_dense_chain():
+    chain = lm_example.make_markov_chain(120, 5, seed=3)
+    # The dense chain: P[i, j] = T[c(i), c(j)] * within[j].
+    dense = chain.transitions[chain.cluster_of][:, chain.cluster_of] * chain.within
+    np.testing.assert_allclose(dense.sum(axis=1), 1.0, atol=1e-12)
+    stationary = np.full(120, 1 / 120)
+    for _ in range(500):
+        stationary = stationary @ dense
+    np.testing.assert_allclose(chain.stationary, stationary, atol=1e-12)
+    assert np.all(np.diff(chain.stationary) <= 0)  # ids sorted by decreasing frequency
+    rows = -(dense * np.log(dense)).sum(axis=1)
+    np.testing.assert_allclose(chain.entropy_rate, stationary @ rows, rtol=1e-10)
+    # Sampled sequences follow the chain: the true model's cross-entropy is the entropy rate.
+    sequences = lm_example.sample_sequences(chain, 2000, 20, seed=1)
+    cross_entropy = -np.log(dense[sequences[:, :-1], sequences[:, 1:]]).mean()
+    np.testing.assert_allclose(cross_entropy, chain.entropy_rate, rtol=0.01)
+
+
+def test_read_text_numbers_tokens_by_frequency(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("b a b c a b d e\nb a", encoding="utf-8")
+    ids = lm_example.read_text(path, vocab_size=3, length=4)  # b=0, a=1, the rest <unk>=2
+    np.testing.assert_array_equal(ids, [[0, 1, 0, 2, 1], [0, 2, 2, 0, 1]])
+    with pytest.raises(ValueError, match="at least 22 tokens"):
+        lm_example.read_text(path, vocab_size=3, length=10)
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_tiny_configuration(tmp_path):
+    output = tmp_path / "lm.json"
+    lm_example.main(
+        [
+            f"--output={output}",
+            *("--vocab-size=200", "--num-clusters=4", "--num-sampled=20"),
+            *("--embedding-dim=8", "--units=8", "--length=5", "--batch-size=16"),
+            *("--quality-steps=3", "--test-sequences=32"),
+            *("--speed-optimizers", "sgd", "--speed-vocab-size=300", "--speed-num-sampled=20"),
+            *("--speed-embedding-dim=8", "--speed-units=8", "--speed-batch-size=4"),
+            *("--speed-length=3", "--speed-steps=2"),
+        ]
+    )
+    results = json.loads(output.read_text())
+    quality = results["quality"]
+    assert quality["data"]["train_steps"] == 3
+    for name in ("sampled", "full"):
+        assert 0 < quality[name]["heldout_cross_entropy"] < 2 * np.log(200)
+    assert quality["ratio"] == pytest.approx(
+        quality["sampled"]["heldout_cross_entropy"] / quality["full"]["heldout_cross_entropy"]
+    )
+    speed = results["step_time"]["sgd"]
+    assert len(speed["full"]["step_seconds"]) == 2 and speed["speedup"] > 0
+    assert "Speed-up" in output.with_suffix(".md").read_text()
