@@ -1,0 +1,689 @@
+"""The typed configuration of a training run: ``recsampled train --config FILE.yaml``.
+
+A :class:`Config` has five sections, each a frozen dataclass whose defaults are those of the
+constructor it configures (``generate``, ``read_interactions``, the splits, ``Tower``,
+``Retrieval``, the Keras optimiser)::
+
+    data:        where the interactions come from (synthetic or a file) and how they are split
+    model:       the two towers
+    task:        the retrieval loss: negatives, logQ correction, catalogue sampler
+    training:    batch size, epochs, optimiser, seed, checkpoints
+    evaluation:  the cut-offs K and how many test users to rank
+
+Validation is the same whether a config comes from keyword arguments, a dict or a YAML file: an
+unknown key is an error that lists the valid keys of its section, a wrong type or value is a
+Keras-style error that names ``section.key``, and a setting that the other settings make
+irrelevant (a sampler without catalogue negatives, a split option of another split) is an error
+rather than silently ignored. String options resolve through one explicit dict each
+(:data:`DATA_SOURCES`, :data:`SPLITS`, :data:`NEGATIVES`, :data:`LOGQ`, :data:`OPTIMIZERS`, and
+for ``task.sampler`` the library's one sampler dict, ``recsampled.layers.SAMPLERS``).
+
+Example:
+    >>> config = load_config("configs/default.yaml", overrides=["training.epochs=2"])
+    ... # doctest: +SKIP
+    >>> Config.from_yaml(config.to_yaml()) == config  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import numbers
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import tensorflow as tf
+import yaml
+
+from recsampled._validation import received
+from recsampled.data import read_interactions
+from recsampled.data import splits as _splits
+from recsampled.data.readers import FORMATS
+from recsampled.data.synthetic import generate
+from recsampled.layers.sampled_softmax import SAMPLERS
+from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, wrong type or value, bad YAML."""
+
+
+class _TypeMismatch(ConfigError):
+    """A value of the wrong type (caught while trying the members of a union)."""
+
+
+class Negatives(NamedTuple):
+    """Where the negatives of a training step come from."""
+
+    in_batch: bool
+    catalogue: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# The string options, each resolved through one dict.
+
+DATA_SOURCES: dict[str, Callable[..., Any]] = {
+    "synthetic": generate,
+    "file": read_interactions,
+}
+"""``data.source``: generate the log (``generate(**data.synthetic)``), or read it from
+``data.path`` (``read_interactions(data.path, ...)``)."""
+
+SPLITS: dict[str, Callable[..., _splits.Split]] = {
+    "leave_last_out": _splits.leave_last_out,
+    "random_holdout": _splits.random_holdout,
+    "time_cut": _splits.time_cut,
+    "files": _splits.read_split,
+}
+"""``data.split.kind``: the split function of ``recsampled.data.splits``."""
+
+NEGATIVES: dict[str, Negatives] = {
+    "in_batch": Negatives(in_batch=True, catalogue=False),
+    "mixed": Negatives(in_batch=True, catalogue=True),
+    "sampled": Negatives(in_batch=False, catalogue=True),
+}
+"""``task.negatives``: the other rows' positives, ``num_sampled`` catalogue draws, or both."""
+
+LOGQ: dict[str, type[FixedFrequency] | type[FrequencyEstimator] | None] = {
+    "none": None,
+    "counts": FixedFrequency,
+    "streaming": FrequencyEstimator,
+}
+"""``task.logq``: the source of the in-batch inclusion probabilities (the task's
+``candidate_frequency``): none, the training counts, or the streaming estimator."""
+
+OPTIMIZERS: dict[str, type[tf.keras.optimizers.Optimizer]] = {
+    "adam": tf.keras.optimizers.Adam,
+    "adagrad": tf.keras.optimizers.Adagrad,
+    "sgd": tf.keras.optimizers.SGD,
+}
+"""``training.optimizer``: the Keras optimiser class."""
+
+ON_BAD_ROWS = ("error", "skip")
+ID_DTYPES = ("auto", "int", "str")
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic checks: one type checker for every field, Keras-style messages naming section.key.
+
+
+def _describe(annotation: Any) -> str:
+    """A short English name of a field type, for messages."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_describe(a) for a in parts) + " or null"
+    if origin is tuple:
+        inner = typing.get_args(annotation)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}[inner]
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping of keys to values"
+    return {int: "an integer", float: "a number", bool: "a bool", str: "a string"}[annotation]
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` converted to ``annotation`` (int -> float, list -> tuple, dict -> section)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        try:
+            return _coerce(name, value, inner)
+        except _TypeMismatch:
+            raise _TypeMismatch(_type_message(name, value, annotation)) from None
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if isinstance(value, Mapping):
+            return annotation.from_dict(value)
+    elif origin is tuple:
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            (inner, _) = typing.get_args(annotation)
+            return tuple(_coerce(f"{name}[{k}]", v, inner) for k, v in enumerate(value))
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    raise _TypeMismatch(_type_message(name, value, annotation))
+
+
+def _type_message(name: str, value: Any, annotation: Any) -> str:
+    message = f"`{name}` must be {_describe(annotation)}. {received(name, value)}"
+    if isinstance(value, str) and annotation in (float, float | None):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:  # YAML 1.1 reads 1e-3 (no dot) as text
+            message += f" Write it with a dot, e.g. {float(value)!r}, for YAML to read a number."
+    return message
+
+
+def _fail(name: str, rule: str, value: Any) -> ConfigError:
+    return ConfigError(f"`{name}` must be {rule}. {received(name, value)}")
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and not value > 0:
+        raise _fail(name, "> 0", value)
+
+
+def _non_negative(name: str, value: int | float | None) -> None:
+    if value is not None and not value >= 0:
+        raise _fail(name, ">= 0", value)
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise _fail(name, f"one of {list(choices)}", value)
+
+
+class _Section:
+    """Mixin of the config dataclasses: type checks, dict and YAML conversion."""
+
+    SECTION: ClassVar[str] = ""
+
+    def _name(self, key: str) -> str:
+        return f"{self.SECTION}.{key}" if self.SECTION else key
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(self._name(f.name), getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks values and combinations; raises :class:`ConfigError`."""
+
+    def _unused(self, keys: Sequence[str], reason: str) -> None:
+        """Raises if any of ``keys`` differs from its default: it would be ignored."""
+        for f in dataclasses.fields(self):
+            if f.name not in keys:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            value = getattr(self, f.name)
+            if value != default:
+                raise ConfigError(
+                    f"`{self._name(f.name)}` is not used {reason}; remove it or change that "
+                    f"setting. Received: {self._name(f.name)}={value!r}."
+                )
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The valid keys of this section."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Any:
+        """Builds the section from a mapping; unknown keys are an error listing the valid ones."""
+        values = {} if values is None else values
+        where = f"`{cls.SECTION}`" if cls.SECTION else "the config"
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"{where} must be a mapping of keys to values. "
+                f"{received(cls.SECTION or 'config', values)}"
+            )
+        valid = cls.keys()
+        for key in values:
+            if key not in valid:
+                raise ConfigError(_unknown_key(cls.SECTION, key, valid))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists for tuples), as written to YAML."""
+        result = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, _Section):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            result[f.name] = value
+        return result
+
+
+def _unknown_key(section: str, key: object, valid: Sequence[str]) -> str:
+    name = f"{section}.{key}" if section else str(key)
+    what = f"section `{section}`" if section else "the config (its sections)"
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    return f"Unknown key `{name}` in {what}. Valid keys: {', '.join(valid)}.{hint}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sections.
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(_Section):
+    """``data.synthetic``: arguments of ``recsampled.data.synthetic.generate``."""
+
+    SECTION: ClassVar[str] = "data.synthetic"
+
+    num_users: int = 1_000
+    num_items: int = 2_000
+    num_interactions: int = 50_000
+    num_clusters: int = 20
+    zipf_exponent: float = 0.8
+    cluster_affinity: float = 0.8
+    min_user_interactions: int = 5
+    start_time: int = 1_600_000_000
+    duration: int = 365 * 24 * 3600
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("num_users", "num_items", "num_interactions", "num_clusters", "duration"):
+            _positive(self._name(key), getattr(self, key))
+        _positive(self._name("min_user_interactions"), self.min_user_interactions)
+        _non_negative(self._name("zipf_exponent"), self.zipf_exponent)
+        if not 0 <= self.cluster_affinity <= 1:
+            raise _fail(self._name("cluster_affinity"), "in [0, 1]", self.cluster_affinity)
+
+
+@dataclass(frozen=True)
+class SplitConfig(_Section):
+    """``data.split``: how the log is split into train and test (``recsampled.data.splits``).
+
+    Attributes:
+        kind: a key of :data:`SPLITS`.
+        num_test: ``leave_last_out``: the last interactions of each user held out.
+        test_fraction: ``random_holdout``: the share of each user's interactions held out;
+            ``time_cut``: the share of all rows after the cut (unless ``cutoff`` is given).
+        seed: ``random_holdout``'s seed.
+        cutoff: ``time_cut``: the first test timestamp.
+        test_path: ``files``: the test file (``data.path`` is the training file).
+    """
+
+    SECTION: ClassVar[str] = "data.split"
+
+    kind: str = "leave_last_out"
+    num_test: int = 1
+    test_fraction: float = 0.2
+    seed: int = 0
+    cutoff: float | None = None
+    test_path: str | None = None
+
+    _USES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "leave_last_out": ("num_test",),
+        "random_holdout": ("test_fraction", "seed"),
+        "time_cut": ("test_fraction", "cutoff"),
+        "files": ("test_path",),
+    }
+
+    def validate(self) -> None:
+        _choice(self._name("kind"), self.kind, list(SPLITS))
+        options = ("num_test", "test_fraction", "seed", "cutoff", "test_path")
+        used = self._USES[self.kind]
+        self._unused([k for k in options if k not in used], f"by kind={self.kind!r}")
+        _positive(self._name("num_test"), self.num_test)
+        if not 0 < self.test_fraction < 1:
+            raise _fail(self._name("test_fraction"), "in (0, 1)", self.test_fraction)
+        if self.kind == "time_cut" and self.cutoff is not None and self.test_fraction != 0.2:
+            raise ConfigError(
+                "Give one of `data.split.cutoff` and `data.split.test_fraction` for "
+                f"kind='time_cut'. Received: cutoff={self.cutoff}, "
+                f"test_fraction={self.test_fraction}."
+            )
+        if self.kind == "files" and not self.test_path:
+            raise _fail(self._name("test_path"), "the test file for kind='files'", self.test_path)
+
+
+_FILE_OPTIONS = (
+    "path", "format", "user_col", "item_col", "timestamp_col", "rating_col", "weight_col",
+    "delimiter", "column_names", "encoding", "id_dtype", "min_rating", "on_bad_rows",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """``data``: the interaction log and its split.
+
+    With ``source: synthetic`` the log is ``generate(**synthetic)``; with ``source: file`` it is
+    ``read_interactions(path, format=..., ...)`` (see that function for the options). Relative
+    paths are relative to the working directory. ``dedupe`` and ``k_core`` apply to both.
+    """
+
+    SECTION: ClassVar[str] = "data"
+
+    source: str = "synthetic"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    path: str | None = None
+    format: str = "auto"
+    user_col: str | None = None
+    item_col: str | None = None
+    timestamp_col: str | None = None
+    rating_col: str | None = None
+    weight_col: str | None = None
+    delimiter: str | None = None
+    column_names: tuple[str, ...] | None = None
+    encoding: str = "utf-8"
+    id_dtype: str = "auto"
+    min_rating: float | None = None
+    dedupe: bool = True
+    k_core: int | None = None
+    on_bad_rows: str = "error"
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self) -> None:
+        _choice(self._name("source"), self.source, list(DATA_SOURCES))
+        _choice(self._name("format"), self.format, FORMATS)
+        _choice(self._name("id_dtype"), self.id_dtype, ID_DTYPES)
+        _choice(self._name("on_bad_rows"), self.on_bad_rows, ON_BAD_ROWS)
+        _positive(self._name("k_core"), self.k_core)
+        if self.source == "synthetic":
+            self._unused(_FILE_OPTIONS, "with source='synthetic' (it applies to files)")
+            if self.split.kind == "files":
+                raise ConfigError(
+                    "`data.split.kind` cannot be 'files' with source='synthetic'. "
+                    "Received: data.split.kind='files'."
+                )
+        else:
+            self._unused(["synthetic"], "with source='file'")
+            if not self.path:
+                raise _fail(self._name("path"), "the interaction log for source='file'", self.path)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """``model``: both towers (``recsampled.models.Tower``) over ids."""
+
+    SECTION: ClassVar[str] = "model"
+
+    embedding_dim: int = 32
+    hidden_units: tuple[int, ...] = ()
+    normalize: bool = False
+
+    def validate(self) -> None:
+        _positive(self._name("embedding_dim"), self.embedding_dim)
+        for k, units in enumerate(self.hidden_units):
+            _positive(f"{self._name('hidden_units')}[{k}]", units)
+
+
+@dataclass(frozen=True)
+class EstimatorConfig(_Section):
+    """``task.estimator``: ``FrequencyEstimator`` arguments, for ``logq: streaming``."""
+
+    SECTION: ClassVar[str] = "task.estimator"
+
+    num_buckets: int = 2**20
+    num_hashes: int = 1
+    alpha: float = 0.01
+    bias_correction: bool = True
+
+    def validate(self) -> None:
+        if self.num_buckets < 2 or self.num_buckets & (self.num_buckets - 1):
+            raise _fail(self._name("num_buckets"), "a power of two >= 2", self.num_buckets)
+        _positive(self._name("num_hashes"), self.num_hashes)
+        if not 0 < self.alpha <= 1:
+            raise _fail(self._name("alpha"), "in (0, 1]", self.alpha)
+
+
+@dataclass(frozen=True)
+class TaskConfig(_Section):
+    """``task``: ``recsampled.tasks.Retrieval``.
+
+    Attributes:
+        temperature: τ; scores are divided by it (null: none).
+        remove_accidental_hits: mask columns holding the row's positive; required (true) with
+            ``logq`` or catalogue negatives.
+        num_hard_negatives: keep only the hardest negatives per row (null: all).
+        negatives: a key of :data:`NEGATIVES`.
+        logq: a key of :data:`LOGQ`; needs in-batch negatives.
+        sampler: a key of ``recsampled.layers.SAMPLERS``, for ``mixed`` and ``sampled`` negatives.
+        num_sampled: S, catalogue negatives per step (``mixed`` and ``sampled`` only).
+        distortion: exponent of the unigram sampler's counts.
+        estimator: the streaming estimator's settings (``logq: streaming`` only).
+        seed: op-level seed of the catalogue sampler (null: from the training seed).
+    """
+
+    SECTION: ClassVar[str] = "task"
+
+    temperature: float | None = None
+    remove_accidental_hits: bool = False
+    num_hard_negatives: int | None = None
+    negatives: str = "in_batch"
+    logq: str = "none"
+    sampler: str = "log_uniform"
+    num_sampled: int = 0
+    distortion: float = 1.0
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    seed: int | None = None
+
+    def validate(self) -> None:
+        _positive(self._name("temperature"), self.temperature)
+        _positive(self._name("num_hard_negatives"), self.num_hard_negatives)
+        _choice(self._name("negatives"), self.negatives, list(NEGATIVES))
+        _choice(self._name("logq"), self.logq, list(LOGQ))
+        _choice(self._name("sampler"), self.sampler, list(SAMPLERS))
+        _non_negative(self._name("distortion"), self.distortion)
+        negatives = NEGATIVES[self.negatives]
+        if negatives.catalogue:
+            _positive(self._name("num_sampled"), self.num_sampled)
+            if self.sampler != "unigram":
+                self._unused(["distortion"], f"by sampler={self.sampler!r}")
+        else:
+            self._unused(
+                ["sampler", "num_sampled", "distortion", "seed"],
+                "without catalogue negatives (negatives='in_batch')",
+            )
+        if self.logq != "streaming":
+            self._unused(["estimator"], f"with logq={self.logq!r}")
+        if self.logq != "none" and not negatives.in_batch:
+            raise ConfigError(
+                "`task.logq` corrects in-batch negatives, but negatives='sampled' has none "
+                "(the catalogue sampler's own probabilities correct its draws). "
+                f"Received: task.logq={self.logq!r}."
+            )
+        if (self.logq != "none" or negatives.catalogue) and not self.remove_accidental_hits:
+            raise ConfigError(
+                "`task.remove_accidental_hits` must be true with logq or catalogue negatives: "
+                "the task then treats each item id as one column, and a positive must never "
+                "act as a negative. Received: task.remove_accidental_hits=False."
+            )
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """``training``: ``Model.fit`` with checkpoints.
+
+    Attributes:
+        batch_size: B, rows per step.
+        epochs: passes over the training rows.
+        optimizer: a key of :data:`OPTIMIZERS`.
+        learning_rate: the optimiser's.
+        seed: initial weights and the order of the rows in every epoch.
+        shuffle: a new order of the rows in every epoch.
+        drop_remainder: drop each epoch's last, smaller batch.
+        checkpoint_every_steps: also checkpoint every this many steps (0: epoch ends only).
+        max_checkpoints: checkpoints kept in ``RUN_DIR/checkpoints``.
+    """
+
+    SECTION: ClassVar[str] = "training"
+
+    batch_size: int = 256
+    epochs: int = 1
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    seed: int = 0
+    shuffle: bool = True
+    drop_remainder: bool = False
+    checkpoint_every_steps: int = 1000
+    max_checkpoints: int = 2
+
+    def validate(self) -> None:
+        for key in ("batch_size", "epochs", "learning_rate", "max_checkpoints"):
+            _positive(self._name(key), getattr(self, key))
+        _choice(self._name("optimizer"), self.optimizer, list(OPTIMIZERS))
+        _non_negative(self._name("checkpoint_every_steps"), self.checkpoint_every_steps)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(_Section):
+    """``evaluation``: full-catalogue ranking metrics on the test split.
+
+    Attributes:
+        ks: the cut-offs K of Recall@K, NDCG@K, HitRate@K and coverage@K.
+        batch_size: test users scored per batch (capped so that a batch holds at most 2^25
+            scores).
+        max_users: rank a seeded random subset of this many test users (null: all), for very
+            large catalogues; each is still ranked against every item.
+        seed: the subset's seed.
+    """
+
+    SECTION: ClassVar[str] = "evaluation"
+
+    ks: tuple[int, ...] = (10, 20, 50)
+    batch_size: int = 256
+    max_users: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.ks:
+            raise _fail(self._name("ks"), "a non-empty list of positive integers", self.ks)
+        for k, value in enumerate(self.ks):
+            _positive(f"{self._name('ks')}[{k}]", value)
+        _positive(self._name("batch_size"), self.batch_size)
+        _positive(self._name("max_users"), self.max_users)
+        if self.max_users is None:
+            self._unused(["seed"], "without max_users")
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """A whole training run: the five sections.
+
+    Example:
+        >>> config = Config(training=TrainingConfig(epochs=3))
+        >>> Config.from_dict(config.to_dict()) == config
+        True
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_yaml(self) -> str:
+        """The config as YAML text (every key, defaults included)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "<string>") -> Config:
+        """Parses YAML text (see :func:`load_config` for files and overrides)."""
+        return cls.from_dict(_parse_yaml(text, source))
+
+    def diff(self, other: Config) -> list[str]:
+        """``section.key: a != b`` for every setting that differs from ``other``."""
+        return [
+            f"{key}: {a!r} != {b!r}"
+            for key, (a, b) in _flat_pairs(self.to_dict(), other.to_dict()).items()
+            if a != b
+        ]
+
+
+def _flat_pairs(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        pairs = {}
+        for key in list(a) + [k for k in b if k not in a]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            pairs.update(_flat_pairs(a.get(key), b.get(key), name))
+        return pairs
+    return {prefix: (a, b)}
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({e}).") from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{source}: a config must be a mapping of sections "
+            f"({', '.join(Config.keys())}). Received: a YAML {type(values).__name__}."
+        )
+    return values
+
+
+def apply_override(values: dict[str, Any], override: str) -> None:
+    """Applies one ``section.key=value`` to a nested dict, checking the key against the schema.
+
+    The value is parsed as YAML (``3`` is an int, ``0.5`` a float, ``null`` None, ``[10, 20]``
+    a list, anything else text).
+
+    Raises:
+        ConfigError: for a malformed override or a key that is not in the schema.
+    """
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            "An override must look like `section.key=value`, e.g. `training.epochs=3`. "
+            f"Received: {override!r}."
+        )
+    parts = key.strip().split(".")
+    section: type[_Section] = Config
+    target = values
+    for depth, part in enumerate(parts):
+        valid = section.keys()
+        if part not in valid:
+            raise ConfigError(_unknown_key(section.SECTION, part, valid))
+        annotation = typing.get_type_hints(section)[part]
+        last = depth == len(parts) - 1
+        if last:
+            break
+        if not (isinstance(annotation, type) and issubclass(annotation, _Section)):
+            raise ConfigError(
+                f"`{'.'.join(parts[: depth + 1])}` is a setting, not a section; it has no key "
+                f"`{parts[depth + 1]}`. Received: {override!r}."
+            )
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target, section = target[part], annotation
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"The value of `{key}` is not valid YAML ({e}).") from e
+    target[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[str] = ()) -> Config:
+    """Reads a YAML config (or the defaults) and applies ``section.key=value`` overrides.
+
+    Args:
+        path: the YAML file; None starts from the defaults.
+        overrides: ``section.key=value`` strings, applied in order (values parsed as YAML).
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ConfigError: for bad YAML, an unknown key, a wrong type or value.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file not found: {path}")
+        values = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    for override in overrides:
+        apply_override(values, override)
+    return Config.from_dict(values)

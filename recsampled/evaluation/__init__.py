@@ -1,0 +1,24 @@
+"""Evaluation: full-catalogue ranking metrics (never against sampled negatives).
+
+- :func:`ranking_metrics`: Recall@K, NDCG@K, HitRate@K, coverage@K and MRR of any score
+  function over the whole catalogue, training items removed (:mod:`recsampled.evaluation.metrics`).
+- :func:`embedding_scores` (two-tower ``Q·Cᵀ``) and :func:`popularity_scores` (the baseline).
+"""
+
+from recsampled.evaluation.metrics import (
+    RankingMetrics,
+    embedding_scores,
+    popularity_scores,
+    ranking_metrics,
+    sample_users,
+    top_k,
+)
+
+__all__ = [
+    "RankingMetrics",
+    "embedding_scores",
+    "popularity_scores",
+    "ranking_metrics",
+    "sample_users",
+    "top_k",
+]

@@ -1,0 +1,72 @@
+"""The ``recsampled`` command: parsing, error reporting, --set, --force.
+
+The command itself runs in a subprocess (``python -m recsampled``) and is killed with SIGKILL in
+``tests/training/test_resume.py``; here it runs in-process to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recsampled import cli
+from recsampled.config import Config
+from tests.training.conftest import TINY
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(Config.from_dict(TINY).to_yaml())
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["train"], ["train", "--config", "x.yaml"], ["export", "--output", "x"]],
+    ids=["no command", "no output", "no output with config", "unknown command"],
+)
+def test_usage_errors_exit_with_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "usage: recsampled" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--set", "training.epoch=3"], "Unknown key `training.epoch` in section `training`"),
+        (["--set", "training.epochs=many"], "`training.epochs` must be an integer"),
+        (["--set", "epochs"], "must look like `section.key=value`"),
+        (["--config", "missing.yaml"], "Config file not found: missing.yaml"),
+        (["--set", "data.source=file", "--set", "data.path=missing.csv"],
+         "Interaction log not found: missing.csv"),
+    ],
+)  # fmt: skip
+def test_bad_config_or_data_is_one_line_on_stderr(arguments, message, tmp_path, capsys):
+    status = cli.main(["train", *arguments, "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("recsampled train: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_set_overrides_the_file_and_force_starts_over(tiny_yaml, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--config", str(tiny_yaml), "--output", str(run)]
+    assert cli.main([*base, "--set", "training.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "recall@5" in out and "popularity" in out and f"Wrote {run}" in out
+
+    assert cli.main([*base, "--set", "training.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a checkpoint of a different config" in err
+    assert "training.epochs: 1 != 2" in err
+
+    assert cli.main([*base, "--set", "training.epochs=2", "--force"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert TINY["training"]["batch_size"] == 128  # the file's value, not the default 256
+    assert "batch_size: 128" in (run / "config.yaml").read_text()

@@ -1,0 +1,244 @@
+"""The typed config: round trips, defaults equal to constructor defaults, strict validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from recsampled.config import (
+    LOGQ,
+    NEGATIVES,
+    SPLITS,
+    Config,
+    ConfigError,
+    DataConfig,
+    EstimatorConfig,
+    EvaluationConfig,
+    ModelConfig,
+    SplitConfig,
+    SyntheticConfig,
+    TaskConfig,
+    TrainingConfig,
+    apply_override,
+    load_config,
+)
+from recsampled.data import read_interactions
+from recsampled.data.synthetic import generate
+from recsampled.models import Tower
+from recsampled.samplers.frequency import FrequencyEstimator
+from recsampled.tasks import Retrieval
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _defaults(function, names=None) -> dict:
+    parameters = inspect.signature(function).parameters
+    return {
+        name: p.default
+        for name, p in parameters.items()
+        if p.default is not inspect.Parameter.empty and (names is None or name in names)
+    }
+
+
+@pytest.mark.parametrize(
+    "section, function, exclude",
+    [
+        (SyntheticConfig, generate, ()),
+        (EstimatorConfig, FrequencyEstimator.__init__, ("name",)),
+        (ModelConfig, Tower.__init__, ("categorical_features", "numeric_features", "feature_dim",
+                                       "name")),
+    ],
+)  # fmt: skip
+def test_defaults_equal_constructor_defaults(section, function, exclude):
+    expected = {k: v for k, v in _defaults(function).items() if k not in exclude}
+    actual = {k: v for k, v in dataclasses.asdict(section()).items() if k in expected}
+    assert actual == {k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}
+
+
+def test_defaults_of_the_other_sections():
+    task = dataclasses.asdict(TaskConfig())
+    for name, default in _defaults(Retrieval.__init__).items():
+        if name in task and name != "sampler":  # a name here, an instance (None) there
+            assert task[name] == default, name
+    assert NEGATIVES[TaskConfig().negatives] == (True, False)  # Retrieval(in_batch_negatives=True)
+    assert LOGQ[TaskConfig().logq] is None  # Retrieval(candidate_frequency=None)
+    data = dataclasses.asdict(DataConfig())
+    for name, default in _defaults(read_interactions).items():
+        assert data[name] == default, name
+    split = SplitConfig()
+    assert split.num_test == _defaults(SPLITS["leave_last_out"])["num_test"]
+    assert split.test_fraction == _defaults(SPLITS["random_holdout"])["test_fraction"]
+    assert split.seed == _defaults(SPLITS["random_holdout"])["seed"]
+    assert TrainingConfig().learning_rate == tf.keras.optimizers.Adam().learning_rate.numpy()
+
+
+def test_round_trip_through_yaml():
+    config = Config(
+        data=DataConfig(
+            source="file", path="ratings.csv", column_names=("u", "i"), min_rating=4,
+            split=SplitConfig(kind="time_cut", cutoff=1.5e9),
+        ),
+        model=ModelConfig(hidden_units=(64, 32), normalize=True),
+        task=TaskConfig(negatives="mixed", num_sampled=64, sampler="unigram", distortion=0.75,
+                        logq="streaming", estimator=EstimatorConfig(num_buckets=1024),
+                        remove_accidental_hits=True, temperature=0.05),
+        evaluation=EvaluationConfig(ks=(5,), max_users=100, seed=3),
+    )  # fmt: skip
+    text = config.to_yaml()
+    assert Config.from_yaml(text) == config
+    assert Config.from_dict(config.to_dict()) == config
+    assert Config.from_yaml(Config().to_yaml()) == Config()
+    assert config.data.min_rating == 4.0 and isinstance(config.data.min_rating, float)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_round_trip(path):
+    config = load_config(path)
+    assert Config.from_yaml(config.to_yaml()) == config
+
+
+def test_overrides_parse_yaml_scalars_and_apply_in_order():
+    config = load_config(
+        CONFIGS / "default.yaml",
+        overrides=[
+            "training.epochs=3",
+            "training.learning_rate=0.5",
+            "task.temperature=null",
+            "evaluation.ks=[1, 2]",
+            "data.synthetic.num_items=500",
+            "training.epochs=4",
+        ],
+    )
+    assert config.training.epochs == 4
+    assert config.training.learning_rate == 0.5
+    assert config.task.temperature is None
+    assert config.evaluation.ks == (1, 2)
+    assert config.data.synthetic.num_items == 500
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epoch=3", "Unknown key `training.epoch` in section `training`. Valid keys: "
+                             "batch_size, epochs,"),
+        ("trainin.epochs=3", "Unknown key `trainin` in the config (its sections). Valid keys: "
+                             "data, model, task, training, evaluation. Did you mean `training`?"),
+        ("data.split.kinds=files", "Valid keys: kind, num_test, test_fraction, seed, cutoff, "
+                                   "test_path. Did you mean `kind`?"),
+        ("training.epochs.value=3", "`training.epochs` is a setting, not a section"),
+        ("training.epochs", "must look like `section.key=value`"),
+        ("=3", "must look like `section.key=value`"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_list_the_valid_ones(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epochs=three", "`training.epochs` must be an integer. Received: "
+                                  "training.epochs='three' (of type str)."),
+        ("training.epochs=2.5", "`training.epochs` must be an integer."),
+        ("training.epochs=true", "`training.epochs` must be an integer."),
+        ("training.shuffle=1", "`training.shuffle` must be a bool."),
+        ("training.learning_rate=1e-3", "Write it with a dot, e.g. 0.001"),
+        ("task.temperature=hot", "`task.temperature` must be a number or null."),
+        ("evaluation.ks=10", "`evaluation.ks` must be a list of integers."),
+        ("evaluation.ks=[10, x]", "`evaluation.ks[1]` must be an integer."),
+        ("model=3", "`model` must be a mapping of keys to values."),
+        ("data.split=[1]", "`data.split` must be a mapping of keys to values."),
+        ("data.user_col=5", "`data.user_col` must be a string or null."),
+    ],
+)  # fmt: skip
+def test_wrong_types_name_section_and_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["training.epochs=0"], "`training.epochs` must be > 0."),
+        (["training.checkpoint_every_steps=-1"], "`training.checkpoint_every_steps` must be >= 0"),
+        (["task.sampler=zipf"], "`task.sampler` must be one of ['log_uniform', 'uniform', "
+                                "'unigram']"),
+        (["task.negatives=all"], "`task.negatives` must be one of ['in_batch', 'mixed', "
+                                 "'sampled']"),
+        (["data.split.kind=kfold"], "`data.split.kind` must be one of ['leave_last_out', "
+                                    "'random_holdout', 'time_cut', 'files']"),
+        (["data.format=xlsx"], "`data.format` must be one of"),
+        (["task.estimator.num_buckets=1000", "task.logq=streaming",
+          "task.remove_accidental_hits=true"],
+         "`task.estimator.num_buckets` must be a power of two"),
+        (["data.synthetic.cluster_affinity=2.0"], "must be in [0, 1]"),
+        (["evaluation.ks=[]"], "`evaluation.ks` must be a non-empty list"),
+        # Settings that the other settings make irrelevant are errors, not silently ignored.
+        (["task.num_sampled=8"], "`task.num_sampled` is not used without catalogue negatives"),
+        (["task.estimator.alpha=0.1"], "`task.estimator` is not used with logq='none'"),
+        (["data.split.seed=1"], "`data.split.seed` is not used by kind='leave_last_out'"),
+        (["data.path=x.csv"], "`data.path` is not used with source='synthetic'"),
+        (["data.source=file"], "`data.path` must be the interaction log for source='file'"),
+        (["evaluation.seed=1"], "`evaluation.seed` is not used without max_users"),
+        (["task.negatives=mixed", "task.remove_accidental_hits=true"],
+         "`task.num_sampled` must be > 0"),
+        (["task.logq=counts"], "`task.remove_accidental_hits` must be true"),
+        (["task.negatives=sampled", "task.num_sampled=4", "task.logq=counts",
+          "task.remove_accidental_hits=true"], "`task.logq` corrects in-batch negatives"),
+        (["data.split.kind=time_cut", "data.split.cutoff=5", "data.split.test_fraction=0.5"],
+         "Give one of `data.split.cutoff` and `data.split.test_fraction`"),
+        (["data.split.kind=files", "data.split.test_path=t.csv"],
+         "cannot be 'files' with source='synthetic'"),
+    ],
+)  # fmt: skip
+def test_bad_values_and_combinations(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=overrides)
+    assert message in str(error.value)
+
+
+def test_keyword_construction_is_validated_the_same_way():
+    with pytest.raises(ConfigError, match="`training.batch_size` must be an integer"):
+        TrainingConfig(batch_size="256")
+    with pytest.raises(ConfigError, match="Unknown key `model.dim` in section `model`"):
+        Config.from_dict({"model": {"dim": 3}})
+    assert Config(model={"embedding_dim": 4}).model == ModelConfig(embedding_dim=4)
+
+
+def test_yaml_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="a config must be a mapping of sections"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == Config()
+    # An override can complete a file that is incomplete on its own.
+    partial = tmp_path / "file.yaml"
+    partial.write_text("data:\n  source: file\n")
+    assert load_config(partial, overrides=["data.path=log.csv"]).data.path == "log.csv"
+
+
+def test_apply_override_creates_missing_sections():
+    values: dict = {"data": None}
+    apply_override(values, "data.split.kind=random_holdout")
+    assert values == {"data": {"split": {"kind": "random_holdout"}}}
+
+
+def test_diff_lists_the_keys_that_differ():
+    a = Config()
+    b = load_config(overrides=["training.epochs=5", "data.synthetic.seed=3"])
+    assert a.diff(b) == ["data.synthetic.seed: 0 != 3", "training.epochs: 1 != 5"]
+    assert a.diff(a) == []

@@ -1,0 +1,93 @@
+"""Atomic files and folders, the run directory's resume check, tower SavedModels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recsampled.config import Config, load_config
+from recsampled.models import Tower
+from recsampled.training import (
+    RunDirectory,
+    RunDirectoryError,
+    atomic_directory,
+    load_tower,
+    save_towers,
+    write_atomic,
+    write_json,
+)
+
+
+def test_write_atomic_replaces_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"x": 1})
+    write_atomic(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_directory_keeps_the_old_folder_when_writing_fails(tmp_path):
+    target = tmp_path / "towers"
+    with atomic_directory(target) as folder:
+        (folder / "v1").write_text("1")
+    with pytest.raises(RuntimeError), atomic_directory(target) as folder:
+        (folder / "v2").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert [p.name for p in target.iterdir()] == ["v1"]
+    with atomic_directory(target) as folder:
+        (folder / "v3").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["v3"]
+    assert [p.name for p in tmp_path.iterdir()] == ["towers"]  # no temporary folders left
+
+
+def _fake_checkpoint(run: RunDirectory) -> None:
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+    tf.train.CheckpointManager(checkpoint, str(run.checkpoints), max_to_keep=1).save()
+
+
+def test_a_checkpoint_of_another_config_is_an_error_unless_forced(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    config = Config()
+    run.prepare(config)
+    assert Config.from_yaml(run.config_file.read_text()) == config
+    _fake_checkpoint(run)
+    run.prepare(config)  # same config: resume
+    other = load_config(overrides=["training.epochs=2"])
+    with pytest.raises(RunDirectoryError) as error:
+        run.prepare(other)
+    message = str(error.value)
+    assert "holds a checkpoint of a different config" in message
+    assert "training.epochs: 1 != 2" in message and "--force" in message
+    run.prepare(other, force=True)
+    assert run.latest_checkpoint() is None
+    assert Config.from_yaml(run.config_file.read_text()) == other
+
+
+def test_without_a_checkpoint_a_new_config_simply_replaces_the_old(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.prepare(Config())
+    run.prepare(load_config(overrides=["training.epochs=2"]))  # nothing to resume: no error
+
+
+def test_a_checkpoint_without_its_config_is_an_error(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.prepare(Config())
+    _fake_checkpoint(run)
+    run.config_file.unlink()
+    with pytest.raises(RunDirectoryError, match="config.yaml is missing"):
+        run.prepare(Config())
+
+
+def test_towers_round_trip_through_saved_models(tmp_path):
+    query, candidate = Tower(5, 4, name="q"), Tower(7, 4, normalize=True, name="c")
+    ids = tf.range(7, dtype=tf.int64)
+    expected = candidate(ids).numpy()
+    query(ids[:5])
+    save_towers(tmp_path / "towers", query_model=query, candidate_model=candidate,
+                num_users=5, num_items=7, embedding_dim=4)  # fmt: skip
+    loaded = load_tower(tmp_path / "towers" / "candidate")
+    np.testing.assert_allclose(loaded(ids).numpy(), expected, rtol=1e-6)
+    served = loaded.signatures["serving_default"](ids=ids)
+    np.testing.assert_allclose(served["embeddings"].numpy(), expected, rtol=1e-6)
+    assert load_tower(tmp_path / "towers" / "query")(ids[:2]).shape == (2, 4)
