@@ -1,0 +1,72 @@
+"""A minimal progress line on stderr (no dependency): ``label: done/total (pct) elapsed``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Rewrites one line on ``stream`` as work advances; silent when ``enabled`` is false.
+
+    Args:
+        label: what is being done, e.g. ``"embedding items"``.
+        total: the amount of work (items, vectors, trials).
+        enabled: print anything at all.
+        stream: where the line goes (default ``sys.stderr``).
+        min_interval: seconds between redraws (the last one is always drawn).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        min_interval: float = 0.2,
+    ):
+        self.label = label
+        self.total = max(int(total), 0)
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval = min_interval
+        self.done = 0
+        self._start = time.perf_counter()
+        self._last_draw = -float("inf")
+
+    def update(self, amount: int = 1) -> None:
+        """Advances by ``amount`` and redraws at most every ``min_interval`` seconds."""
+        self.done = min(self.done + int(amount), self.total)
+        now = time.perf_counter()
+        if self.done >= self.total or now - self._last_draw >= self.min_interval:
+            self._draw(now)
+
+    def close(self, note: str = "") -> None:
+        """Draws the final line (with an optional note) and ends it."""
+        if self.enabled:
+            self._draw(time.perf_counter(), end=f" {note}\n" if note else "\n")
+
+    def _draw(self, now: float, end: str = "") -> None:
+        self._last_draw = now
+        if not self.enabled:
+            return
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        line = f"\r{self.label}: {self.done}/{self.total} ({percent:.0f}%) {now - self._start:.1f}s"
+        self.stream.write(line + end)
+        self.stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def log(message: str, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+    """Writes one line of progress information to ``stream`` (default stderr)."""
+    if enabled:
+        stream = stream if stream is not None else sys.stderr
+        stream.write(message + "\n")
+        stream.flush()

@@ -1,0 +1,573 @@
+"""The artifact folder: its parts, its manifest, its atomic write and the checks on load.
+
+Layout of ``ARTIFACT_DIR`` (only the manifest, the index and the item ids are always there)::
+
+    manifest.json        written last: counts, dimension, metric, index, recall, checksums, config
+    index.faiss          FAISS index; row i scores item i (inner product)
+    item_ids.npy         [num_items] original item ids (int64 or unicode), in row order
+    user_ids.npy         [num_users] original user ids in index order: the query tower's vocabulary
+    query_model/         SavedModel: int64 user indices [batch_size] -> [batch_size, embedding_dim]
+    seen.npz             CSR ``indptr`` [num_users + 1], ``indices``: item rows each user has seen
+    item_popularity.npy  [num_items] interaction counts, for the popular-items fallback
+
+**Nothing is lost.** :func:`atomic_directory` writes the parts into a hidden sibling folder
+``.{name}.tmp-{pid}-{token}``, fsyncs every file and the folder, and only then renames it to the
+final name (``rename(2)`` is atomic within a filesystem). An existing artifact is replaced only with
+``overwrite=True``: it is renamed to ``.{name}.old-{pid}-{token}``, the new folder is renamed into
+place, and the old one is deleted. A process killed at any moment therefore leaves under the final
+name either the previous complete artifact, or the new complete one, or (killed between the two
+renames of an overwrite) nothing, with the previous artifact intact under the backup name, which
+the loader's error points to. Temporary folders left by dead processes are removed by the next
+export to the same name.
+
+**Checks on load** (:func:`read_manifest`, :func:`check_files`): the folder and every part exist;
+each file's sha256 equals the manifest's (so a truncated or bit-flipped index is named before FAISS
+reads it); the manifest's counts and dimension agree with the index, the id maps, the seen matrix,
+the popularity and the query tower. Every failure is an :class:`ArtifactError` whose ``part``
+names the culprit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "recsampled.index"
+
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "index.faiss"
+ITEM_IDS_FILE = "item_ids.npy"
+USER_IDS_FILE = "user_ids.npy"
+QUERY_MODEL_DIR = "query_model"
+SEEN_FILE = "seen.npz"
+POPULARITY_FILE = "item_popularity.npy"
+#: Parts that every artifact has (beside the manifest).
+REQUIRED_PARTS = (INDEX_FILE, ITEM_IDS_FILE)
+#: Every part an artifact may list in its manifest.
+KNOWN_PARTS = (
+    INDEX_FILE,
+    ITEM_IDS_FILE,
+    USER_IDS_FILE,
+    QUERY_MODEL_DIR,
+    SEEN_FILE,
+    POPULARITY_FILE,
+)
+
+_CHUNK = 1 << 20
+
+
+class ArtifactError(ValueError):
+    """An artifact folder that is incomplete, corrupt or inconsistent.
+
+    Attributes:
+        path: the artifact folder.
+        part: the part at fault (``"manifest.json"``, ``"index.faiss"``, ``"item_ids.npy"``, ...,
+            or ``"folder"``).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike, part: str):
+        super().__init__(message)
+        self.path = Path(path)
+        self.part = part
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """The artifact folder, or one of its parts, does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexInfo:
+    """How the FAISS index was built.
+
+    Attributes:
+        type: ``"flat"``, ``"hnsw"``, ``"ivf"`` or ``"ivfpq"``.
+        factory: the ``faiss.index_factory`` string (metric: inner product).
+        search_params: FAISS search parameters applied on load, e.g. ``{"efSearch": 64}``.
+        requested: the ``index`` argument of the export (``"auto"`` or the type).
+        build_seconds: time to train the index and add the items.
+        size_bytes: size of ``index.faiss``.
+    """
+
+    type: str
+    factory: str
+    search_params: dict[str, int]
+    requested: str
+    build_seconds: float
+    size_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RecallInfo:
+    """Recall@k of the index against exact search, measured at export.
+
+    Attributes:
+        k: the k of the recall.
+        value: the measured recall (1.0 for exact search).
+        target: the recall asked for.
+        reached: ``value >= target``.
+        num_queries: queries it was measured on (0 for exact search).
+        query_source: ``"sample_queries"`` (given), ``"query_model"`` (random users through the
+            query tower), ``"item_embeddings"`` (no queries available) or ``"exact"``.
+        trials: every configuration tried: ``{"params", "recall", "queries_per_second"}``.
+    """
+
+    k: int
+    value: float
+    target: float
+    reached: bool
+    num_queries: int
+    query_source: str
+    trials: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """The contents of ``manifest.json``.
+
+    Attributes:
+        schema_version: :data:`SCHEMA_VERSION` at write time.
+        format: :data:`FORMAT_NAME`.
+        created: UTC time of the export, ISO 8601.
+        num_items: N, rows of the index and of ``item_ids.npy``.
+        num_users: users in the vocabulary (0 without a query tower or user ids).
+        embedding_dim: D of the index and of the query tower's output.
+        metric: ``"dot"`` or ``"cosine"`` (the index stores normalised vectors for cosine).
+        index: see :class:`IndexInfo`.
+        recall: see :class:`RecallInfo`.
+        embeddings_sha256: sha256 of the item embeddings as given (``[N, D]`` float32, C order,
+            before normalisation): identifies the embeddings the index was built from.
+        files: part name -> sha256 of the file (of the folder's files, for ``query_model``).
+        training_config: the training configuration, as given (JSON).
+        versions: library versions at export (recsampled, faiss, tensorflow, numpy).
+    """
+
+    schema_version: int
+    format: str
+    created: str
+    num_items: int
+    num_users: int
+    embedding_dim: int
+    metric: str
+    index: IndexInfo
+    recall: RecallInfo
+    embeddings_sha256: str
+    files: dict[str, str]
+    training_config: dict[str, Any]
+    versions: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, *, path: str | os.PathLike = ".") -> Manifest:
+        """Parses and validates manifest data; raises :class:`ArtifactError` naming the field."""
+
+        def bad(message: str) -> ArtifactError:
+            return ArtifactError(
+                f"The manifest of the artifact at {path} is invalid: {message}",
+                path=path,
+                part=MANIFEST_FILE,
+            )
+
+        if not isinstance(data, dict):
+            raise bad(f"expected a JSON object, found {type(data).__name__}.")
+        if data.get("format") != FORMAT_NAME:
+            raise bad(f"`format` must be {FORMAT_NAME!r}. Received: {data.get('format')!r}.")
+        version = data.get("schema_version")
+        if not isinstance(version, int) or version < 1:
+            raise bad(f"`schema_version` must be a positive integer. Received: {version!r}.")
+        if version > SCHEMA_VERSION:
+            raise bad(
+                f"schema_version {version} is newer than this recsampled understands "
+                f"({SCHEMA_VERSION}); upgrade recsampled to load it."
+            )
+        sections = {"index": IndexInfo, "recall": RecallInfo}
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in data:
+                raise bad(f"the field `{field.name}` is missing.")
+            value = data[field.name]
+            if field.name in sections:
+                section = sections[field.name]
+                names = [f.name for f in dataclasses.fields(section)]
+                if not isinstance(value, dict) or sorted(value) != sorted(names):
+                    raise bad(f"`{field.name}` must be an object with the fields {names}.")
+                value = section(**value)
+            values[field.name] = value
+        for name in ("num_items", "num_users", "embedding_dim"):
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(f"`{name}` must be a non-negative integer. Received: {value!r}.")
+        if values["num_items"] == 0 or values["embedding_dim"] == 0:
+            raise bad("`num_items` and `embedding_dim` must be positive.")
+        if values["metric"] not in ("dot", "cosine"):
+            raise bad(f"`metric` must be 'dot' or 'cosine'. Received: {values['metric']!r}.")
+        files = values["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise bad("`files` must map part names to sha256 strings.")
+        unknown = sorted(set(files) - set(KNOWN_PARTS))
+        if unknown:
+            raise bad(f"`files` lists unknown parts {unknown}; known parts: {KNOWN_PARTS}.")
+        missing = [part for part in REQUIRED_PARTS if part not in files]
+        if missing:
+            raise bad(f"`files` must list {list(REQUIRED_PARTS)}; {missing} missing.")
+        if not isinstance(values["index"].search_params, dict):
+            raise bad("`index.search_params` must be an object.")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums and durable writes.
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_part(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, or of a folder: over its files' relative paths and sha256s, sorted."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """Hex sha256 of an array's float32, C-order bytes."""
+    data = np.ascontiguousarray(array, dtype=np.float32)
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flushes a file, or a folder's entries, to disk (``fsync``)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsyncs every file and folder under ``path`` (bottom-up), then ``path`` itself."""
+    for root, _, files in os.walk(path, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
+
+
+def write_json(path: str | os.PathLike, data: object) -> None:
+    """Writes ``data`` as indented JSON and fsyncs it."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """Writes ``manifest.json`` into ``folder`` (the last part of an export)."""
+    write_json(Path(folder) / MANIFEST_FILE, manifest.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# The atomic folder write.
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _siblings(output_dir: Path, kind: str) -> list[tuple[Path, int]]:
+    """Hidden siblings ``.{name}.{kind}-{pid}-{token}`` of ``output_dir``, with their pids."""
+    found = []
+    prefix = f".{output_dir.name}.{kind}-"
+    if not output_dir.parent.is_dir():
+        return found
+    for path in output_dir.parent.iterdir():
+        if path.name.startswith(prefix):
+            pid_text = path.name[len(prefix) :].split("-", 1)[0]
+            if pid_text.isdigit():
+                found.append((path, int(pid_text)))
+    return found
+
+
+def remove_stale(output_dir: str | os.PathLike) -> list[Path]:
+    """Removes temporary folders (and, if the artifact exists, backups) left by dead processes.
+
+    Returns:
+        The removed paths.
+    """
+    output_dir = Path(output_dir)
+    removed = []
+    stale = [p for p, pid in _siblings(output_dir, "tmp") if not _pid_alive(pid)]
+    if output_dir.exists():
+        stale += [p for p, pid in _siblings(output_dir, "old") if not _pid_alive(pid)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _is_replaceable(path: Path) -> bool:
+    """Only an artifact (it has our manifest or a temporary name) or an empty folder."""
+    if not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        data = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Returns ``output_dir`` as an absolute path if an export may write it.
+
+    Raises:
+        FileExistsError: if it exists and ``overwrite`` is false, or it exists and is neither a
+            recsampled artifact nor an empty folder.
+    """
+    output_dir = Path(output_dir).absolute()
+    if output_dir.exists() or output_dir.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                "`output_dir` already exists; pass overwrite=True to replace it. "
+                f"Received: output_dir={str(output_dir)!r}."
+            )
+        if not _is_replaceable(output_dir):
+            raise FileExistsError(
+                "`output_dir` exists and is not a recsampled artifact (no manifest.json of format "
+                f"{FORMAT_NAME!r}) nor an empty folder; refusing to replace it. "
+                f"Received: output_dir={str(output_dir)!r}."
+            )
+    return output_dir
+
+
+@contextlib.contextmanager
+def atomic_directory(output_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary folder that becomes ``output_dir`` when the block ends without error.
+
+    Args:
+        output_dir: the final folder (its parent is created if needed).
+        overwrite: replace an existing artifact at ``output_dir``; otherwise an existing path is
+            an error. Only a recsampled artifact or an empty folder is ever replaced.
+
+    Yields:
+        The temporary folder to write into (a hidden sibling of ``output_dir``).
+
+    Raises:
+        FileExistsError: if ``output_dir`` exists and ``overwrite`` is false, or it exists and
+            is not an artifact.
+    """
+    output_dir = check_output_dir(output_dir, overwrite=overwrite)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(output_dir)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    temporary = output_dir.parent / f".{output_dir.name}.tmp-{token}"
+    temporary.mkdir()
+    backup = output_dir.parent / f".{output_dir.name}.old-{token}"
+    try:
+        yield temporary
+        fsync_tree(temporary)
+        if output_dir.exists() or output_dir.is_symlink():
+            os.replace(output_dir, backup)
+        os.replace(temporary, output_dir)
+        fsync_path(output_dir.parent)
+    except BaseException:
+        if backup.exists() and not output_dir.exists():
+            os.replace(backup, output_dir)  # put the previous artifact back
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    remove_stale(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking.
+
+
+def not_found(path: str | os.PathLike) -> ArtifactNotFoundError:
+    """The error for a missing artifact folder, mentioning interrupted exports next to it."""
+    path = Path(path).absolute()
+    hints = []
+    temporaries = [p.name for p, _ in _siblings(path, "tmp")]
+    backups = [p.name for p, _ in _siblings(path, "old")]
+    if temporaries:
+        hints.append(
+            f" Unfinished exports were found next to it ({', '.join(sorted(temporaries))}): an "
+            "export to this path was interrupted or is running; run it again."
+        )
+    if backups:
+        hints.append(
+            f" A previous artifact survives under {', '.join(sorted(backups))} (an overwrite was "
+            "interrupted between its two renames); rename it back to use it."
+        )
+    return ArtifactNotFoundError(
+        f"Artifact not found: {path} does not exist. Create it with `export_artifact` "
+        f"(or `recsampled export`).{''.join(hints)}",
+        path=path,
+        part="folder",
+    )
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Reads and validates ``path/manifest.json``.
+
+    Raises:
+        ArtifactNotFoundError: if the folder or its manifest is missing.
+        ArtifactError: if the manifest is not valid JSON or misses fields.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise not_found(path)
+    file = path / MANIFEST_FILE
+    if not file.is_file():
+        raise ArtifactNotFoundError(
+            f"The artifact at {path} has no {MANIFEST_FILE} (the part written last): it is not a "
+            "complete export. Export it again.",
+            path=path,
+            part=MANIFEST_FILE,
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(
+            f"The manifest of the artifact at {path} is not valid JSON: {e}",
+            path=path,
+            part=MANIFEST_FILE,
+        ) from e
+    return Manifest.from_dict(data, path=path)
+
+
+def check_files(
+    path: str | os.PathLike, manifest: Manifest, *, verify_checksums: bool = True
+) -> None:
+    """Checks that every part listed in the manifest exists and has its recorded sha256.
+
+    Raises:
+        ArtifactNotFoundError: naming the first missing part.
+        ArtifactError: naming the first part whose checksum differs (corrupt or replaced).
+    """
+    path = Path(path)
+    for part, expected in manifest.files.items():
+        file = path / part
+        if not file.exists():
+            raise ArtifactNotFoundError(
+                f"The artifact at {path} is incomplete: its part {part!r} is missing "
+                f"(listed in {MANIFEST_FILE}, not found at {file}).",
+                path=path,
+                part=part,
+            )
+        if verify_checksums:
+            actual = sha256_part(file)
+            if actual != expected:
+                raise ArtifactError(
+                    f"The artifact at {path} is corrupt: the sha256 of its part {part!r} is "
+                    f"{actual}, but {MANIFEST_FILE} records {expected}. The file was truncated, "
+                    "modified or replaced; export the artifact again.",
+                    path=path,
+                    part=part,
+                )
+
+
+def mismatch(path: str | os.PathLike, part: str, message: str) -> ArtifactError:
+    """An :class:`ArtifactError` for parts that disagree, naming ``part``."""
+    return ArtifactError(f"The artifact at {path} is inconsistent: {message}", path=path, part=part)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Saves one array as ``.npy`` (no pickles) and fsyncs it."""
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_npy(folder: Path, part: str) -> np.ndarray:
+    """Loads a ``.npy`` part; raises :class:`ArtifactError` naming it if it is unreadable."""
+    try:
+        return np.load(folder / part, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ArtifactError(
+            f"The artifact at {folder} has an unreadable part {part!r}: {e}", path=folder, part=part
+        ) from e
+
+
+def save_csr(path: Path, indptr: np.ndarray, indices: np.ndarray) -> None:
+    """Saves a CSR structure (``indptr``, ``indices``) as a compressed ``.npz``, fsynced."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, indptr=indptr, indices=indices)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_csr(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Loads ``(indptr, indices)`` of a ``.npz`` part, naming it on failure."""
+    try:
+        with np.load(folder / part, allow_pickle=False) as data:
+            return data["indptr"], data["indices"]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise ArtifactError(
+            f"The artifact at {folder} has an unreadable part {part!r}: {e}", path=folder, part=part
+        ) from e
+
+
+def as_json_config(config: object) -> dict[str, Any]:
+    """A training config (mapping or dataclass) as JSON data; paths become strings.
+
+    Raises:
+        ValueError: if the config holds values JSON cannot represent.
+    """
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise ValueError(
+            "`training_config` must be a mapping or a dataclass. "
+            f"Received: training_config of type {type(config).__name__}."
+        )
+
+    def default(value: object) -> object:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"{value!r} (of type {type(value).__name__}) is not JSON-serialisable")
+
+    try:
+        return json.loads(json.dumps(dict(config), default=default, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`training_config` must be JSON-serialisable: {e}.") from e

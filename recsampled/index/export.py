@@ -1,0 +1,453 @@
+"""Export: item embeddings into a FAISS index, next to the query tower, id maps and a manifest.
+
+:func:`embed_catalogue` embeds every item index with the candidate tower, in batches.
+:func:`export_artifact` builds and tunes the index (:func:`recsampled.index.build_index`), saves
+the query tower as a SavedModel, and writes the artifact folder atomically
+(:mod:`recsampled.index.artifact`). Its interface is explicit arrays and models, not a training
+run directory, so that any training code can call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import tensorflow as tf
+
+from recsampled._validation import check_positive_int, received
+from recsampled.index import artifact
+from recsampled.index._progress import Progress, log
+from recsampled.index.artifact import (
+    INDEX_FILE,
+    ITEM_IDS_FILE,
+    POPULARITY_FILE,
+    QUERY_MODEL_DIR,
+    SEEN_FILE,
+    USER_IDS_FILE,
+    IndexInfo,
+    Manifest,
+    RecallInfo,
+)
+from recsampled.index.build import (
+    AUTO_EXACT_MAX_ITEMS,
+    DEFAULT_TARGET_RECALL,
+    MAX_TUNING_QUERIES,
+    RECALL_K,
+    IndexChoice,
+    Metric,
+    build_index,
+    check_index_choice,
+    check_metric,
+    prepare_vectors,
+)
+
+QUERY_INPUT_SIGNATURE = tf.TensorSpec([None], tf.int64, name="user_indices")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactInfo:
+    """What :func:`export_artifact` wrote.
+
+    Attributes:
+        path: the artifact folder (final name).
+        manifest: the manifest written into it.
+    """
+
+    path: Path
+    manifest: Manifest
+
+
+def embed_ids(
+    model: Callable[[tf.Tensor], tf.Tensor],
+    ids: np.ndarray,
+    *,
+    batch_size: int = 4096,
+    progress: bool = False,
+    label: str = "embedding",
+) -> np.ndarray:
+    """Runs ``model`` on int64 ``ids`` in batches and stacks the outputs.
+
+    Args:
+        model: maps ``[batch]`` int64 ids to ``[batch, embedding_dim]`` embeddings (a Keras tower
+            or a loaded SavedModel).
+        ids: ``[n]`` integer ids.
+        batch_size: ids per call.
+        progress: show a progress line on stderr.
+        label: what the progress line says.
+
+    Returns:
+        ``[n, embedding_dim]`` float32 embeddings.
+
+    Raises:
+        ValueError: if the model's output is not ``[batch, embedding_dim]``.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    ids = np.asarray(ids, dtype=np.int64)
+    parts = []
+    with Progress(label, len(ids), enabled=progress) as bar:
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            kwargs = {"training": False} if isinstance(model, tf.keras.layers.Layer) else {}
+            output = np.asarray(model(tf.constant(batch), **kwargs), dtype=np.float32)
+            if output.ndim != 2 or output.shape[0] != len(batch):
+                raise ValueError(
+                    f"The model must map [batch] ids to [batch, embedding_dim] embeddings. "
+                    f"Received: output of shape {output.shape} for {len(batch)} ids."
+                )
+            parts.append(output)
+            bar.update(len(batch))
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+def embed_catalogue(
+    candidate_model: Callable[[tf.Tensor], tf.Tensor],
+    num_items: int,
+    *,
+    batch_size: int = 4096,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embeds item indices ``0 .. num_items - 1`` with the candidate tower, in batches.
+
+    Args:
+        candidate_model: maps ``[batch]`` int64 item indices to ``[batch, embedding_dim]``.
+        num_items: N, the catalogue size.
+        batch_size: items per call.
+        progress: show a progress line on stderr.
+
+    Returns:
+        ``[num_items, embedding_dim]`` float32 item embeddings, row ``i`` for item index ``i``.
+
+    Example:
+        >>> tower = tf.keras.Sequential([tf.keras.layers.Embedding(100, 8)])
+        >>> embed_catalogue(tower, 100, batch_size=32, progress=False).shape
+        (100, 8)
+    """
+    num_items = check_positive_int("num_items", num_items)
+    return embed_ids(
+        candidate_model,
+        np.arange(num_items),
+        batch_size=batch_size,
+        progress=progress,
+        label="embedding items",
+    )
+
+
+class _ServingQueryTower(tf.Module):
+    """The query tower with a fixed serving signature: int64 user indices -> float32 [B, D]."""
+
+    def __init__(self, query_model: Callable[[tf.Tensor], tf.Tensor]):
+        super().__init__(name="query_tower")
+        self.query_model = query_model
+
+    @tf.function(input_signature=[QUERY_INPUT_SIGNATURE])
+    def __call__(self, user_indices: tf.Tensor) -> tf.Tensor:
+        if isinstance(self.query_model, tf.keras.layers.Layer):
+            output = self.query_model(user_indices, training=False)
+        else:
+            output = self.query_model(user_indices)
+        return tf.cast(output, tf.float32)
+
+
+def save_query_model(query_model: Callable[[tf.Tensor], tf.Tensor], path: Path) -> None:
+    """Saves ``query_model`` as a SavedModel whose call (and ``serving_default``) maps
+    ``[batch]`` int64 user indices to ``[batch, embedding_dim]`` float32 query embeddings."""
+    module = _ServingQueryTower(query_model)
+    signature = module.__call__.get_concrete_function()
+    try:
+        tf.saved_model.save(module, str(path), signatures={"serving_default": signature})
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"`query_model` could not be saved as a SavedModel with the input signature "
+            f"{QUERY_INPUT_SIGNATURE}: {e}"
+        ) from e
+
+
+def _as_ids(values: object, name: str) -> np.ndarray:
+    """Distinct integer or string ids as an int64 or unicode array (storable without pickle)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`{name}` must be a 1-D sequence of ids. {received(name, values)}") from e
+    if array.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D. Received: {name} with shape {array.shape}.")
+    if array.dtype == object:
+        if all(isinstance(v, str) for v in array):
+            array = array.astype(str)
+        elif all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in array):
+            array = array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.int64)
+    elif array.dtype.kind != "U":
+        raise ValueError(
+            f"`{name}` must hold integer or string ids. Received: {name} of dtype {array.dtype}."
+        )
+    unique, counts = np.unique(array, return_counts=True)
+    if len(unique) != len(array):
+        raise ValueError(
+            f"`{name}` must hold distinct ids. Received: {unique[counts > 1][:5].tolist()} "
+            "(among others) more than once."
+        )
+    return array
+
+
+def as_csr(seen: object, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seen items per user as CSR ``(indptr [num_users + 1] int64, indices int32/int64)``.
+
+    Args:
+        seen: a SciPy sparse matrix ``[num_users, num_items]`` (any nonzero is seen), a tuple
+            ``(indptr, indices)``, a mapping user index -> item rows, or a sequence (one entry per
+            user) of item rows.
+        num_users: rows of the result.
+        num_items: item rows must lie in ``[0, num_items)``.
+
+    Raises:
+        ValueError: on another type, wrong sizes, or rows out of range.
+    """
+    if hasattr(seen, "tocsr"):
+        matrix = seen.tocsr()
+        if matrix.shape[0] != num_users or matrix.shape[1] != num_items:
+            raise ValueError(
+                f"`seen` must have shape [num_users={num_users}, num_items={num_items}]. "
+                f"Received: a sparse matrix of shape {matrix.shape}."
+            )
+        indptr, indices = np.asarray(matrix.indptr), np.asarray(matrix.indices)
+    elif isinstance(seen, tuple) and len(seen) == 2:
+        indptr, indices = np.asarray(seen[0]), np.asarray(seen[1])
+    elif isinstance(seen, Mapping) or isinstance(seen, Sequence):
+        rows = [[] for _ in range(num_users)]
+        entries = seen.items() if isinstance(seen, Mapping) else enumerate(seen)
+        for user, items in entries:
+            if isinstance(user, bool) or not isinstance(user, int | np.integer):
+                raise ValueError(f"`seen` must be keyed by user index (int). Received: {user!r}.")
+            if not 0 <= int(user) < num_users:
+                raise ValueError(
+                    f"`seen` keys must be user indices in [0, {num_users}). Received: {user}."
+                )
+            rows[int(user)] = np.asarray(items, dtype=np.int64).ravel()
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        indices = np.concatenate([np.asarray(r, np.int64) for r in rows]) if rows else indptr[:0]
+    else:
+        raise ValueError(
+            "`seen` must be a SciPy sparse matrix, a (indptr, indices) tuple, a mapping user index "
+            f"-> item rows, or a sequence of item rows per user. {received('seen', seen)}"
+        )
+    if indptr.shape != (num_users + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError(
+            f"`seen` must have indptr of length num_users + 1 = {num_users + 1}, starting at 0, "
+            f"non-decreasing. Received: indptr with shape {indptr.shape}."
+        )
+    if indices.shape != (int(indptr[-1]),) or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(
+            f"`seen` must have {int(indptr[-1])} integer item rows. Received: indices with shape "
+            f"{indices.shape}, dtype {indices.dtype}."
+        )
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_items):
+        raise ValueError(
+            f"`seen` item rows must lie in [0, num_items={num_items}). Received: rows in "
+            f"[{indices.min()}, {indices.max()}]."
+        )
+    dtype = np.int32 if num_items < 2**31 else np.int64
+    return indptr.astype(np.int64), indices.astype(dtype)
+
+
+def _popularity(values: object, num_items: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (num_items,) or not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError(
+            f"`item_popularity` must be [num_items={num_items}] finite counts >= 0. "
+            f"Received: shape {array.shape}."
+        )
+    return array
+
+
+def _versions() -> dict[str, str]:
+    import recsampled
+
+    return {
+        "recsampled": getattr(recsampled, "__version__", "unknown"),
+        "faiss": faiss.__version__,
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def export_artifact(
+    output_dir: str | os.PathLike,
+    *,
+    item_embeddings: object,
+    item_ids: Sequence[Any] | np.ndarray,
+    query_model: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    user_ids: Sequence[Any] | np.ndarray | None = None,
+    metric: Metric = "dot",
+    index: IndexChoice = "auto",
+    sample_queries: object | None = None,
+    seen: object | None = None,
+    item_popularity: object | None = None,
+    training_config: Mapping[str, Any] | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> ArtifactInfo:
+    """Builds the FAISS index and writes the artifact folder atomically.
+
+    Everything is written into a hidden temporary sibling of ``output_dir`` and renamed into
+    place at the end, so a killed export never leaves a loadable folder under ``output_dir``.
+
+    Args:
+        output_dir: the artifact folder to create.
+        item_embeddings: ``[num_items, embedding_dim]`` float item embeddings (row ``i`` = item
+            index ``i``), e.g. from :func:`embed_catalogue`.
+        item_ids: ``[num_items]`` distinct original item ids (int or str), in row order.
+        query_model: maps ``[batch]`` int64 user indices to ``[batch, embedding_dim]`` query
+            embeddings; saved as a SavedModel. Optional (without it, only ``similar_items`` and
+            ``search`` work after loading).
+        user_ids: ``[num_users]`` distinct original user ids in index order (the query tower's
+            vocabulary); required with ``query_model`` or ``seen``.
+        metric: ``"dot"`` or ``"cosine"``, the score the model was trained with.
+        index: ``"flat"``, ``"hnsw"``, ``"ivf"``, ``"ivfpq"`` or ``"auto"`` (exact below
+            ``AUTO_EXACT_MAX_ITEMS`` items, else IVF-Flat tuned to ``target_recall``).
+        sample_queries: ``[num_queries, embedding_dim]`` real query embeddings to tune and measure
+            ANN recall; by default up to 1000 random users through ``query_model``.
+        seen: item rows each user has seen, for ``exclude_seen`` (see :func:`as_csr`).
+        item_popularity: ``[num_items]`` interaction counts, for the popular-items fallback.
+        training_config: the training configuration (a mapping or dataclass), stored as JSON.
+        target_recall: recall@10 against exact search the ANN index must reach.
+        overwrite: replace an existing artifact at ``output_dir``.
+        seed: seeds the samples used for training and tuning.
+        progress: show progress on stderr.
+
+    Returns:
+        An :class:`ArtifactInfo` with the final path and the manifest.
+
+    Raises:
+        ValueError: on inconsistent inputs (counts, dimensions, ids).
+        FileExistsError: if ``output_dir`` exists and ``overwrite`` is false.
+
+    Example:
+        >>> items = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
+        >>> info = export_artifact("/tmp/artifact", item_embeddings=items,
+        ...                        item_ids=[f"item{i}" for i in range(50)], index="flat",
+        ...                        progress=False, overwrite=True)
+        >>> info.manifest.num_items
+        50
+    """
+    metric = check_metric(metric)
+    index = check_index_choice(index)
+    artifact.check_output_dir(output_dir, overwrite=overwrite)  # fail before minutes of work
+    embeddings = prepare_vectors(item_embeddings, "dot")  # validated float32, not normalised
+    num_items, dim = embeddings.shape
+    item_ids = _as_ids(item_ids, "item_ids")
+    if len(item_ids) != num_items:
+        raise ValueError(
+            f"`item_ids` must have one id per row of `item_embeddings` ({num_items}). "
+            f"Received: {len(item_ids)} ids."
+        )
+    if (query_model is not None or seen is not None) and user_ids is None:
+        raise ValueError(
+            "`user_ids` (the user vocabulary, in index order) is required with `query_model` or "
+            "`seen`. Received: user_ids=None."
+        )
+    users = _as_ids(user_ids, "user_ids") if user_ids is not None else None
+    num_users = 0 if users is None else len(users)
+    if query_model is not None and not callable(query_model):
+        raise ValueError(f"`query_model` must be callable. {received('query_model', query_model)}")
+    csr = as_csr(seen, num_users, num_items) if seen is not None else None
+    popularity = _popularity(item_popularity, num_items) if item_popularity is not None else None
+    config = artifact.as_json_config(training_config)
+
+    query_source = "sample_queries" if sample_queries is not None else None
+    if query_model is not None and num_users:
+        probe = embed_ids(query_model, np.arange(min(num_users, 2)))
+        if probe.shape[1] != dim:
+            raise ValueError(
+                f"`query_model` must output embeddings of the items' dimension ({dim}). "
+                f"Received: query embeddings of dimension {probe.shape[1]}."
+            )
+        wants_ann = index not in ("flat",) and not (
+            index == "auto" and num_items < AUTO_EXACT_MAX_ITEMS
+        )
+        if sample_queries is None and wants_ann:
+            rng = np.random.default_rng(seed)
+            chosen = np.sort(rng.choice(num_users, min(num_users, MAX_TUNING_QUERIES), False))
+            sample_queries = embed_ids(
+                query_model, chosen, label="embedding sample queries", progress=progress
+            )
+            query_source = "query_model"
+
+    built = build_index(
+        embeddings,
+        index=index,
+        metric=metric,
+        sample_queries=sample_queries,
+        target_recall=target_recall,
+        recall_k=RECALL_K,
+        seed=seed,
+        progress=progress,
+    )
+    source = built.query_source
+    if source == "sample_queries" and query_source is not None:
+        source = query_source
+    log(
+        f"index {built.factory} {built.search_params}: recall@{built.recall_k}="
+        f"{built.recall:.4f} (target {built.target_recall}, {built.num_queries} queries)",
+        enabled=progress,
+    )
+
+    with artifact.atomic_directory(output_dir, overwrite=overwrite) as folder:
+        faiss.write_index(built.index, str(folder / INDEX_FILE))
+        artifact.save_npy(folder / ITEM_IDS_FILE, item_ids)
+        if users is not None:
+            artifact.save_npy(folder / USER_IDS_FILE, users)
+        if csr is not None:
+            artifact.save_csr(folder / SEEN_FILE, *csr)
+        if popularity is not None:
+            artifact.save_npy(folder / POPULARITY_FILE, popularity)
+        if query_model is not None:
+            log("saving the query tower (SavedModel)", enabled=progress)
+            save_query_model(query_model, folder / QUERY_MODEL_DIR)
+        artifact.fsync_tree(folder)
+        parts = [p for p in artifact.KNOWN_PARTS if (folder / p).exists()]
+        manifest = Manifest(
+            schema_version=artifact.SCHEMA_VERSION,
+            format=artifact.FORMAT_NAME,
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            num_items=int(num_items),
+            num_users=int(num_users),
+            embedding_dim=int(dim),
+            metric=metric,
+            index=IndexInfo(
+                type=built.index_type,
+                factory=built.factory,
+                search_params=dict(built.search_params),
+                requested=index,
+                build_seconds=round(built.build_seconds, 3),
+                size_bytes=(folder / INDEX_FILE).stat().st_size,
+            ),
+            recall=RecallInfo(
+                k=built.recall_k,
+                value=built.recall,
+                target=built.target_recall,
+                reached=built.target_reached,
+                num_queries=built.num_queries,
+                query_source=source,
+                trials=[dataclasses.asdict(t) for t in built.trials],
+            ),
+            embeddings_sha256=artifact.sha256_array(embeddings),
+            files={part: artifact.sha256_part(folder / part) for part in parts},
+            training_config=config,
+            versions=_versions(),
+        )
+        artifact.write_manifest(folder, manifest)
+    final = Path(output_dir).absolute()
+    log(f"wrote {final}", enabled=progress)
+    return ArtifactInfo(path=final, manifest=manifest)

@@ -1,0 +1,618 @@
+"""Serving: load an artifact folder and return top-k original item ids for users or items.
+
+``recommend`` embeds users with the saved query tower and searches the FAISS index.
+``exclude_seen`` asks the index for ``k + s`` rows, where ``s`` is the largest number of seen
+items among the users of a batch (users are grouped by seen count, so one heavy user does not
+widen everyone's search), drops the seen rows and keeps the first ``k``; with exact search this is
+exactly the top k of the unseen items. An approximate index may return fewer than ``k`` rows:
+the missing entries have row ``-1``, score ``-inf``, and :meth:`Recommendations.to_frame` leaves
+them out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from recsampled._validation import check_positive_int, received
+from recsampled.index import artifact
+from recsampled.index.artifact import (
+    INDEX_FILE,
+    ITEM_IDS_FILE,
+    POPULARITY_FILE,
+    QUERY_MODEL_DIR,
+    SEEN_FILE,
+    USER_IDS_FILE,
+    ArtifactError,
+    Manifest,
+    mismatch,
+)
+from recsampled.index.build import prepare_vectors, search, set_search_params
+from recsampled.index.export import embed_ids
+
+UnknownUserPolicy = Literal["error", "popular"]
+
+
+class UnknownUserError(KeyError):
+    """A user id that is not in the artifact's user vocabulary.
+
+    Attributes:
+        user_ids: the unknown ids (all of them, in request order).
+    """
+
+    def __init__(self, message: str, user_ids: Sequence[Any]):
+        super().__init__(message)
+        self.message = message
+        self.user_ids = list(user_ids)
+
+    def __str__(self) -> str:  # KeyError would show the message's repr
+        return self.message
+
+
+class UnknownItemError(KeyError):
+    """An item id that is not in the artifact's catalogue."""
+
+    def __init__(self, message: str, item_ids: Sequence[Any]):
+        super().__init__(message)
+        self.message = message
+        self.item_ids = list(item_ids)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendations:
+    """Top-k items per query, best first.
+
+    Attributes:
+        queries: ``[batch_size]`` the user ids (or item ids) asked for.
+        ids: ``[batch_size, k]`` original item ids (``-1`` or ``""`` where ``rows`` is ``-1``).
+        scores: ``[batch_size, k]`` float32 scores in the artifact's metric (popularity counts
+            for fallback rows; ``-inf`` where there is no item).
+        rows: ``[batch_size, k]`` int64 index rows (``-1`` where there is no item).
+        fallback: ``[batch_size]`` bool, true where popular items stand in for an unknown user.
+        query_column: name of the query column in :meth:`to_frame` (``"user"`` or ``"item"``).
+    """
+
+    queries: np.ndarray
+    ids: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    fallback: np.ndarray
+    query_column: str = "user"
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: one row per (query, rank) with an item; ranks start at 1.
+
+        Returns:
+            A DataFrame with columns ``[query_column, "rank", "item", "score", "fallback"]``
+            (``"similar_item"`` instead of ``"item"`` when the queries are items).
+        """
+        batch, k = self.rows.shape
+        keep = (self.rows >= 0).ravel()
+        item_column = "similar_item" if self.query_column == "item" else "item"
+        return pd.DataFrame(
+            {
+                self.query_column: np.repeat(self.queries, k)[keep],
+                "rank": np.tile(np.arange(1, k + 1), batch)[keep],
+                item_column: self.ids.ravel()[keep],
+                "score": self.scores.ravel()[keep],
+                "fallback": np.repeat(self.fallback, k)[keep],
+            }
+        )
+
+
+def _check_k(k: object) -> int:
+    return check_positive_int("k", k)
+
+
+def _as_queries(values: object, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim != 1:
+        raise ValueError(
+            f"`{name}` must be an id or a 1-D sequence of ids. "
+            f"Received: {name} with shape {array.shape}."
+        )
+    return array
+
+
+class Retriever:
+    """Top-k retrieval over an exported artifact (see :func:`export_artifact`).
+
+    Build it with :meth:`load`; the constructor takes the loaded parts.
+
+    Example:
+        >>> retriever = Retriever.load("artifacts/movielens")  # doctest: +SKIP
+        >>> top = retriever.recommend([196, 186], k=10)  # doctest: +SKIP
+        >>> top.ids.shape, top.to_frame().columns.tolist()  # doctest: +SKIP
+        ((2, 10), ['user', 'rank', 'item', 'score', 'fallback'])
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        manifest: Manifest,
+        index: faiss.Index,
+        item_ids: np.ndarray,
+        user_ids: np.ndarray | None = None,
+        query_model: Any | None = None,
+        seen: tuple[np.ndarray, np.ndarray] | None = None,
+        item_popularity: np.ndarray | None = None,
+        unknown_user: UnknownUserPolicy = "error",
+        batch_size: int = 1024,
+    ):
+        if unknown_user not in ("error", "popular"):
+            raise ValueError(
+                "`unknown_user` must be 'error' or 'popular'. "
+                f"{received('unknown_user', unknown_user)}"
+            )
+        if unknown_user == "popular" and item_popularity is None:
+            raise ValueError(
+                f"`unknown_user='popular'` needs item popularity, but the artifact at {path} has "
+                "none; export it with `item_popularity=...` or use unknown_user='error'."
+            )
+        self.path = path
+        self.manifest = manifest
+        self.index = index
+        self.item_ids = item_ids
+        self.user_ids = user_ids
+        self.query_model = query_model
+        self.seen = seen
+        self.item_popularity = item_popularity
+        self.unknown_user = unknown_user
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self._users = pd.Index(user_ids) if user_ids is not None else None
+        self._items = pd.Index(item_ids)
+        self._popular_rows = (
+            np.argsort(-item_popularity, kind="stable") if item_popularity is not None else None
+        )
+        self._has_direct_map = False
+
+    # -- loading --------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        unknown_user: UnknownUserPolicy = "error",
+        verify_checksums: bool = True,
+        batch_size: int = 1024,
+    ) -> Retriever:
+        """Loads an artifact folder and checks that its parts are present and agree.
+
+        Args:
+            path: the artifact folder.
+            unknown_user: ``"error"`` (raise :class:`UnknownUserError`) or ``"popular"`` (return
+                the most popular items for users outside the vocabulary).
+            verify_checksums: compare every file's sha256 with the manifest.
+            batch_size: users embedded and searched per step.
+
+        Returns:
+            A :class:`Retriever`.
+
+        Raises:
+            ArtifactNotFoundError: if the folder or a part is missing (``error.part`` names it).
+            ArtifactError: if a part is corrupt or disagrees with the manifest or another part.
+        """
+        path = Path(path).absolute()
+        manifest = artifact.read_manifest(path)
+        artifact.check_files(path, manifest, verify_checksums=verify_checksums)
+        n, dim = manifest.num_items, manifest.embedding_dim
+
+        try:
+            index = faiss.read_index(str(path / INDEX_FILE))
+        except RuntimeError as e:
+            raise ArtifactError(
+                f"The artifact at {path} has a corrupt FAISS index ({INDEX_FILE}): {e}",
+                path=path,
+                part=INDEX_FILE,
+            ) from e
+        if index.d != dim:
+            raise mismatch(
+                path,
+                INDEX_FILE,
+                f"{INDEX_FILE} has dimension {index.d}, but "
+                f"manifest.json says embedding_dim={dim}.",
+            )
+        if index.ntotal != n:
+            raise mismatch(
+                path,
+                INDEX_FILE,
+                f"{INDEX_FILE} holds {index.ntotal} vectors, but manifest.json says num_items={n}.",
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise mismatch(path, INDEX_FILE, f"{INDEX_FILE} does not use the inner product.")
+        try:
+            set_search_params(index, manifest.index.search_params)
+        except ValueError as e:
+            raise mismatch(path, INDEX_FILE, str(e)) from e
+
+        item_ids = _ids_part(path, ITEM_IDS_FILE, n, "num_items")
+        user_ids = None
+        if USER_IDS_FILE in manifest.files:
+            user_ids = _ids_part(path, USER_IDS_FILE, manifest.num_users, "num_users")
+
+        seen = None
+        if SEEN_FILE in manifest.files:
+            indptr, indices = artifact.load_csr(path, SEEN_FILE)
+            users = manifest.num_users
+            if indptr.shape != (users + 1,) or indices.shape != (int(indptr[-1]),):
+                raise mismatch(
+                    path,
+                    SEEN_FILE,
+                    f"{SEEN_FILE} has {len(indptr) - 1} users and "
+                    f"{len(indices)} entries, but manifest.json says num_users="
+                    f"{users} and its indptr ends at {indptr[-1]}.",
+                )
+            if len(indices) and (indices.min() < 0 or indices.max() >= n):
+                raise mismatch(path, SEEN_FILE, f"{SEEN_FILE} has item rows outside [0, {n}).")
+            seen = (indptr.astype(np.int64), indices.astype(np.int64))
+
+        popularity = None
+        if POPULARITY_FILE in manifest.files:
+            popularity = artifact.load_npy(path, POPULARITY_FILE)
+            if popularity.shape != (n,):
+                raise mismatch(
+                    path,
+                    POPULARITY_FILE,
+                    f"{POPULARITY_FILE} has shape "
+                    f"{popularity.shape}, but manifest.json says num_items={n}.",
+                )
+
+        query_model = None
+        if QUERY_MODEL_DIR in manifest.files:
+            query_model = _load_query_model(path, manifest)
+
+        return cls(
+            path=path,
+            manifest=manifest,
+            index=index,
+            item_ids=item_ids,
+            user_ids=user_ids,
+            query_model=query_model,
+            seen=seen,
+            item_popularity=popularity,
+            unknown_user=unknown_user,
+            batch_size=batch_size,
+        )
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def num_items(self) -> int:
+        return self.manifest.num_items
+
+    @property
+    def num_users(self) -> int:
+        return self.manifest.num_users
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.manifest.embedding_dim
+
+    @property
+    def metric(self) -> str:
+        return self.manifest.metric
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"Retriever({str(self.path)!r}, num_items={m.num_items}, num_users={m.num_users}, "
+            f"embedding_dim={m.embedding_dim}, metric={m.metric!r}, index={m.index.factory!r}, "
+            f"recall@{m.recall.k}={m.recall.value:.4f})"
+        )
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def user_indices(self, user_ids: object) -> np.ndarray:
+        """``[batch_size]`` user indices of original ids (``-1`` for unknown users)."""
+        if self._users is None:
+            raise ValueError(
+                f"The artifact at {self.path} has no user vocabulary; export it with `user_ids`."
+            )
+        return self._users.get_indexer(_as_queries(user_ids, "user_ids"))
+
+    def item_rows(self, item_ids: object) -> np.ndarray:
+        """``[batch_size]`` index rows of original item ids.
+
+        Raises:
+            UnknownItemError: naming the ids that are not in the catalogue.
+        """
+        item_ids = _as_queries(item_ids, "item_ids")
+        rows = self._items.get_indexer(item_ids)
+        if (rows < 0).any():
+            unknown = item_ids[rows < 0]
+            raise UnknownItemError(
+                f"Item id {_show(unknown[0])} is not in the artifact's catalogue "
+                f"({self.num_items} items; {len(unknown)} unknown in this request: "
+                f"{unknown[:5].tolist()}).",
+                unknown.tolist(),
+            )
+        return rows.astype(np.int64)
+
+    def embed_users(self, user_ids: object) -> np.ndarray:
+        """``[batch_size, embedding_dim]`` query embeddings of known users (query tower).
+
+        Raises:
+            UnknownUserError: if a user is not in the vocabulary.
+        """
+        user_ids = _as_queries(user_ids, "user_ids")
+        indices = self.user_indices(user_ids)
+        self._raise_unknown(user_ids, indices)
+        return self._embed(indices)
+
+    # -- retrieval -------------------------------------------------------------------------
+
+    def search(self, query_embeddings: object, k: int = 10) -> Recommendations:
+        """Top-k items for raw query embeddings (no exclusion).
+
+        Args:
+            query_embeddings: ``[batch_size, embedding_dim]`` float queries (normalised here for
+                cosine).
+            k: items per query.
+
+        Returns:
+            :class:`Recommendations` whose ``queries`` are ``0 .. batch_size - 1``.
+        """
+        k = _check_k(k)
+        queries = self._prepare(query_embeddings)
+        rows = np.full((len(queries), k), -1, np.int64)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        for start in range(0, len(queries), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            s, r = self._search_excluding(queries[part], k, None)
+            scores[part], rows[part] = s, r
+        return self._result(np.arange(len(queries)), scores, rows, None, "query")
+
+    def recommend(
+        self, user_ids: object, k: int = 10, *, exclude_seen: bool = True
+    ) -> Recommendations:
+        """Top-k original item ids for each user, optionally without the items they have seen.
+
+        Args:
+            user_ids: an original user id or a ``[batch_size]`` sequence of them.
+            k: items per user.
+            exclude_seen: leave out the items recorded as seen at export (needs ``seen``).
+
+        Returns:
+            :class:`Recommendations` with ``[batch_size, k]`` ids and scores.
+
+        Raises:
+            UnknownUserError: for users outside the vocabulary, unless the retriever was loaded
+                with ``unknown_user="popular"``.
+            ValueError: if the artifact has no query tower, or ``exclude_seen`` without ``seen``.
+        """
+        k = _check_k(k)
+        if self.query_model is None:
+            raise ValueError(
+                f"The artifact at {self.path} has no query tower, so it cannot embed users; "
+                "export it with `query_model=...`, or call `search(query_embeddings)`."
+            )
+        if exclude_seen and self.seen is None:
+            raise ValueError(
+                f"`exclude_seen=True` needs the seen items, but the artifact at {self.path} has "
+                "none; export it with `seen=...` or pass exclude_seen=False."
+            )
+        user_ids = _as_queries(user_ids, "user_ids")
+        indices = self.user_indices(user_ids)
+        if self.unknown_user == "error":
+            self._raise_unknown(user_ids, indices)
+        batch = len(user_ids)
+        rows = np.full((batch, k), -1, np.int64)
+        scores = np.full((batch, k), -np.inf, np.float32)
+        known = np.flatnonzero(indices >= 0)
+        if exclude_seen:  # similar seen counts share a batch: k + max(seen) stays tight
+            indptr = self.seen[0]
+            counts = indptr[indices[known] + 1] - indptr[indices[known]]
+            known = known[np.argsort(counts, kind="stable")]
+        for start in range(0, len(known), self.batch_size):
+            positions = known[start : start + self.batch_size]
+            users = indices[positions]
+            queries = self._prepare(self._embed(users))
+            s, r = self._search_excluding(queries, k, users if exclude_seen else None)
+            scores[positions], rows[positions] = s, r
+        fallback = indices < 0
+        if fallback.any():
+            top = self._popular_rows[:k]
+            rows[fallback, : len(top)] = top
+            scores[fallback, : len(top)] = self.item_popularity[top].astype(np.float32)
+        return self._result(user_ids, scores, rows, fallback, "user")
+
+    def similar_items(self, item_ids: object, k: int = 10) -> Recommendations:
+        """Top-k other items for each item, by the index's score between item embeddings.
+
+        Args:
+            item_ids: an original item id or a ``[batch_size]`` sequence of them.
+            k: similar items per item (the item itself is left out).
+
+        Returns:
+            :class:`Recommendations` with ``query_column="item"``.
+
+        Raises:
+            UnknownItemError: for ids outside the catalogue.
+        """
+        k = _check_k(k)
+        item_ids = _as_queries(item_ids, "item_ids")
+        own = self.item_rows(item_ids)
+        batch = len(own)
+        rows = np.full((batch, k), -1, np.int64)
+        scores = np.full((batch, k), -np.inf, np.float32)
+        for start in range(0, batch, self.batch_size):
+            part = slice(start, start + self.batch_size)
+            vectors = self._reconstruct(own[part])
+            exclude = (np.arange(len(vectors)) + 1, own[part])  # one excluded row per query
+            s, r = self._search_excluding(vectors, k, None, exclude_rows=exclude)
+            scores[part], rows[part] = s, r
+        return self._result(item_ids, scores, rows, np.zeros(batch, bool), "item")
+
+    def popular_items(self, k: int = 10) -> np.ndarray:
+        """``[k]`` original ids of the most popular items (needs ``item_popularity``)."""
+        k = _check_k(k)
+        if self._popular_rows is None:
+            raise ValueError(f"The artifact at {self.path} has no item popularity.")
+        return self.item_ids[self._popular_rows[:k]]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _raise_unknown(self, user_ids: np.ndarray, indices: np.ndarray) -> None:
+        if (indices >= 0).all():
+            return
+        unknown = user_ids[indices < 0]
+        raise UnknownUserError(
+            f"User id {_show(unknown[0])} is not in the artifact's user vocabulary "
+            f"({self.num_users} users; {len(unknown)} unknown in this request: "
+            f"{unknown[:5].tolist()}). Load the retriever with unknown_user='popular' to get "
+            "popular items for unknown users.",
+            unknown.tolist(),
+        )
+
+    def _embed(self, indices: np.ndarray) -> np.ndarray:
+        return embed_ids(self.query_model, indices, batch_size=self.batch_size)
+
+    def _prepare(self, queries: object) -> np.ndarray:
+        array = prepare_vectors(queries, self.metric, name="query_embeddings")  # type: ignore[arg-type]
+        if array.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"`query_embeddings` must have embedding_dim={self.embedding_dim} columns. "
+                f"Received: shape {array.shape}."
+            )
+        return array
+
+    def _search_excluding(
+        self,
+        queries: np.ndarray,
+        k: int,
+        users: np.ndarray | None,
+        *,
+        exclude_rows: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Searches ``k + extra`` rows and keeps the first ``k`` not excluded.
+
+        Exclusions are CSR-like: ``(indptr-ends, rows)`` built from the seen matrix for
+        ``users``, or given directly as ``(ends, rows)`` by ``similar_items``.
+        """
+        batch = len(queries)
+        if users is not None:
+            indptr, indices = self.seen
+            starts, ends = indptr[users], indptr[users + 1]
+            lengths = ends - starts
+            flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+            excluded = indices[np.arange(int(lengths.sum())) + flat]
+            owners = np.repeat(np.arange(batch), lengths)
+        elif exclude_rows is not None:
+            ends, excluded = exclude_rows
+            lengths = np.diff(np.concatenate([[0], ends]))
+            owners = np.repeat(np.arange(batch), lengths)
+        else:
+            lengths = np.zeros(batch, np.int64)
+            excluded = owners = np.zeros(0, np.int64)
+        width = min(self.num_items, k + int(lengths.max(initial=0)))
+        scores, rows = search(self.index, queries, width)
+        n = np.int64(self.num_items)
+        keep = rows >= 0
+        if len(excluded):
+            banned = owners.astype(np.int64) * n + excluded.astype(np.int64)
+            candidates = np.arange(batch, dtype=np.int64)[:, None] * n + rows
+            keep &= ~np.isin(candidates, banned)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        rows = np.take_along_axis(rows, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        valid = np.take_along_axis(keep, order, axis=1)
+        out_rows = np.full((batch, k), -1, np.int64)
+        out_scores = np.full((batch, k), -np.inf, np.float32)
+        out_rows[:, : rows.shape[1]] = np.where(valid, rows, -1)
+        out_scores[:, : rows.shape[1]] = np.where(valid, scores, -np.inf)
+        return out_scores, out_rows
+
+    def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        try:
+            return self.index.reconstruct_batch(rows.astype(np.int64))
+        except RuntimeError:
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is None or self._has_direct_map:
+                raise
+            ivf.make_direct_map()  # IVF indexes reconstruct by id only with a direct map
+            self._has_direct_map = True
+            return self.index.reconstruct_batch(rows.astype(np.int64))
+
+    def _result(
+        self,
+        queries: np.ndarray,
+        scores: np.ndarray,
+        rows: np.ndarray,
+        fallback: np.ndarray | None,
+        column: str,
+    ) -> Recommendations:
+        fill = -1 if np.issubdtype(self.item_ids.dtype, np.integer) else ""
+        ids = np.where(rows >= 0, self.item_ids[np.maximum(rows, 0)], fill)
+        if ids.dtype.kind == "U":
+            ids = ids.astype(object)
+        if fallback is None:
+            fallback = np.zeros(len(queries), bool)
+        return Recommendations(queries, ids, scores, rows, fallback, column)
+
+
+def _show(value: object) -> str:
+    """``repr`` of an id without NumPy's scalar wrapper (``77``, not ``np.int64(77)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _ids_part(path: Path, part: str, expected: int, field: str) -> np.ndarray:
+    ids = artifact.load_npy(path, part)
+    if ids.ndim != 1 or len(ids) != expected:
+        raise mismatch(
+            path,
+            part,
+            f"{part} holds {len(ids) if ids.ndim else 0} ids, but "
+            f"manifest.json says {field}={expected}.",
+        )
+    if ids.dtype.kind not in "iU":
+        raise mismatch(path, part, f"{part} must hold integer or string ids, not {ids.dtype}.")
+    if not pd.Index(ids).is_unique:
+        raise mismatch(path, part, f"{part} holds repeated ids.")
+    return ids
+
+
+def _load_query_model(path: Path, manifest: Manifest) -> Any:
+    try:
+        model = tf.saved_model.load(str(path / QUERY_MODEL_DIR))
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ArtifactError(
+            f"The artifact at {path} has an unreadable query tower ({QUERY_MODEL_DIR}): {e}",
+            path=path,
+            part=QUERY_MODEL_DIR,
+        ) from e
+    if manifest.num_users:
+        try:
+            probe = np.asarray(model(tf.constant([0], tf.int64)))
+        except (TypeError, ValueError, tf.errors.OpError) as e:
+            raise ArtifactError(
+                f"The query tower of the artifact at {path} cannot embed user index 0: {e}",
+                path=path,
+                part=QUERY_MODEL_DIR,
+            ) from e
+        if probe.shape != (1, manifest.embedding_dim):
+            raise mismatch(
+                path,
+                QUERY_MODEL_DIR,
+                f"the query tower outputs shape {probe.shape} "
+                f"for one user, but manifest.json says embedding_dim="
+                f"{manifest.embedding_dim}.",
+            )
+    return model
