@@ -44,3 +44,14 @@ def test_import_error_says_what_to_do(code, env, message):
     assert result.returncode != 0
     assert "ImportError" in result.stderr and message in result.stderr
     assert "TF_USE_LEGACY_KERAS" in result.stderr
+
+
+def test_public_api_names_resolve():
+    result = _run(
+        "import recsampled as rs; missing = [n for n in rs.__all__ if not hasattr(rs, n)]; "
+        "print(missing); print(rs.sampled_softmax_loss.__module__, rs.Retrieval.__module__)"
+    )
+    assert result.returncode == 0, result.stderr
+    missing, modules = result.stdout.strip().splitlines()
+    assert missing == "[]"
+    assert modules == "recsampled.losses.sampled_softmax recsampled.tasks.retrieval"

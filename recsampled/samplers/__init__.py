@@ -4,6 +4,13 @@ sampled_expected_count)`` triple and the probability of any id.
 - :class:`UniformSampler`: ``1 / N``.
 - :class:`LogUniformSampler`: Zipfian over ids sorted by popularity (TF's default).
 - :class:`UnigramSampler`: item counts raised to a ``distortion``.
+
+Where the in-batch inclusion probability of the retrieval task comes from
+(``recsampled.samplers.frequency``):
+
+- :class:`FixedFrequency`: from known item counts, ``1 - (1 - p_i)^B``.
+- :class:`FrequencyEstimator`: the streaming estimator of Yi et al. (RecSys 2019), state in TF
+  variables (checkpointed with the model).
 """
 
 from recsampled.samplers.base import (
@@ -12,16 +19,24 @@ from recsampled.samplers.base import (
     SampledValues,
     expected_count,
 )
+from recsampled.samplers.frequency import (
+    FixedFrequency,
+    FrequencyEstimator,
+    batch_inclusion_probability,
+)
 from recsampled.samplers.log_uniform import LogUniformSampler
 from recsampled.samplers.uniform import UniformSampler
 from recsampled.samplers.unigram import UnigramSampler
 
 __all__ = [
     "CandidateSampler",
+    "FixedFrequency",
+    "FrequencyEstimator",
     "InverseTransformSampler",
     "LogUniformSampler",
     "SampledValues",
     "UniformSampler",
     "UnigramSampler",
+    "batch_inclusion_probability",
     "expected_count",
 ]
