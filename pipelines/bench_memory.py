@@ -12,7 +12,10 @@ memory never counts towards another's:
    defaults (de-duplication on), as training would load the file.
 3. ``dataset_pass``: load the Parquet file, then one shuffled pass of
    ``recsampled.data.dataset.make_dataset`` (batch size 8192) over the training rows.
-4. ``train``: TODO (the lead's): a training run of the two-tower model on the loaded log.
+4. ``train``: ``recsampled.training.train`` with ``configs/large-catalogue.yaml`` (mixed negatives,
+   streaming logQ, Adagrad) reading the Parquet log as a user's file (``data.source: file``),
+   for ``--train-epochs`` epochs (default 1): load, split, fit with checkpoints, save the towers,
+   evaluate on the full catalogue. Its peak is reported against the same raw id columns.
 
 **Memory.** After its imports, each stage resets the kernel's high-water mark of its resident
 set (``/proc/self/clear_refs``), which restarts at the current resident set (``baseline``), runs,
@@ -45,6 +48,8 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 RATIO_TARGET = 3.0
 LOAD_STAGES = ("load_parquet", "load_csv")
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_CONFIG = REPO / "configs" / "large-catalogue.yaml"
 
 
 def _status_kib(field: str) -> int | None:
@@ -127,6 +132,27 @@ def _stage(name: str, config: dict, workdir: str) -> dict:
 
         return run
 
+    def train_run() -> dict:
+        import yaml
+
+        from recsampled.config import Config, apply_override
+        from recsampled.training import train
+
+        values = yaml.safe_load(TRAIN_CONFIG.read_text(encoding="utf-8"))
+        values["data"].pop("synthetic", None)
+        values["data"] |= {"source": "file", "path": str(parquet), "timestamp_col": "timestamp"}
+        values["training"]["epochs"] = config.get("train_epochs", 1)
+        for override in config.get("train_overrides", ()):
+            apply_override(values, override)
+        result = train(Config.from_dict(values), Path(workdir, "run"), force=True)
+        return {
+            "config": str(TRAIN_CONFIG.relative_to(REPO)),
+            "epochs": values["training"]["epochs"],
+            "steps": sum(epoch["steps"] for epoch in result.history),
+            "recall": {str(k): v for k, v in result.metrics.recall.items()},
+            "popularity_recall": {str(k): v for k, v in result.popularity.recall.items()},
+        }
+
     def dataset_pass() -> dict:
         from recsampled.data.dataset import make_dataset
 
@@ -139,6 +165,7 @@ def _stage(name: str, config: dict, workdir: str) -> dict:
         "load_parquet": load(parquet),
         "load_csv": load(csv),
         "dataset_pass": dataset_pass,
+        "train": train_run,
     }[name]
     return _measure(work)
 
@@ -175,20 +202,17 @@ def run(
     ``run_stage(name, config, workdir)`` runs one stage; by default in a fresh process.
     """
     results = {}
+    log_config = {k: v for k, v in config.items() if not k.startswith("train_")}
     for name in ("generate", *[s for s in stages if s != "generate"]):
         print(f"[bench_memory] {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_stage(name, config, workdir)
+        results[name] = run_stage(name, log_config if name == "generate" else config, workdir)
     rows = config["num_interactions"]
     raw = 2 * rows * 8
-    for name in LOAD_STAGES:
+    for name in (*LOAD_STAGES, "train"):
         if name in results:
             results[name]["ratio_to_raw_id_columns"] = round(
                 results[name]["peak_above_baseline_bytes"] / raw, 3
             )
-    results["train"] = {
-        "status": "todo",
-        "note": "Training on the loaded log is left to the lead (needs the two-tower model).",
-    }
     ratios = [results[n]["ratio_to_raw_id_columns"] for n in LOAD_STAGES if n in results]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -237,8 +261,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--clusters", type=int, default=defaults["num_clusters"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--stages", default="load_parquet,load_csv,dataset_pass", help="comma-separated stages"
+        "--stages",
+        default="load_parquet,load_csv,dataset_pass,train",
+        help="comma-separated stages",
     )
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs of the train stage")
     parser.add_argument("--workdir", default=None, help="where to write the log (default: temp)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/memory.json"))
     args = parser.parse_args(argv)
@@ -248,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "num_interactions": args.rows,
         "num_clusters": args.clusters,
         "seed": args.seed,
+        "train_epochs": args.train_epochs,
     }
     stages = [s for s in args.stages.split(",") if s]
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:

@@ -128,7 +128,8 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressCallback(tf.keras.callbacks.Callback):
-    """Prints one line per epoch: loss, examples/s, elapsed time and ETA.
+    """Prints one line per epoch (loss, examples/s, elapsed time, ETA), and within long epochs a
+    line every ``interval`` seconds (step, running loss, examples/s, ETA).
 
     Place it after :class:`CheckpointCallback` in the callback list: it reports the loss the
     checkpoint callback recorded for the epoch (the mean batch loss over the whole epoch, a
@@ -140,6 +141,7 @@ class ProgressCallback(tf.keras.callbacks.Callback):
         batch_size: B.
         epochs: the run's number of epochs.
         stream: where to print (default ``sys.stderr``).
+        interval: seconds between two lines within an epoch (None: per epoch only).
     """
 
     def __init__(
@@ -150,8 +152,11 @@ class ProgressCallback(tf.keras.callbacks.Callback):
         batch_size: int,
         epochs: int,
         stream: TextIO | None = None,
+        interval: float | None = 30.0,
     ):
         super().__init__()
+        self.interval = interval
+        self._last_line = 0.0
         self.checkpoints = checkpoints
         self.num_rows = num_rows
         self.batch_size = batch_size
@@ -166,8 +171,29 @@ class ProgressCallback(tf.keras.callbacks.Callback):
             self._first_step = self.checkpoints.global_step
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_started = time.perf_counter()
+        self._epoch_started = self._last_line = time.perf_counter()
         self._epoch_first_batch = self.checkpoints.batch  # > 0 in a resumed epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        if self.interval is None or now - self._last_line < self.interval:
+            return
+        self._last_line = now
+        steps_per_epoch = self.checkpoints.steps_per_epoch
+        done = self.checkpoints.batch - self._epoch_first_batch
+        if done <= 0 or self.checkpoints.batch >= steps_per_epoch:
+            return  # the epoch line follows
+        seconds = now - self._epoch_started
+        remaining = self.epochs * steps_per_epoch - self.checkpoints.global_step
+        print(
+            f"  epoch {self.checkpoints.epoch + 1}/{self.epochs} step "
+            f"{self.checkpoints.batch}/{steps_per_epoch}: loss "
+            f"{self.checkpoints.loss_sum / max(self.checkpoints.batch, 1):.4f}, "
+            f"{done * self.batch_size / seconds:,.0f} examples/s, "
+            f"ETA {_clock(remaining * seconds / done)}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         now = time.perf_counter()

@@ -3,6 +3,8 @@ benchmark itself runs each in a fresh one). Lives here with the data tests it ex
 
 from __future__ import annotations
 
+import math
+
 from pipelines import bench_memory
 
 
@@ -13,11 +15,17 @@ def test_tiny_run_in_process(tmp_path):
         "num_interactions": 1_000,
         "num_clusters": 4,
         "seed": 0,
+        "train_overrides": [
+            "task.num_sampled=16",
+            "task.estimator.num_buckets=1024",
+            "training.batch_size=64",
+            "evaluation.max_users=20",
+        ],
     }
     report = bench_memory.run(
         config,
         str(tmp_path),
-        ["load_parquet", "load_csv", "dataset_pass"],
+        ["load_parquet", "load_csv", "dataset_pass", "train"],
         run_stage=bench_memory._stage,
     )
     stages = report["stages"]
@@ -30,7 +38,13 @@ def test_tiny_run_in_process(tmp_path):
         assert stage["ratio_to_raw_id_columns"] == round(
             stage["peak_above_baseline_bytes"] / report["raw_id_columns"]["bytes"], 3
         )
-    assert stages["train"]["status"] == "todo"
+    train = stages["train"]
+    # leave-last-out keeps one test row per user; the rest is one epoch of batches of 64.
+    loaded = stages["load_parquet"]
+    assert train["epochs"] == 1
+    assert train["steps"] == math.ceil((loaded["rows_kept"] - loaded["num_users"]) / 64)
+    assert train["peak_above_baseline_bytes"] > 0
+    assert 0.0 <= train["recall"]["20"] <= 1.0
     assert report["raw_id_columns"] == {
         "dtype": "int64",
         "columns": 2,
@@ -38,4 +52,4 @@ def test_tiny_run_in_process(tmp_path):
         "bytes": 16_000,
     }
     markdown = bench_memory.table(report)
-    assert "| load_csv |" in markdown and "| train | todo |" in markdown
+    assert "| load_csv |" in markdown and "| train |" in markdown
