@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench-loss clean
+.PHONY: demo test lint format bench-loss bench-index clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ format: $(STAMP)
 ## Loss benchmark: full softmax vs tf.nn.sampled_softmax_loss vs ours (writes benchmarks/loss.json).
 bench-loss: $(STAMP)
 	$(PY) -m pipelines.bench_loss --output benchmarks/loss.json
+
+## Index benchmark: Flat, HNSW, IVF-Flat, IVF-PQ and TFRS BruteForce on 10^6 x 64 synthetic items
+## and on the trained MovieLens 100K model (trained into runs/ first if missing; needs the data
+## at ../shared/datasets/movielens-100k). Writes benchmarks/index.json, .md and .png.
+INDEX_RUN ?= runs/movielens-100k
+bench-index: $(STAMP)
+	test -d $(INDEX_RUN)/towers || $(PY) -m recsampled train --config configs/movielens-100k.yaml --output $(INDEX_RUN)
+	$(PY) -m pipelines.bench_index --output benchmarks/index.json --num-queries 3000 --repeats 3 --run $(INDEX_RUN)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -25,6 +25,17 @@ best of ``--repeats``) and with all threads (``--threads``, all Q queries, best 
 batches of ``--tfrs-batch`` queries with TensorFlow's default threads, and, in a child process,
 with one intra-op thread.
 
+**Interleaved timing.** Every index is built first (one after the other, each build timed
+alone); then the search timings run in ``--repeats`` rounds, each round visiting every
+(index, setting) point and TFRS once, and each point keeps its best round. A shared, loaded
+machine thus slows every method alike rather than whichever ran during a burst; the 1-, 5- and
+15-minute load averages are recorded at the start, after every round and at the end
+(``report["load"]``).
+
+**Trained model.** ``--run RUN_DIR`` adds a second data set: the catalogue and every user of a
+trained run (``recsampled train``), embedded by its towers (``recsampled.index.load_run``), with
+the run's metric; its report goes under ``report["real"]`` and its table after the first.
+
 **Target.** Some ANN configuration with recall@10 >= 0.95 at >= 10x Flat's queries/s, checked
 separately with one thread and with all threads. The check is computed from the numbers.
 """
@@ -92,6 +103,8 @@ class IndexBenchConfig:
         tfrs: ``"both"`` (default and one thread), ``"all"`` (default threads only) or ``"none"``.
         tfrs_batch: queries per ``BruteForce`` call.
         seed: seeds the data.
+        run: a trained run directory whose catalogue and users are the data (replaces the
+            synthetic data; its metric replaces ``metric``).
     """
 
     num_items: int = 1_000_000
@@ -112,6 +125,7 @@ class IndexBenchConfig:
     tfrs: str = "both"
     tfrs_batch: int = 32
     seed: int = 0
+    run: str | None = None
 
 
 def _progress(message: str) -> None:
@@ -144,9 +158,23 @@ def clustered_embeddings(
     return out
 
 
-def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
-    """Prepared ``(items, queries, source)`` for the metric."""
-    if config.item_embeddings:
+def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Prepared ``(items, queries, source, metric)``."""
+    metric = config.metric
+    if config.run:
+        from recsampled.index import load_run
+
+        run = load_run(config.run)
+        items, queries, metric = (
+            run.item_embeddings(progress=False),
+            run.query_embeddings(),
+            run.metric,
+        )
+        source = (
+            f"trained run {config.run} ({run.config.data.path or 'synthetic'}): its "
+            f"{run.num_items:,} items and {run.num_users:,} users through the towers"
+        )
+    elif config.item_embeddings:
         items = np.load(config.item_embeddings)
         queries = np.load(config.query_embeddings)
         source = f"{config.item_embeddings} + {config.query_embeddings}"
@@ -160,7 +188,7 @@ def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
             config.num_queries, config.dim, config.num_clusters, rng, centers
         )
         source = f"synthetic Gaussian mixture, {config.num_clusters} clusters, seed {config.seed}"
-    return prepare_vectors(items, config.metric), prepare_vectors(queries, config.metric), source
+    return prepare_vectors(items, metric), prepare_vectors(queries, metric), source, metric
 
 
 def _timed_search(
@@ -187,20 +215,22 @@ def measure_point(
     exact_rows: np.ndarray,
     config: IndexBenchConfig,
     threads: int,
+    point: dict | None = None,
 ) -> dict:
-    """Recall@10 on all queries, queries/s with 1 thread and with all threads."""
+    """One timing round of a setting: recall@10 on all queries, queries/s with all threads (all
+    queries) and with 1 thread (the first ``timing_queries``). With ``point`` (an earlier
+    round's), keeps the better queries/s of the two rounds."""
     set_search_params(index, params)
-    qps_all, rows = _timed_search(index, queries, threads, config.repeats)
-    qps_one, _ = _timed_search(index, queries[: config.timing_queries], 1, config.repeats)
+    qps_all, rows = _timed_search(index, queries, threads, 1)
+    qps_one, _ = _timed_search(index, queries[: config.timing_queries], 1, 1)
     faiss.omp_set_num_threads(threads)
-    point = {
-        "params": params,
-        "recall": round(recall_at_k(rows, exact_rows), 5),
-        "qps_1_thread": round(qps_one, 1),
-        "qps_all_threads": round(qps_all, 1),
-    }
+    recall = round(recall_at_k(rows, exact_rows), 5)
+    if point is None:
+        point = {"params": params, "recall": recall, "qps_1_thread": 0.0, "qps_all_threads": 0.0}
+    point["qps_1_thread"] = round(max(point["qps_1_thread"], qps_one), 1)
+    point["qps_all_threads"] = round(max(point["qps_all_threads"], qps_all), 1)
     _progress(
-        f"  {params}: recall@10 {point['recall']:.4f}, {qps_one:,.0f} q/s (1 thread), "
+        f"  {params}: recall@10 {recall:.4f}, {qps_one:,.0f} q/s (1 thread), "
         f"{qps_all:,.0f} q/s ({_threads_label(threads)})"
     )
     return point
@@ -231,15 +261,9 @@ def _sweeps(config: IndexBenchConfig, num_items: int, dim: int) -> list[tuple[st
     return [families[name] for name in config.indexes]
 
 
-def bench_faiss(
-    items: np.ndarray,
-    queries: np.ndarray,
-    exact_rows: np.ndarray,
-    config: IndexBenchConfig,
-    threads: int,
-) -> list[dict]:
-    """Builds each index and sweeps its search parameters."""
-    results = []
+def build_indexes(items: np.ndarray, config: IndexBenchConfig, threads: int) -> list[dict]:
+    """Builds each index (timed alone); entries hold the index under ``"index"``."""
+    entries = []
     for name, factory, grid in _sweeps(config, *items.shape):
         gc.collect()
         rss_before = _rss_bytes()
@@ -251,19 +275,58 @@ def bench_faiss(
         rss_delta = _rss_bytes() - rss_before
         size = int(faiss.serialize_index(index).nbytes)
         _progress(f"built {name} in {build_seconds:.1f} s, {size / 2**20:.0f} MiB")
-        points = [measure_point(index, p, queries, exact_rows, config, threads) for p in grid]
-        results.append(
+        entries.append(
             {
                 "name": name,
                 "factory": factory,
                 "build_seconds": round(build_seconds, 2),
                 "size_bytes": size,
                 "rss_delta_bytes": int(rss_delta),
-                "points": points,
+                "grid": grid,
+                "index": index,
+                "points": [],
             }
         )
-        del index
-    return results
+    return entries
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def bench_faiss(
+    items: np.ndarray,
+    queries: np.ndarray,
+    exact_rows: np.ndarray,
+    config: IndexBenchConfig,
+    threads: int,
+    tfrs: TfrsTimer | None = None,
+    load: list[dict] | None = None,
+) -> list[dict]:
+    """Builds every index, then times every setting (and TFRS) in interleaved rounds."""
+    entries = build_indexes(items, config, threads)
+    for round_ in range(config.repeats):
+        _progress(f"timing round {round_ + 1}/{config.repeats} (load {load_average()})")
+        for entry in entries:
+            _progress(f" {entry['name']}")
+            for number, params in enumerate(entry["grid"]):
+                earlier = entry["points"][number] if round_ else None
+                point = measure_point(
+                    entry["index"], params, queries, exact_rows, config, threads, earlier
+                )
+                if not round_:
+                    entry["points"].append(point)
+        if tfrs is not None:
+            tfrs.round()
+        if load is not None:
+            load.append({"after_round": round_ + 1, "load_average": load_average()})
+    for entry in entries:
+        del entry["index"], entry["grid"]
+    return entries
 
 
 def _tfrs_qps(items: np.ndarray, queries: np.ndarray, batch: int, repeats: int) -> dict:
@@ -284,53 +347,73 @@ def _tfrs_qps(items: np.ndarray, queries: np.ndarray, batch: int, repeats: int) 
     return {"qps": len(queries) / best, "rows": rows}
 
 
-def bench_tfrs(
-    items: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray, config: IndexBenchConfig
-) -> dict | None:
-    """TFRS ``BruteForce``: default threads here, one intra-op thread in a child process."""
-    if config.tfrs == "none":
-        return None
-    timing = queries[: config.timing_queries]
-    _progress(f"TFRS BruteForce on {len(timing)} queries, batches of {config.tfrs_batch}")
-    here = _tfrs_qps(items, timing, config.tfrs_batch, config.repeats)
-    result = {
-        "name": "TFRS BruteForce",
-        "batch_size": config.tfrs_batch,
-        "num_queries": len(timing),
-        "recall": round(recall_at_k(here["rows"], exact_rows[: len(timing)]), 5),
-        "qps_all_threads": round(here["qps"], 1),
-        "qps_1_thread": None,
-    }
-    if config.tfrs == "both":
-        with tempfile.TemporaryDirectory() as folder:
-            np.save(Path(folder) / "items.npy", items)
-            np.save(Path(folder) / "queries.npy", timing)
-            command = [
-                sys.executable,
-                "-m",
-                "pipelines.bench_index",
-                "--tfrs-worker",
-                folder,
-                "--tfrs-batch",
-                str(config.tfrs_batch),
-                "--repeats",
-                str(config.repeats),
-            ]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-                cwd=Path(__file__).resolve().parents[1],
-            )
-            result["qps_1_thread"] = round(json.loads(done.stdout.strip().splitlines()[-1]), 1)
-    _progress(
-        f"  TFRS: {result['qps_1_thread']} q/s (1 thread), {result['qps_all_threads']} "
-        f"q/s (default threads), recall {result['recall']}"
-    )
-    return result
+class TfrsTimer:
+    """TFRS ``BruteForce`` timed once per round: default threads in this process, one
+    intra-op thread in a child process (TensorFlow's threads are fixed at start-up)."""
+
+    def __init__(
+        self,
+        items: np.ndarray,
+        queries: np.ndarray,
+        exact_rows: np.ndarray,
+        config: IndexBenchConfig,
+    ):
+        self.config = config
+        self.items = items
+        self.timing = queries[: config.timing_queries]
+        self.exact_rows = exact_rows[: len(self.timing)]
+        self.result: dict | None = None
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def round(self) -> None:
+        config = self.config
+        _progress(f" TFRS BruteForce on {len(self.timing)} queries, batches of {config.tfrs_batch}")
+        here = _tfrs_qps(self.items, self.timing, config.tfrs_batch, 1)
+        if self.result is None:
+            self.result = {
+                "name": "TFRS BruteForce",
+                "batch_size": config.tfrs_batch,
+                "num_queries": len(self.timing),
+                "recall": round(recall_at_k(here["rows"], self.exact_rows), 5),
+                "qps_all_threads": 0.0,
+                "qps_1_thread": None,
+            }
+        result = self.result
+        result["qps_all_threads"] = round(max(result["qps_all_threads"], here["qps"]), 1)
+        if config.tfrs == "both":
+            one = self._child()
+            result["qps_1_thread"] = round(max(result["qps_1_thread"] or 0.0, one), 1)
+        _progress(
+            f"  TFRS: {result['qps_1_thread']} q/s (1 thread), {result['qps_all_threads']} "
+            f"q/s (default threads), recall {result['recall']}"
+        )
+
+    def _child(self) -> float:
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory()
+            np.save(Path(self._folder.name) / "items.npy", self.items)
+            np.save(Path(self._folder.name) / "queries.npy", self.timing)
+        command = [
+            sys.executable, "-m", "pipelines.bench_index",
+            "--tfrs-worker", self._folder.name,
+            "--tfrs-batch", str(self.config.tfrs_batch),
+            "--repeats", "1",
+        ]  # fmt: skip
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def close(self) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
 
 def _tfrs_worker(folder: str, batch: int, repeats: int) -> None:
@@ -393,18 +476,42 @@ def _params(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
 
 
+def _load_line(report: dict) -> str:
+    load = report.get("load") or []
+    if not load:
+        return ""
+    parts = [
+        f"{entry.get('at') or 'round ' + str(entry.get('after_round'))}: "
+        f"{' / '.join(f'{x:.1f}' for x in entry['load_average'])}"
+        for entry in load
+        if entry["load_average"]
+    ]
+    return (
+        "Load average (1 / 5 / 15 min) during the run, which shared the machine with other "
+        f"jobs: {'; '.join(parts)}."
+    )
+
+
 def markdown_report(report: dict) -> str:
+    """The tables of each data set (synthetic, then ``report["real"]``), with target checks."""
+    text = markdown_dataset(report, "#")
+    if report.get("real"):
+        text += "\n" + markdown_dataset(report["real"], "##")
+    return text
+
+
+def markdown_dataset(report: dict, heading: str = "#") -> str:
     """The table (one row per index and setting), the TFRS row and the target check."""
     data, flat = report["data"], report["flat"]
     threads = report["machine"]["faiss_threads"]
     lines = [
-        f"# Top-{RECALL_K} search: {data['num_items']:,} items x D={data['dim']}, "
+        f"{heading} Top-{RECALL_K} search: {data['num_items']:,} items x D={data['dim']}, "
         f"{data['num_queries']:,} queries, {data['metric']}",
         "",
         f"Data: {data['source']}. Machine: {report['machine']['cpu_count']} CPUs "
         f"({threads} FAISS threads for 'all'), FAISS {report['machine']['faiss']}. "
         f"Recall@{RECALL_K} against exact search over all queries; queries/s (best of "
-        f"{report['config']['repeats']}) with one thread on the first "
+        f"{report['config']['repeats']} interleaved rounds) with one thread on the first "
         f"{report['config']['timing_queries']:,} queries, with {_threads_label(threads)} on all.",
         "",
         f"| index | search params | recall@{RECALL_K} | q/s 1 thread | × Flat | "
@@ -461,6 +568,8 @@ def markdown_report(report: dict) -> str:
         f"Wall time {report['wall_seconds']:.0f} s; exact ground truth "
         f"{report['exact_seconds']:.1f} s.",
     ]
+    if _load_line(report):
+        lines += ["", _load_line(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -471,9 +580,22 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    reports = [report] + ([report["real"]] if report.get("real") else [])
+    fig, grid = plt.subplots(
+        len(reports), 2, figsize=(12, 4.8 * len(reports)), sharey=True, squeeze=False
+    )
+    for axes, report in zip(grid, reports, strict=True):
+        _plot_dataset(axes, report)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_dataset(axes: Sequence, report: dict) -> None:
     threads = report["machine"]["faiss_threads"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    for ax, key, label in zip(
+    data = report["data"]
+    title = f"{data['num_items']:,} x {data['dim']} ({data['metric']}), {data['num_queries']:,} q"
+    for ax, key, threads_text in zip(
         axes,
         ("qps_1_thread", "qps_all_threads"),
         ("1 thread", _threads_label(threads)),
@@ -508,57 +630,53 @@ def plot(report: dict, path: Path) -> None:
         )
         ax.set_xscale("log")
         ax.set_xlabel("queries per second (log)")
-        ax.set_title(label)
+        ax.set_title(f"{title}: {threads_text}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(f"recall@{RECALL_K} vs exact")
     axes[1].legend(loc="lower left", fontsize=8)
-    data = report["data"]
-    fig.suptitle(
-        f"{data['num_items']:,} x {data['dim']} ({data['metric']}), {data['num_queries']:,} queries"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def run_benchmark(config: IndexBenchConfig) -> dict:
-    """Builds, sweeps and checks; returns the report."""
+    """Builds, sweeps (interleaved rounds) and checks; returns the report."""
     started = time.perf_counter()
+    if "flat" not in config.indexes:  # the baseline of every speedup
+        config = dataclasses.replace(config, indexes=("flat", *config.indexes))
     threads = config.threads or faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
-    _progress(f"data: {config.num_items:,} x {config.dim}, {config.num_queries:,} queries")
-    items, queries, source = load_data(config)
+    load = [{"at": "start", "load_average": load_average()}]
+    items, queries, source, metric = load_data(config)
+    _progress(f"data: {len(items):,} x {items.shape[1]}, {len(queries):,} queries ({source})")
 
     _progress("exact ground truth (IndexFlatIP, all queries)")
     start = time.perf_counter()
     exact_rows = exact_search(items, queries, RECALL_K).rows
     exact_seconds = time.perf_counter() - start
 
-    indexes = bench_faiss(items, queries, exact_rows, config, threads)
-    flat_entry = next((e for e in indexes if e["name"] == "Flat"), None)
-    if flat_entry is None:  # Flat not in the list: the exact search above stands in
-        flat_index = create_index(items, "Flat")
-        flat_point = measure_point(flat_index, {}, queries, exact_rows, config, threads)
-        del flat_index
-    else:
-        flat_point = flat_entry["points"][0]
-    tfrs = bench_tfrs(items, queries, exact_rows, config)
+    tfrs = TfrsTimer(items, queries, exact_rows, config) if config.tfrs != "none" else None
+    try:
+        indexes = bench_faiss(items, queries, exact_rows, config, threads, tfrs, load)
+    finally:
+        if tfrs is not None:
+            tfrs.close()
+    load.append({"at": "end", "load_average": load_average()})
+    flat_point = indexes[0]["points"][0]
     report = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": dataclasses.asdict(config),
         "machine": machine_info(threads),
+        "load": load,
         "data": {
             "num_items": int(items.shape[0]),
             "dim": int(items.shape[1]),
             "num_queries": int(len(queries)),
-            "metric": config.metric,
+            "metric": metric,
             "source": source,
         },
         "exact_seconds": round(exact_seconds, 2),
         "flat": {k: flat_point[k] for k in ("qps_1_thread", "qps_all_threads")},
         "indexes": indexes,
-        "tfrs": tfrs,
+        "tfrs": tfrs.result if tfrs is not None else None,
         "target": evaluate_target(flat_point, indexes),
     }
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -607,6 +725,12 @@ def parse_args(
     parser.add_argument("--tfrs", choices=("both", "all", "none"), default=d.tfrs)
     parser.add_argument("--tfrs-batch", type=int, default=d.tfrs_batch)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--run",
+        default=None,
+        metavar="RUN_DIR",
+        help="also benchmark a trained run's catalogue and users (report['real'])",
+    )
     parser.add_argument("--tfrs-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if bool(args.item_embeddings) != bool(args.query_embeddings):
@@ -645,6 +769,10 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         _tfrs_worker(args.tfrs_worker, config.tfrs_batch, config.repeats)
         return None
     report = run_benchmark(config)
+    if args.run:
+        _progress(f"trained model: {args.run}")
+        report["real"] = run_benchmark(dataclasses.replace(config, run=str(args.run)))
+        report["wall_seconds"] = round(report["wall_seconds"] + report["real"]["wall_seconds"], 1)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     markdown = markdown_report(report)

@@ -1,26 +1,68 @@
 """The ``recsampled`` command (also ``python -m recsampled``).
 
-``recsampled train --config configs/NAME.yaml [--set section.key=value ...] --output RUN_DIR``
-trains a two-tower retrieval model as the config says, checkpoints it, and writes the run
-directory (``recsampled.training.outputs``); run again on the same RUN_DIR, it resumes. The
-command only parses arguments and calls :func:`recsampled.training.train`.
+- ``recsampled train --config configs/NAME.yaml [--set section.key=value ...] --output RUN_DIR``
+  trains a two-tower retrieval model as the config says, checkpoints it, and writes the run
+  directory (``recsampled.training.outputs``); run again on the same RUN_DIR, it resumes.
+- ``recsampled export --run RUN_DIR --output ARTIFACT_DIR [--index flat|hnsw|ivf|ivfpq|auto]``
+  embeds the catalogue with the run's candidate tower, builds and tunes the FAISS index and
+  writes the artifact folder atomically (:func:`recsampled.index.export_run`).
+- ``recsampled recommend --artifacts DIR --user U [-k 10] [--json]`` prints a user's top-k
+  (:class:`recsampled.index.Retriever`), with titles when the run configured
+  ``data.item_metadata``.
+- ``recsampled evaluate --run RUN_DIR [--artifacts DIR]`` prints Recall@K, NDCG@K, HitRate@K,
+  MRR and coverage on the test split, exact, through the index and for popularity, and writes
+  them as JSON (:func:`recsampled.index.evaluate_run`).
+
+The command only parses arguments, calls the library and prints. Errors (a bad config, run
+directory, artifact or user) exit with status 2 and one message on stderr naming the part at
+fault, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from recsampled.config import load_config
-from recsampled.training import train
+from recsampled.index import (
+    Retriever,
+    UnknownItemError,
+    UnknownUserError,
+    evaluate_run,
+    export_run,
+)
+from recsampled.index.build import INDEX_CHOICES
+from recsampled.training import train, write_json
 
 _TRAIN_HELP = """\
 Train a two-tower retrieval model. The config is YAML with the sections data, model, task,
 training and evaluation (see configs/default.yaml); --set overrides one key, its value read as
 YAML (3, 0.5, true, null, [10, 20], text). Progress goes to stderr, the metrics table to stdout.
 Running the command again with the same config and RUN_DIR resumes from the last checkpoint.
+"""
+
+_EXPORT_HELP = """\
+Export a trained run for serving: embed the whole catalogue with the candidate tower (progress
+on stderr), build a FAISS index with the metric the model was trained with (cosine when the
+towers normalise, else inner product), tune it until recall@10 against exact search reaches
+--target-recall on up to 1000 of the run's users, and write ARTIFACT_DIR atomically (index,
+id maps, query tower, seen items, popularity, titles of data.item_metadata, manifest.json).
+'auto' is exact search below 100,000 items and a tuned IVF index above.
+"""
+
+_RECOMMEND_HELP = """\
+Print the top-k items for one or more users (original user ids), their training items
+excluded, with titles when the run configured data.item_metadata.
+"""
+
+_EVALUATE_HELP = """\
+Evaluate a run on its test split against the whole catalogue (training items excluded):
+Recall@K, NDCG@K, HitRate@K, MRR and coverage@K for K in the run's evaluation.ks, by exact
+search, through the index of --artifacts (an export of this run), and for popularity. Prints a
+table (or the JSON with --json) and writes the JSON to --output (default RUN_DIR/evaluation.json).
 """
 
 
@@ -51,23 +93,144 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="discard an earlier run in RUN_DIR (checkpoints and outputs) and start over",
     )
+
+    export = commands.add_parser(
+        "export", help="build the FAISS artifact of a trained run", description=_EXPORT_HELP
+    )
+    export.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
+    export.add_argument("--output", type=Path, required=True, metavar="ARTIFACT_DIR")
+    export.add_argument("--index", choices=INDEX_CHOICES, default="auto")
+    export.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="recall@10 vs exact search the ANN index must reach (default 0.95)",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an existing artifact at ARTIFACT_DIR"
+    )
+
+    recommend = commands.add_parser(
+        "recommend", help="top-k items for users", description=_RECOMMEND_HELP
+    )
+    recommend.add_argument("--artifacts", type=Path, required=True, metavar="DIR")
+    recommend.add_argument(
+        "--user", nargs="+", required=True, metavar="U", help="original user id(s)"
+    )
+    recommend.add_argument("-k", type=int, default=10, help="items per user (default 10)")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recommend.add_argument(
+        "--include-seen", action="store_true", help="keep the users' training items"
+    )
+    recommend.add_argument(
+        "--popular-fallback",
+        action="store_true",
+        help="popular items for unknown users instead of an error",
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="test-split metrics, exact and through the index",
+        description=_EVALUATE_HELP,
+    )
+    evaluate.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
+    evaluate.add_argument("--artifacts", type=Path, default=None, metavar="DIR")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument(
+        "--output", type=Path, default=None, metavar="FILE", help="the JSON file to write"
+    )
     return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    config = load_config(args.config, overrides=args.overrides)
+    result = train(config, args.output, force=args.force)
+    print(result.table())
+    print(f"Wrote {result.run_dir} in {result.seconds:.1f} s.")
+
+
+def _export(args: argparse.Namespace) -> None:
+    info = export_run(
+        args.run,
+        args.output,
+        index=args.index,
+        target_recall=args.target_recall,
+        overwrite=args.overwrite,
+    )
+    m = info.manifest
+    params = ", ".join(f"{k}={v}" for k, v in m.index.search_params.items()) or "exact"
+    recall = f"recall@{m.recall.k} {m.recall.value:.4f} vs exact" + (
+        f" on {m.recall.num_queries} users" if m.recall.num_queries else ""
+    )
+    print(
+        f"Exported {m.num_items} items x {m.embedding_dim} ({m.metric}) and {m.num_users} users "
+        f"to {info.path}: {m.index.factory} ({params}), {recall}"
+        + ("" if m.recall.reached else f", BELOW the target {m.recall.target}")
+        + "."
+    )
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    retriever = Retriever.load(
+        args.artifacts, unknown_user="popular" if args.popular_fallback else "error"
+    )
+    users = retriever.parse_user_ids(args.user)
+    top = retriever.recommend(users, k=args.k, exclude_seen=not args.include_seen)
+    frame = top.to_frame()
+    if args.json:
+        out = []
+        for user, fallback in zip(top.queries.tolist(), top.fallback.tolist(), strict=True):
+            rows = frame[frame["user"] == user].drop(columns=["user", "fallback"])
+            out.append({"user": user, "fallback": fallback, "items": rows.to_dict("records")})
+        print(json.dumps({"k": args.k, "recommendations": out}, indent=2, default=_json_value))
+        return
+    m = retriever.manifest
+    for user, fallback in zip(top.queries.tolist(), top.fallback.tolist(), strict=True):
+        rows = frame[frame["user"] == user]
+        how = "popular items (unknown user)" if fallback else f"{m.index.factory}, {m.metric}"
+        print(f"Top {args.k} for user {user} ({how}):")
+        print(rows.drop(columns=["user", "fallback"]).to_string(index=False))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    result = evaluate_run(args.run, args.artifacts)
+    data = result.as_dict()
+    output = args.output or result.run_dir / "evaluation.json"
+    write_json(output, data)
+    print(json.dumps(data, indent=2) if args.json else result.table())
+    if not args.json:
+        print(f"Wrote {output}.")
+
+
+def _json_value(value: object) -> object:
+    if hasattr(value, "item"):  # NumPy scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+_COMMANDS = {"train": _train, "export": _export, "recommend": _recommend, "evaluate": _evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
-    Exit status 0 on success, 2 for a usage error or a bad config, data or run directory (the
-    message goes to stderr, without a traceback).
+    Exit status 0 on success, 2 for a usage error or a bad config, data, run directory,
+    artifact or user (the message goes to stderr, without a traceback).
     """
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "k", 1) <= 0:
+        parser.error(f"argument -k: must be a positive integer, got {args.k}")
     try:
-        config = load_config(args.config, overrides=args.overrides)
-        result = train(config, args.output, force=args.force)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"recsampled {args.command}: error: {e}", file=sys.stderr)
+        _COMMANDS[args.command](args)
+    except (UnknownUserError, UnknownItemError) as e:
+        hint = " (Here: --popular-fallback.)" if isinstance(e, UnknownUserError) else ""
+        print(f"recsampled {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
-    print(result.table())
-    print(f"Wrote {result.run_dir} in {result.seconds:.1f} s.")
+    except (ValueError, OSError) as e:  # config, data, run, artifact errors; missing files
+        part = getattr(e, "part", None)
+        where = f"[{part}] " if part else ""
+        hint = " (Here: --overwrite.)" if isinstance(e, FileExistsError) else ""
+        print(f"recsampled {args.command}: error: {where}{e}{hint}", file=sys.stderr)
+        return 2
     return 0

@@ -357,6 +357,12 @@ class DataConfig(_Section):
     With ``source: synthetic`` the log is ``generate(**synthetic)``; with ``source: file`` it is
     ``read_interactions(path, format=..., ...)`` (see that function for the options). Relative
     paths are relative to the working directory. ``dedupe`` and ``k_core`` apply to both.
+
+    ``item_metadata`` (optional, either source) names a file of item titles, carried into the
+    artifact by ``recsampled export`` so that ``recsampled recommend`` shows titles: a MovieLens
+    ``u.item`` (``id|title|...``, Latin-1) or ``movies.dat`` (``id::title::genres``), or a CSV/TSV
+    with a header whose first column is the item id and which has a ``title`` column (e.g.
+    MovieLens ``movies.csv``). See :func:`recsampled.index.run.read_item_titles`.
     """
 
     SECTION: ClassVar[str] = "data"
@@ -378,6 +384,7 @@ class DataConfig(_Section):
     dedupe: bool = True
     k_core: int | None = None
     on_bad_rows: str = "error"
+    item_metadata: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def validate(self) -> None:

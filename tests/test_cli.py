@@ -25,7 +25,7 @@ def tiny_yaml(tmp_path):
 @pytest.mark.parametrize(
     "argv",
     [[], ["train"], ["train", "--config", "x.yaml"], ["export", "--output", "x"]],
-    ids=["no command", "no output", "no output with config", "unknown command"],
+    ids=["no command", "no output", "no output with config", "export without run"],
 )
 def test_usage_errors_exit_with_status_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -2,7 +2,8 @@
 
 - :func:`ranking_metrics`: Recall@K, NDCG@K, HitRate@K, coverage@K and MRR of any score
   function over the whole catalogue, training items removed (:mod:`recsampled.evaluation.metrics`).
-- :func:`embedding_scores` (two-tower ``Q·Cᵀ``) and :func:`popularity_scores` (the baseline).
+- :func:`embedding_scores` (two-tower ``Q·Cᵀ``), :func:`popularity_scores` (the baseline) and
+  :func:`retrieval_scores` (the top-k list of an index: the rest is never ranked).
 """
 
 from recsampled.evaluation.metrics import (
@@ -10,6 +11,7 @@ from recsampled.evaluation.metrics import (
     embedding_scores,
     popularity_scores,
     ranking_metrics,
+    retrieval_scores,
     sample_users,
     top_k,
 )
@@ -19,6 +21,7 @@ __all__ = [
     "embedding_scores",
     "popularity_scores",
     "ranking_metrics",
+    "retrieval_scores",
     "sample_users",
     "top_k",
 ]

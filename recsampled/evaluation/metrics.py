@@ -294,6 +294,40 @@ def popularity_scores(item_counts: np.ndarray) -> ScoreFunction:
     return score
 
 
+def retrieval_scores(
+    retrieve: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], num_items: int
+) -> ScoreFunction:
+    """Scores of a top-k retrieval (e.g. an approximate index): what it returned, else ``-inf``.
+
+    ``retrieve(users)`` returns ``(rows [batch, depth], scores [batch, depth])``, row ``-1``
+    where it found nothing. Items it did not return score ``-inf``, like removed items, so
+    :func:`ranking_metrics` never ranks them: Recall, NDCG, HitRate and coverage at ``K <=
+    depth`` are those of the retrieved list, and MRR counts a test item only if it was
+    retrieved (reciprocal rank 0 beyond ``depth``).
+
+    Example:
+        >>> score = retrieval_scores(lambda u: (np.array([[2, -1]]), np.array([[0.9, 0.0]])), 3)
+        >>> score(np.array([0]))
+        array([[-inf, -inf,  0.9]], dtype=float32)
+    """
+    num_items = check_positive_int("num_items", num_items)
+
+    def score(users: np.ndarray) -> np.ndarray:
+        rows, values = retrieve(users)
+        rows, values = np.asarray(rows), np.asarray(values, np.float32)
+        if rows.ndim != 2 or rows.shape[0] != users.size or values.shape != rows.shape:
+            raise ValueError(
+                f"`retrieve` must return [batch={users.size}, depth] rows and scores. "
+                f"Received: shapes {rows.shape} and {values.shape}."
+            )
+        out = np.full((users.size, num_items), -np.inf, np.float32)
+        found = rows >= 0
+        out[np.nonzero(found)[0], rows[found]] = values[found]
+        return out
+
+    return score
+
+
 def sample_users(test_user_ids: np.ndarray, max_users: int | None, seed: int = 0) -> np.ndarray:
     """The distinct test users, or a seeded random subset of ``max_users`` of them (sorted)."""
     users = np.unique(test_user_ids)

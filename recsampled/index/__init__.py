@@ -9,6 +9,9 @@
   ``tests/index/test_artifact.py`` (a SIGKILLed export, every corruption case).
 - ``export``: ``embed_catalogue`` and ``export_artifact``, an interface of arrays and models that
   training code calls (no run-directory format). Tests: ``tests/index/test_artifact.py``.
+- ``run``: ``load_run``, ``export_run`` and ``evaluate_run``: a trained run directory
+  (``recsampled train``) into an artifact, and its test-split metrics exact and through the
+  index (``recsampled export`` / ``evaluate``). Tests: ``tests/test_cli_serving.py``.
 - ``retriever``: ``Retriever.load(folder)`` with ``recommend`` (seen items excluded, unknown users
   an error or popular items), ``similar_items`` and ``search``. Tests:
   ``tests/index/test_retriever.py`` (against NumPy brute force).
@@ -44,6 +47,15 @@ from recsampled.index.retriever import (
     UnknownItemError,
     UnknownUserError,
 )
+from recsampled.index.run import (
+    RunError,
+    RunEvaluation,
+    TrainedRun,
+    evaluate_run,
+    export_run,
+    load_run,
+    read_item_titles,
+)
 
 __all__ = [
     "AUTO_EXACT_MAX_ITEMS",
@@ -57,16 +69,23 @@ __all__ = [
     "RecallInfo",
     "Recommendations",
     "Retriever",
+    "RunError",
+    "RunEvaluation",
     "SCHEMA_VERSION",
     "SearchResult",
     "SearchTrial",
+    "TrainedRun",
     "UnknownItemError",
     "UnknownUserError",
     "build_index",
     "embed_catalogue",
+    "evaluate_run",
     "exact_search",
     "export_artifact",
+    "export_run",
     "factory_string",
+    "load_run",
+    "read_item_titles",
     "read_manifest",
     "recall_at_k",
 ]

@@ -9,6 +9,7 @@ Layout of ``ARTIFACT_DIR`` (only the manifest, the index and the item ids are al
     query_model/         SavedModel: int64 user indices [batch_size] -> [batch_size, embedding_dim]
     seen.npz             CSR ``indptr`` [num_users + 1], ``indices``: item rows each user has seen
     item_popularity.npy  [num_items] interaction counts, for the popular-items fallback
+    item_titles.npy      [num_items] item titles (unicode, "" where unknown), in row order
 
 **Nothing is lost.** :func:`atomic_directory` writes the parts into a hidden sibling folder
 ``.{name}.tmp-{pid}-{token}``, fsyncs every file and the folder, and only then renames it to the
@@ -52,6 +53,7 @@ USER_IDS_FILE = "user_ids.npy"
 QUERY_MODEL_DIR = "query_model"
 SEEN_FILE = "seen.npz"
 POPULARITY_FILE = "item_popularity.npy"
+ITEM_TITLES_FILE = "item_titles.npy"
 #: Parts that every artifact has (beside the manifest).
 REQUIRED_PARTS = (INDEX_FILE, ITEM_IDS_FILE)
 #: Every part an artifact may list in its manifest.
@@ -62,6 +64,7 @@ KNOWN_PARTS = (
     QUERY_MODEL_DIR,
     SEEN_FILE,
     POPULARITY_FILE,
+    ITEM_TITLES_FILE,
 )
 
 _CHUNK = 1 << 20

@@ -26,6 +26,7 @@ from recsampled.index._progress import Progress, log
 from recsampled.index.artifact import (
     INDEX_FILE,
     ITEM_IDS_FILE,
+    ITEM_TITLES_FILE,
     POPULARITY_FILE,
     QUERY_MODEL_DIR,
     SEEN_FILE,
@@ -269,6 +270,16 @@ def _popularity(values: object, num_items: int) -> np.ndarray:
     return array
 
 
+def _titles(values: object, num_items: int) -> np.ndarray:
+    array = np.asarray(values, dtype=object)
+    if array.shape != (num_items,) or not all(isinstance(v, str) for v in array):
+        raise ValueError(
+            f'`item_titles` must be [num_items={num_items}] strings ("" where unknown). '
+            f"Received: shape {array.shape}."
+        )
+    return array.astype(str) if num_items else np.zeros(0, "U1")
+
+
 def _versions() -> dict[str, str]:
     import recsampled
 
@@ -292,6 +303,7 @@ def export_artifact(
     sample_queries: object | None = None,
     seen: object | None = None,
     item_popularity: object | None = None,
+    item_titles: Sequence[str] | np.ndarray | None = None,
     training_config: Mapping[str, Any] | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
     overwrite: bool = False,
@@ -320,6 +332,8 @@ def export_artifact(
             ANN recall; by default up to 1000 random users through ``query_model``.
         seen: item rows each user has seen, for ``exclude_seen`` (see :func:`as_csr`).
         item_popularity: ``[num_items]`` interaction counts, for the popular-items fallback.
+        item_titles: ``[num_items]`` titles in row order (``""`` where unknown), shown by
+            ``recsampled recommend`` and :meth:`Recommendations.to_frame`.
         training_config: the training configuration (a mapping or dataclass), stored as JSON.
         target_recall: recall@10 against exact search the ANN index must reach.
         overwrite: replace an existing artifact at ``output_dir``.
@@ -363,6 +377,7 @@ def export_artifact(
         raise ValueError(f"`query_model` must be callable. {received('query_model', query_model)}")
     csr = as_csr(seen, num_users, num_items) if seen is not None else None
     popularity = _popularity(item_popularity, num_items) if item_popularity is not None else None
+    titles = _titles(item_titles, num_items) if item_titles is not None else None
     config = artifact.as_json_config(training_config)
 
     query_source = "sample_queries" if sample_queries is not None else None
@@ -412,6 +427,8 @@ def export_artifact(
             artifact.save_csr(folder / SEEN_FILE, *csr)
         if popularity is not None:
             artifact.save_npy(folder / POPULARITY_FILE, popularity)
+        if titles is not None:
+            artifact.save_npy(folder / ITEM_TITLES_FILE, titles)
         if query_model is not None:
             log("saving the query tower (SavedModel)", enabled=progress)
             save_query_model(query_model, folder / QUERY_MODEL_DIR)

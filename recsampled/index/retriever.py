@@ -27,6 +27,7 @@ from recsampled.index import artifact
 from recsampled.index.artifact import (
     INDEX_FILE,
     ITEM_IDS_FILE,
+    ITEM_TITLES_FILE,
     POPULARITY_FILE,
     QUERY_MODEL_DIR,
     SEEN_FILE,
@@ -81,6 +82,8 @@ class Recommendations:
         rows: ``[batch_size, k]`` int64 index rows (``-1`` where there is no item).
         fallback: ``[batch_size]`` bool, true where popular items stand in for an unknown user.
         query_column: name of the query column in :meth:`to_frame` (``"user"`` or ``"item"``).
+        titles: ``[batch_size, k]`` item titles (``""`` where unknown or no item), if the
+            artifact has them.
     """
 
     queries: np.ndarray
@@ -89,6 +92,7 @@ class Recommendations:
     rows: np.ndarray
     fallback: np.ndarray
     query_column: str = "user"
+    titles: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -98,20 +102,22 @@ class Recommendations:
 
         Returns:
             A DataFrame with columns ``[query_column, "rank", "item", "score", "fallback"]``
-            (``"similar_item"`` instead of ``"item"`` when the queries are items).
+            (``"similar_item"`` instead of ``"item"`` when the queries are items), and
+            ``"title"`` when the artifact has titles.
         """
         batch, k = self.rows.shape
         keep = (self.rows >= 0).ravel()
         item_column = "similar_item" if self.query_column == "item" else "item"
-        return pd.DataFrame(
-            {
-                self.query_column: np.repeat(self.queries, k)[keep],
-                "rank": np.tile(np.arange(1, k + 1), batch)[keep],
-                item_column: self.ids.ravel()[keep],
-                "score": self.scores.ravel()[keep],
-                "fallback": np.repeat(self.fallback, k)[keep],
-            }
-        )
+        columns = {
+            self.query_column: np.repeat(self.queries, k)[keep],
+            "rank": np.tile(np.arange(1, k + 1), batch)[keep],
+            item_column: self.ids.ravel()[keep],
+            "score": self.scores.ravel()[keep],
+            "fallback": np.repeat(self.fallback, k)[keep],
+        }
+        if self.titles is not None:
+            columns["title"] = self.titles.ravel()[keep]
+        return pd.DataFrame(columns)
 
 
 def _check_k(k: object) -> int:
@@ -153,6 +159,7 @@ class Retriever:
         query_model: Any | None = None,
         seen: tuple[np.ndarray, np.ndarray] | None = None,
         item_popularity: np.ndarray | None = None,
+        item_titles: np.ndarray | None = None,
         unknown_user: UnknownUserPolicy = "error",
         batch_size: int = 1024,
     ):
@@ -174,6 +181,7 @@ class Retriever:
         self.query_model = query_model
         self.seen = seen
         self.item_popularity = item_popularity
+        self.item_titles = item_titles
         self.unknown_user = unknown_user
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._users = pd.Index(user_ids) if user_ids is not None else None
@@ -275,6 +283,17 @@ class Retriever:
                     f"{popularity.shape}, but manifest.json says num_items={n}.",
                 )
 
+        titles = None
+        if ITEM_TITLES_FILE in manifest.files:
+            titles = artifact.load_npy(path, ITEM_TITLES_FILE)
+            if titles.shape != (n,) or titles.dtype.kind != "U":
+                raise mismatch(
+                    path,
+                    ITEM_TITLES_FILE,
+                    f"{ITEM_TITLES_FILE} must hold {n} titles (manifest.json says num_items={n}). "
+                    f"Received: shape {titles.shape}, dtype {titles.dtype}.",
+                )
+
         query_model = None
         if QUERY_MODEL_DIR in manifest.files:
             query_model = _load_query_model(path, manifest)
@@ -288,6 +307,7 @@ class Retriever:
             query_model=query_model,
             seen=seen,
             item_popularity=popularity,
+            item_titles=titles,
             unknown_user=unknown_user,
             batch_size=batch_size,
         )
@@ -327,6 +347,19 @@ class Retriever:
                 f"The artifact at {self.path} has no user vocabulary; export it with `user_ids`."
             )
         return self._users.get_indexer(_as_queries(user_ids, "user_ids"))
+
+    def parse_user_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """User ids typed as text (a command line) in the vocabulary's type: integers for an
+        integer vocabulary (text that is not an integer stays text, and is unknown)."""
+        values = [str(t).strip() for t in texts]
+        if self.user_ids is not None and np.issubdtype(self.user_ids.dtype, np.integer):
+            parsed: list[object] = [
+                int(v) if v.lstrip("-").isdigit() and len(v) < 19 else v for v in values
+            ]
+            return np.array(
+                parsed, dtype=object if any(isinstance(v, str) for v in parsed) else np.int64
+            )
+        return np.array(values, dtype=object)
 
     def item_rows(self, item_ids: object) -> np.ndarray:
         """``[batch_size]`` index rows of original item ids.
@@ -565,7 +598,10 @@ class Retriever:
             ids = ids.astype(object)
         if fallback is None:
             fallback = np.zeros(len(queries), bool)
-        return Recommendations(queries, ids, scores, rows, fallback, column)
+        titles = None
+        if self.item_titles is not None:
+            titles = np.where(rows >= 0, self.item_titles[np.maximum(rows, 0)], "").astype(object)
+        return Recommendations(queries, ids, scores, rows, fallback, column, titles)
 
 
 def _show(value: object) -> str:
