@@ -4,6 +4,8 @@ sampled_expected_count)`` triple and the probability of any id.
 - :class:`UniformSampler`: ``1 / N``.
 - :class:`LogUniformSampler`: Zipfian over ids sorted by popularity (TF's default).
 - :class:`UnigramSampler`: item counts raised to a ``distortion``.
+- :class:`QuadraticKernelSampler`: per-example ``q(i | h) ∝ α·(hᵀwᵢ)² + 1`` from a tree of
+  kernel sums (Blanc & Rendle, 2018), with :class:`KernelSamplerRebuild` to follow training.
 
 Where the in-batch inclusion probability of the retrieval task comes from
 (``recsampled.samplers.frequency``):
@@ -24,6 +26,7 @@ from recsampled.samplers.frequency import (
     FrequencyEstimator,
     batch_inclusion_probability,
 )
+from recsampled.samplers.kernel import KernelSamplerRebuild, QuadraticKernelSampler
 from recsampled.samplers.log_uniform import LogUniformSampler
 from recsampled.samplers.uniform import UniformSampler
 from recsampled.samplers.unigram import UnigramSampler
@@ -33,7 +36,9 @@ __all__ = [
     "FixedFrequency",
     "FrequencyEstimator",
     "InverseTransformSampler",
+    "KernelSamplerRebuild",
     "LogUniformSampler",
+    "QuadraticKernelSampler",
     "SampledValues",
     "UniformSampler",
     "UnigramSampler",

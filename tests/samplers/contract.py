@@ -24,7 +24,9 @@ def inclusion_statistics(sample_fn, num_classes: int, runs: int) -> tuple[np.nda
     def loop():
         def body(i, included, reported):
             sampled, true_count, _ = sample_fn()
-            hit = tf.reduce_sum(tf.one_hot(sampled, num_classes, dtype=tf.float64), axis=0)
+            # [S] shared or [1, S] per-example ids: each run is one sample of S ids.
+            flat = tf.reshape(sampled, [-1])
+            hit = tf.reduce_sum(tf.one_hot(flat, num_classes, dtype=tf.float64), axis=0)
             return i + 1, included + hit, reported + tf.cast(true_count[0], tf.float64)
 
         zeros = tf.zeros([num_classes], tf.float64)
@@ -38,10 +40,30 @@ def inclusion_statistics(sample_fn, num_classes: int, runs: int) -> tuple[np.nda
 
 
 class SamplerContract:
-    """Mixin of tests; subclasses define ``make_sampler`` returning a sampler with N ~ 20-60."""
+    """Mixin of tests; subclasses define ``make_sampler`` returning a sampler with N ~ 20-60.
+
+    Adaptive (per-example) samplers also override the three hooks below: every row of a batch
+    then gets the same query, so the sampler's distribution is one fixed distribution and every
+    test applies unchanged.
+    """
 
     def make_sampler(self) -> rs.CandidateSampler:
         raise NotImplementedError
+
+    def sample_kwargs(self, sampler: rs.CandidateSampler, batch_size: int) -> dict:
+        """Extra keyword arguments of ``sample`` for a batch of ``batch_size`` rows."""
+        return {}
+
+    def probability(self, sampler: rs.CandidateSampler, ids: tf.Tensor) -> tf.Tensor:
+        """The draw probability of ``ids`` (any shape) under the distribution the tests use."""
+        return sampler.probability(ids)
+
+    def sampled_shape(self, batch_size: int, num_sampled: int) -> tuple[int, ...]:
+        """Shape of ``sampled_candidates``: ``(S,)`` shared, ``(B, S)`` per example."""
+        return (num_sampled,)
+
+    def _rows(self, ids: np.ndarray, num_sampled: int) -> np.ndarray:
+        return ids.reshape(-1, num_sampled)
 
     # -- shapes, dtypes, ranges -------------------------------------------------------------
 
@@ -49,34 +71,38 @@ class SamplerContract:
     def test_shapes_and_dtypes(self, unique):
         sampler = self.make_sampler()
         labels = tf.constant([[0, 1], [2, 3], [1, 1]], tf.int64)
-        values = sampler.sample(labels, num_sampled=7, unique=unique, seed=1)
+        values = sampler.sample(
+            labels, num_sampled=7, unique=unique, seed=1, **self.sample_kwargs(sampler, 3)
+        )
         assert isinstance(values, rs.SampledValues)
-        assert values.sampled_candidates.shape == (7,)
+        assert values.sampled_candidates.shape == self.sampled_shape(3, 7)
         assert values.sampled_candidates.dtype == tf.int64
         assert values.true_expected_count.shape == (3, 2)
         assert values.true_expected_count.dtype == tf.float32
-        assert values.sampled_expected_count.shape == (7,)
+        assert values.sampled_expected_count.shape == self.sampled_shape(3, 7)
         assert values.sampled_expected_count.dtype == tf.float32
         ids = values.sampled_candidates.numpy()
         assert ids.min() >= 0 and ids.max() < sampler.num_classes
         assert np.all(values.sampled_expected_count.numpy() > 0)
         if unique:
-            assert len(set(ids.tolist())) == 7
+            assert all(len(set(row.tolist())) == 7 for row in self._rows(ids, 7))
 
     def test_probability_is_a_distribution(self):
         sampler = self.make_sampler()
-        p = sampler.probability(tf.range(sampler.num_classes)).numpy()
+        p = self.probability(sampler, tf.range(sampler.num_classes)).numpy()
         assert p.shape == (sampler.num_classes,) and p.dtype == np.float32
         assert np.all(p >= 0)
         np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-5)
-        grid = sampler.probability(tf.constant([[0, 1], [1, 0]])).numpy()
+        grid = self.probability(sampler, tf.constant([[0, 1], [1, 0]])).numpy()
         np.testing.assert_array_equal(grid, [[p[0], p[1]], [p[1], p[0]]])
 
     def test_expected_counts_without_replacement_follow_probability(self):
         sampler = self.make_sampler()
         labels = tf.range(sampler.num_classes, dtype=tf.int64)[tf.newaxis]
-        values = sampler.sample(labels, num_sampled=5, unique=False, seed=3)
-        p = sampler.probability(labels).numpy()
+        values = sampler.sample(
+            labels, num_sampled=5, unique=False, seed=3, **self.sample_kwargs(sampler, 1)
+        )
+        p = self.probability(sampler, labels).numpy()
         np.testing.assert_allclose(values.true_expected_count.numpy(), 5 * p, rtol=1e-5)
 
     # -- determinism ------------------------------------------------------------------------
@@ -84,11 +110,14 @@ class SamplerContract:
     def test_deterministic_under_a_seed(self):
         sampler = self.make_sampler()
         labels = tf.constant([[0], [1]], tf.int64)
+        kwargs = self.sample_kwargs(sampler, 2)
 
         def run(global_seed: int, op_seed: int) -> list[np.ndarray]:
             tf.random.set_seed(global_seed)
             return [
-                sampler.sample(labels, 5, unique=u, seed=op_seed).sampled_candidates.numpy()
+                sampler.sample(
+                    labels, 5, unique=u, seed=op_seed, **kwargs
+                ).sampled_candidates.numpy()
                 for u in (True, False, True)
             ]
 
@@ -100,10 +129,12 @@ class SamplerContract:
 
     def test_works_inside_tf_function(self):
         sampler = self.make_sampler()
-        fn = tf.function(lambda labels: sampler.sample(labels, 6, unique=True, seed=5))
+        kwargs = self.sample_kwargs(sampler, 2)
+        fn = tf.function(lambda labels: sampler.sample(labels, 6, unique=True, seed=5, **kwargs))
         values = fn(tf.constant([[0], [3]], tf.int64))
-        assert values.sampled_candidates.shape == (6,)
-        assert len(set(values.sampled_candidates.numpy().tolist())) == 6
+        assert values.sampled_candidates.shape == self.sampled_shape(2, 6)
+        ids = values.sampled_candidates.numpy()
+        assert all(len(set(row.tolist())) == 6 for row in self._rows(ids, 6))
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -112,13 +143,16 @@ class SamplerContract:
         sampler = self.make_sampler()
         tf.random.set_seed(123)
         labels = tf.constant([[0]], tf.int64)
+        kwargs = self.sample_kwargs(sampler, 1)
         draws = np.concatenate(
             [
-                sampler.sample(labels, 20_000, unique=False, seed=7).sampled_candidates.numpy()
+                sampler.sample(labels, 20_000, unique=False, seed=7, **kwargs)
+                .sampled_candidates.numpy()
+                .reshape(-1)
                 for _ in range(10)
             ]
         )
-        p = sampler.probability(tf.range(sampler.num_classes)).numpy().astype(np.float64)
+        p = self.probability(sampler, tf.range(sampler.num_classes)).numpy().astype(np.float64)
         observed = np.bincount(draws, minlength=sampler.num_classes)
         assert observed[p == 0].sum() == 0, "a class with probability zero was drawn"
         support = p > 0
@@ -137,8 +171,9 @@ class SamplerContract:
         n, runs, num_sampled = sampler.num_classes, 3000, 4
         tf.random.set_seed(321)
         all_ids = tf.range(n, dtype=tf.int64)[tf.newaxis]  # report the count of every class
+        kwargs = self.sample_kwargs(sampler, 1)
         included, reported = inclusion_statistics(
-            lambda: sampler.sample(all_ids, num_sampled, unique=True, seed=9), n, runs
+            lambda: sampler.sample(all_ids, num_sampled, unique=True, seed=9, **kwargs), n, runs
         )
         rate, mean_count = included / runs, reported / runs
         se = np.sqrt(np.maximum(rate * (1 - rate), 1.0 / runs) / runs)

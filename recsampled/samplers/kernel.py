@@ -1,0 +1,552 @@
+"""Adaptive kernel-based sampling: a quadratic-kernel proposal drawn from a tree of kernel sums.
+
+Blanc & Rendle, ICML 2018, "Adaptive Sampled Softmax with Kernel Based Sampling"
+(arXiv 1712.00527). Sampled softmax is unbiased only when the proposal is the softmax itself; a
+proposal that follows the model as it trains needs far fewer samples. The quadratic kernel::
+
+    q(i | h) = (α·(hᵀwᵢ)² + 1) / Σ_j (α·(hᵀw_j)² + 1)
+
+for a query ``h`` (``[D]``) and class embeddings ``w_j`` (rows of the ``[N, D]`` table). With
+``φ(w) = [√α·vec(w wᵀ), 1]`` the kernel is ``φ(h)ᵀφ(w)``, so the mass of any set ``C`` of classes
+is ``α·hᵀ Z_C h + |C|`` with ``Z_C = Σ_{i∈C} wᵢ wᵢᵀ``: one ``[D, D]`` sum per set, whatever
+its size.
+
+**The tree.** Classes are cut into ``M = 2^depth`` leaves of ``leaf_size = L`` consecutive ids
+(the last ones padded with rows of mass 0). Node ``k`` of a heap-ordered binary tree (root 1,
+children ``2k`` and ``2k + 1``, leaves ``M .. 2M-1``) keeps ``Z_k`` and its number of real
+classes ``c_k``; ``Z`` is symmetric, so only its upper triangle is stored,
+``P = D·(D+1)/2`` numbers, and ``hᵀZh = ψ(h)·z`` with ``ψ(h)_{ij} = (2 - [i=j])·h_i h_j``.
+
+**Sampling** ``S`` ids for each of ``B`` queries:
+
+1. *Top cut.* At level ``t`` (``K = 2^t`` nodes) the masses of all ``(query, node)`` pairs are one
+   matmul, ``α·ψ(H)·Z_tᵀ + c_t`` (``B·K·P`` multiply-adds); each query draws the nodes of its
+   ``S`` samples from them (inverse transform on the cumulative masses).
+2. *Descent.* From level ``t`` to the leaves, each sample moves to the left child with probability
+   ``m_left / m_node`` (one gathered ``P``-vector per sample and level).
+3. *Leaf.* The ``L`` classes of the leaf are scored directly (``L·D`` per sample) and one is drawn
+   in proportion to ``α·(hᵀwᵢ)² + 1``.
+
+The product of the branch probabilities telescopes to ``q(i | h)``. Per sample the cost is about
+``(depth - t)·P + L·D`` gathered numbers, plus ``B·K·P`` for the top; ``t`` is chosen at sampling
+time to balance the two (:attr:`QuadraticKernelSampler.top_nodes_per_sample`). Leaves are
+buckets because a node below ``D/2`` classes is cheaper to score directly than through its
+``P ≈ D²/2`` statistics, and because a full tree of ``P``-vectors down to single classes would not
+fit in memory (tens of GB at ``N = 10^6``, ``D = 64``).
+
+**Snapshot.** The tree is built from a copy of the table (``rebuild``) and kept in step by
+``update(ids, rows)``, which adds ``ψ(w_new) - ψ(w_old)`` along the paths of the changed rows.
+Probabilities are always those of the snapshot, i.e. exactly the proposal that was sampled from,
+even if the model's variable moved since. The normaliser ``α·hᵀZ_root h + N`` uses a float64 copy
+of ``Z_root``; the tree itself is float32, so branch probabilities carry float32 rounding
+(relative ``~1e-6`` of a node's mass).
+
+**Replacement.** ``unique=False`` draws with replacement (expected count ``S·q``, TF's semantics).
+``unique=True`` keeps drawing, per query, until ``S`` distinct ids have come, and reports
+``1 - (1 - q)^T_b`` with ``T_b`` the draws that took for query ``b``: the convention of every
+recsampled sampler (``recsampled.samplers.base``).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import tensorflow as tf
+
+from recsampled._validation import (
+    check_non_negative_float,
+    check_num_sampled,
+    check_optional_seed,
+    check_positive_int,
+    received,
+)
+from recsampled.samplers.base import CandidateSampler, SampledValues, as_true_classes
+
+
+def _upper_triangle(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column indices of the upper triangle of a ``[dim, dim]`` matrix, and weights
+    ``2 - [i = j]`` such that ``hᵀZh = Σ_p weight_p·h_{i_p}·h_{j_p}·Z_{i_p j_p}``."""
+    rows, cols = np.triu_indices(dim)
+    return rows, cols, np.where(rows == cols, 1.0, 2.0)
+
+
+class QuadraticKernelSampler(CandidateSampler):
+    """Per-example samples from ``q(i | h) ∝ α·(hᵀwᵢ)² + 1`` in time logarithmic in ``N``.
+
+    Args:
+        embeddings: ``[num_classes, embedding_dim]`` class embeddings: the model's
+            ``tf.Variable`` (read again by :meth:`rebuild`) or an array. The tree is built from a
+            snapshot of it at construction.
+        alpha: α >= 0; 0 is the uniform distribution. The paper uses 100.
+        leaf_size: classes per leaf, scored directly; default ``max(8, embedding_dim // 2)``
+            (balances ``L·D`` at the leaf with ``P ≈ D²/2`` per tree level).
+        seed: default op-level seed of :meth:`sample`.
+        top_nodes_per_sample: the top cut has about ``num_sampled * top_nodes_per_sample`` nodes
+            (rounded to a power of two), whose masses are one matmul per batch.
+        name: optional module name.
+
+    Example:
+        >>> table = tf.Variable(tf.random.normal([1000, 16], stddev=0.1))
+        >>> sampler = QuadraticKernelSampler(table, alpha=100.0)
+        >>> queries = tf.random.normal([4, 16])
+        >>> values = sampler.sample(
+        ...     tf.constant([[1], [2], [3], [4]], tf.int64), 8, unique=False,
+        ...     query_embeddings=queries)
+        >>> values.sampled_candidates.shape
+        TensorShape([4, 8])
+    """
+
+    top_nodes_per_sample: int = 64
+
+    def __init__(
+        self,
+        embeddings: tf.Variable | np.ndarray | tf.Tensor,
+        alpha: float = 100.0,
+        leaf_size: int | None = None,
+        seed: int | None = None,
+        *,
+        top_nodes_per_sample: int | None = None,
+        name: str | None = None,
+    ):
+        table = self._as_table("embeddings", embeddings)
+        num_classes, dim = int(table.shape[0]), int(table.shape[1])
+        super().__init__(num_classes, name=name)
+        self.embedding_dim = dim
+        self.alpha = check_non_negative_float("alpha", alpha)
+        self.leaf_size = (
+            max(8, dim // 2) if leaf_size is None else check_positive_int("leaf_size", leaf_size)
+        )
+        self.seed = check_optional_seed("seed", seed)
+        if top_nodes_per_sample is not None:
+            self.top_nodes_per_sample = check_positive_int(
+                "top_nodes_per_sample", top_nodes_per_sample
+            )
+        # The model's variable, untracked: it belongs to the model (a namespace keeps tf.Module
+        # and Keras from tracking and saving it a second time through the sampler).
+        self._source = types.SimpleNamespace(
+            embeddings=embeddings if isinstance(embeddings, tf.Variable) else None
+        )
+        self.depth = max(0, math.ceil(math.log2(math.ceil(num_classes / self.leaf_size))))
+        self.num_leaves = 2**self.depth
+        rows, cols, weights = _upper_triangle(dim)
+        self._rows, self._cols = tf.constant(rows), tf.constant(cols)
+        self._weights = tf.constant(weights, tf.float32)
+        self._weights64 = tf.constant(weights, tf.float64)
+        # Real classes per node, heap order (index 0 unused).
+        leaf_counts = np.clip(
+            num_classes - self.leaf_size * np.arange(self.num_leaves), 0, self.leaf_size
+        )
+        counts = [leaf_counts.astype(np.float64)]
+        while counts[-1].size > 1:
+            counts.append(counts[-1].reshape(-1, 2).sum(axis=1))
+        self._counts = tf.constant(np.concatenate([[0.0], *counts[::-1]]), tf.float32)
+        num_rows = self.num_leaves * self.leaf_size
+        with self.name_scope:
+            self.table = tf.Variable(
+                tf.zeros([num_rows, dim]), trainable=False, name="table_snapshot"
+            )
+            self.node_stats = tf.Variable(
+                tf.zeros([2 * self.num_leaves, len(rows)]), trainable=False, name="node_stats"
+            )
+            self.root_stats = tf.Variable(
+                tf.zeros([len(rows)], tf.float64), trainable=False, name="root_stats"
+            )
+        self.rebuild(table)
+
+    # -- validation ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_table(name: str, embeddings: object) -> tf.Tensor:
+        try:
+            table = tf.convert_to_tensor(embeddings)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"`{name}` must be a [num_classes, embedding_dim] float array or tf.Variable. "
+                f"{received(name, embeddings)}"
+            ) from e
+        if not table.dtype.is_floating or table.shape.rank != 2 or 0 in table.shape:
+            raise ValueError(
+                f"`{name}` must be a [num_classes, embedding_dim] float array or tf.Variable "
+                f"with both sizes > 0. Received: {name} of dtype {table.dtype.name} and shape "
+                f"{table.shape}."
+            )
+        return tf.cast(table, tf.float32)
+
+    def _check_queries(self, query_embeddings: object, batch_size: int | None) -> tf.Tensor:
+        if query_embeddings is None:
+            raise ValueError(
+                "`query_embeddings` must be given: the kernel sampler draws per query, from "
+                "q(i | h). Received: query_embeddings=None."
+            )
+        queries = tf.convert_to_tensor(query_embeddings)
+        if (
+            not queries.dtype.is_floating
+            or queries.shape.rank != 2
+            or queries.shape[1] != self.embedding_dim
+            or (batch_size is not None and queries.shape[0] not in (None, batch_size))
+        ):
+            rows = "batch_size" if batch_size is None else str(batch_size)
+            raise ValueError(
+                f"`query_embeddings` must be a float tensor of shape [{rows}, "
+                f"{self.embedding_dim}] (one query per row of true_classes / ids, the sampler's "
+                f"embedding_dim). Received: query_embeddings of dtype {queries.dtype.name} and "
+                f"shape {queries.shape}."
+            )
+        return tf.cast(queries, tf.float32)
+
+    # -- the tree -----------------------------------------------------------------------------
+
+    def _packed(self, x: tf.Tensor, weighted: bool) -> tf.Tensor:
+        """``[..., P]`` upper triangle of ``x xᵀ`` for ``[..., D]`` ``x`` (times 2 off the
+        diagonal when ``weighted``: that is ``ψ``)."""
+        outer = tf.gather(x, self._rows, axis=-1) * tf.gather(x, self._cols, axis=-1)
+        if not weighted:
+            return outer
+        return outer * (self._weights if x.dtype == tf.float32 else self._weights64)
+
+    def rebuild(self, embeddings: tf.Variable | np.ndarray | tf.Tensor | None = None) -> None:
+        """Rebuilds the tree from ``embeddings`` (default: the variable given at construction).
+
+        Cost: ``N·D²`` multiply-adds in batched matmuls over the leaves, then sums up the levels.
+        Runs eagerly or inside a ``tf.function`` (e.g. in a train step or a callback).
+
+        Args:
+            embeddings: ``[num_classes, embedding_dim]`` new table, or None for the variable
+                given at construction.
+
+        Raises:
+            ValueError: with no table to read, or one of another shape.
+        """
+        if embeddings is None:
+            embeddings = self._source.embeddings
+            if embeddings is None:
+                raise ValueError(
+                    "`embeddings` must be given to rebuild(): the sampler was built from an "
+                    "array, not a tf.Variable it could read again. Received: embeddings=None."
+                )
+        table = self._as_table("embeddings", embeddings)
+        if table.shape != (self.num_classes, self.embedding_dim):
+            raise ValueError(
+                f"`embeddings` must have shape [{self.num_classes}, {self.embedding_dim}] (the "
+                f"sampler's classes and dim). Received: embeddings with shape {table.shape}."
+            )
+        padding = self.num_leaves * self.leaf_size - self.num_classes
+        table = tf.pad(table, [[0, padding], [0, 0]])
+        self.table.assign(table)
+        leaves = tf.reshape(table, [self.num_leaves, self.leaf_size, self.embedding_dim])
+        # Leaves in chunks, so that the [chunk, D, D] products stay small (~64 MB).
+        chunk = min(self.num_leaves, 2 ** max(0, (2**24 // self.embedding_dim**2).bit_length() - 1))
+        chunks = tf.reshape(leaves, [-1, chunk, self.leaf_size, self.embedding_dim])
+
+        def leaf_stats(block: tf.Tensor) -> tf.Tensor:
+            square = tf.matmul(block, block, transpose_a=True)  # [chunk, D, D]
+            flat = tf.reshape(square, [chunk, -1])
+            return tf.gather(flat, self._rows * self.embedding_dim + self._cols, axis=1)
+
+        level = tf.reshape(
+            tf.map_fn(leaf_stats, chunks, parallel_iterations=1), [self.num_leaves, -1]
+        )
+        levels = [level]
+        while levels[-1].shape[0] > 1:
+            levels.append(tf.reduce_sum(tf.reshape(levels[-1], [-1, 2, level.shape[1]]), 1))
+        self.node_stats.assign(tf.concat([tf.zeros_like(level[:1]), *levels[::-1]], axis=0))
+        table64 = tf.cast(table, tf.float64)
+        square = tf.reshape(tf.matmul(table64, table64, transpose_a=True), [-1])
+        self.root_stats.assign(tf.gather(square, self._rows * self.embedding_dim + self._cols))
+
+    def update(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
+        """Moves the snapshot rows ``ids`` to ``rows`` and updates their paths in the tree.
+
+        Adds ``ψ(w_new) - ψ(w_old)`` to the ``depth + 1`` nodes above each changed class. A
+        repeated id takes its last row.
+
+        Args:
+            ids: ``[k]`` int class ids.
+            rows: ``[k, embedding_dim]`` their new embeddings.
+        """
+        ids = tf.cast(tf.reshape(tf.convert_to_tensor(ids), [-1]), tf.int64)
+        rows = tf.convert_to_tensor(rows)
+        if rows.shape.rank != 2 or rows.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"`rows` must have shape [num_ids, {self.embedding_dim}]. Received: rows with "
+                f"shape {rows.shape}."
+            )
+        rows = tf.cast(rows, tf.float32)
+        # Last row of each distinct id.
+        distinct, index = tf.unique(ids, out_idx=tf.int64)
+        last = tf.math.unsorted_segment_max(
+            tf.range(tf.size(ids, out_type=tf.int64)), index, tf.size(distinct)
+        )
+        ids, rows = distinct, tf.gather(rows, last)
+        old = tf.gather(self.table, ids)
+        delta = self._packed(rows, weighted=False) - self._packed(old, weighted=False)  # [k, P]
+        leaf = self.num_leaves + ids // self.leaf_size
+        shifts = tf.range(self.depth + 1, dtype=tf.int64)
+        nodes = tf.bitwise.right_shift(leaf[:, tf.newaxis], shifts[tf.newaxis, :])  # [k, depth+1]
+        updates = tf.repeat(delta, self.depth + 1, axis=0)
+        self.node_stats.scatter_nd_add(tf.reshape(nodes, [-1, 1]), updates)
+        delta64 = self._packed(tf.cast(rows, tf.float64), False) - self._packed(
+            tf.cast(old, tf.float64), False
+        )
+        self.root_stats.assign_add(tf.reduce_sum(delta64, axis=0))
+        self.table.scatter_nd_update(ids[:, tf.newaxis], rows)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the sampler's state (snapshot, tree statistics, root)."""
+        return sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables)
+
+    # -- probabilities ------------------------------------------------------------------------
+
+    def _normalizer(self, queries: tf.Tensor) -> tf.Tensor:
+        """``[B]`` float64 total mass ``α·hᵀZ_root h + N`` of each query."""
+        psi = self._packed(tf.cast(queries, tf.float64), weighted=True)
+        mass = tf.linalg.matvec(psi, self.root_stats)
+        return self.alpha * mass + float(self.num_classes)
+
+    def _scores(self, queries: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+        """``[B, k]`` unnormalised ``α·(hᵀwᵢ)² + 1`` of ``[B, k]`` ids, from the snapshot."""
+        dots = tf.einsum("bd,bkd->bk", queries, tf.gather(self.table, ids))
+        return self.alpha * tf.square(dots) + 1.0
+
+    def probability(self, ids: tf.Tensor, query_embeddings: tf.Tensor | None = None) -> tf.Tensor:
+        """``q(i | h)`` of each id for its row's query, from the snapshot.
+
+        Args:
+            ids: ``[batch_size, k]`` int class ids.
+            query_embeddings: ``[batch_size, embedding_dim]`` queries ``h``.
+
+        Returns:
+            ``[batch_size, k]`` float32 probabilities.
+        """
+        ids = tf.convert_to_tensor(ids)
+        if not ids.dtype.is_integer or ids.shape.rank != 2:
+            raise ValueError(
+                "`ids` must be integer class ids of shape [batch_size, k]. Received: ids of "
+                f"dtype {ids.dtype.name} and shape {ids.shape}."
+            )
+        queries = self._check_queries(query_embeddings, ids.shape[0])
+        return self._probability(tf.cast(ids, tf.int64), queries, self._normalizer(queries))
+
+    def _probability(self, ids: tf.Tensor, queries: tf.Tensor, total: tf.Tensor) -> tf.Tensor:
+        scores = tf.cast(self._scores(queries, ids), tf.float64)
+        return tf.cast(scores / total[:, tf.newaxis], tf.float32)
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def sample(
+        self,
+        true_classes: tf.Tensor,
+        num_sampled: int,
+        unique: bool = False,
+        seed: int | None = None,
+        *,
+        query_embeddings: tf.Tensor | None = None,
+    ) -> SampledValues:
+        """Draws ``num_sampled`` ids per query from ``q(· | h_b)``.
+
+        Args:
+            true_classes: ``[batch_size, num_true]`` integer ids of the labels.
+            num_sampled: S, ids drawn per query.
+            unique: False: with replacement (expected count ``S·q``). True: per query, draws
+                until ``S`` distinct ids came (expected count ``1 - (1 - q)^T_b``).
+            seed: op-level seed (default: the constructor's). As with TF's random ops,
+                repeated calls continue one stream; call ``tf.random.set_seed`` first for
+                reproducible runs.
+            query_embeddings: ``[batch_size, embedding_dim]`` queries ``h_b``.
+
+        Returns:
+            :class:`SampledValues` with ``[batch_size, S]`` int64 candidates, ``[batch_size,
+            num_true]`` and ``[batch_size, S]`` float32 expected counts.
+        """
+        if not isinstance(unique, bool):
+            raise ValueError(f"`unique` must be a bool. {received('unique', unique)}")
+        num_sampled = check_num_sampled(num_sampled, self.num_classes, unique)
+        seed = check_optional_seed("seed", seed)
+        seed = self.seed if seed is None else seed
+        true_classes = as_true_classes(true_classes, self.num_classes)
+        # The proposal is a constant of the loss, as TF's samplers' counts are.
+        queries = tf.stop_gradient(self._check_queries(query_embeddings, true_classes.shape[0]))
+        key = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64, seed=seed)
+        total = self._normalizer(queries)
+        if unique:
+            sampled, num_tries = self._draw_unique(queries, num_sampled, key)
+        else:
+            sampled = self._draw(queries, num_sampled, key)
+            num_tries = None
+
+        def count(ids: tf.Tensor) -> tf.Tensor:
+            p = tf.cast(self._probability(ids, queries, total), tf.float64)
+            if num_tries is None:
+                return tf.cast(p * float(num_sampled), tf.float32)
+            tries = tf.cast(num_tries, tf.float64)[:, tf.newaxis]
+            return tf.cast(-tf.math.expm1(tries * tf.math.log1p(-p)), tf.float32)
+
+        return SampledValues(
+            sampled_candidates=tf.stop_gradient(sampled),
+            true_expected_count=tf.stop_gradient(count(true_classes)),
+            sampled_expected_count=tf.stop_gradient(count(sampled)),
+        )
+
+    def _sample(self, true_classes, num_sampled, unique, seed):  # pragma: no cover
+        raise NotImplementedError("QuadraticKernelSampler.sample needs query_embeddings.")
+
+    def _top_level(self, num_sampled: int) -> int:
+        """Level of the top cut: about ``num_sampled * top_nodes_per_sample`` nodes."""
+        wanted = max(1, num_sampled * self.top_nodes_per_sample)
+        return min(self.depth, max(0, round(math.log2(wanted))))
+
+    def _draw(
+        self,
+        queries: tf.Tensor,
+        num_sampled: int | tf.Tensor,
+        key: tf.Tensor,
+        top_hint: int | None = None,
+    ) -> tf.Tensor:
+        """``[B, num_sampled]`` ids drawn with replacement from ``q(· | h_b)``.
+
+        ``top_hint`` (default ``num_sampled``, which must then be a Python int) sets the top cut.
+        """
+        batch = tf.shape(queries)[0]
+        top = self._top_level(num_sampled if top_hint is None else top_hint)
+        steps = self.depth - top
+        psi = self._packed(queries, weighted=True)  # [B, P]
+        uniforms = tf.random.stateless_uniform(
+            tf.stack([batch, tf.cast(num_sampled, tf.int32), steps + 2]),
+            seed=key,
+            dtype=tf.float64,
+        )
+        # 1. The top cut: masses of all (query, node) pairs, inverse transform per query.
+        first, size = 2**top, 2**top
+        stats = self.node_stats[first : first + size]  # [K, P]
+        masses = (
+            self.alpha * tf.matmul(psi, stats, transpose_b=True)
+            + self._counts[first : first + size]
+        )
+        masses = tf.maximum(tf.cast(masses, tf.float64), 0.0)
+        cumulative = tf.math.cumsum(masses, axis=1)
+        targets = uniforms[:, :, 0] * cumulative[:, -1:]
+        index = tf.searchsorted(cumulative, targets, side="right", out_type=tf.int64)
+        index = tf.minimum(index, size - 1)
+        mass = tf.cast(tf.gather(masses, index, batch_dims=1), tf.float32)  # [B, S]
+        node = index + first
+        # 2. Descent: left with probability m_left / m_node.
+        for step in range(steps):
+            left = 2 * node
+            left_stats = tf.gather(self.node_stats, left)  # [B, S, P]
+            left_mass = self.alpha * tf.einsum("bsp,bp->bs", left_stats, psi) + tf.gather(
+                self._counts, left
+            )
+            p_left = tf.where(
+                tf.gather(self._counts, left + 1) > 0,
+                tf.clip_by_value(left_mass / tf.maximum(mass, 1e-30), 0.0, 1.0),
+                1.0,
+            )
+            go_left = tf.cast(uniforms[:, :, step + 1], tf.float32) < p_left
+            node = tf.where(go_left, left, left + 1)
+            mass = tf.where(go_left, left_mass, mass - left_mass)
+        # 3. The leaf: its classes scored directly.
+        leaf = node - self.num_leaves
+        table = tf.reshape(self.table, [self.num_leaves, self.leaf_size, self.embedding_dim])
+        rows = tf.gather(table, leaf)  # [B, S, L, D]
+        scores = self.alpha * tf.square(tf.einsum("bsld,bd->bsl", rows, queries)) + 1.0
+        ids = leaf[:, :, tf.newaxis] * self.leaf_size + tf.range(self.leaf_size, dtype=tf.int64)
+        scores = tf.where(ids < self.num_classes, scores, 0.0)
+        cumulative = tf.math.cumsum(scores, axis=2)
+        targets = tf.cast(uniforms[:, :, -1:], tf.float32) * cumulative[:, :, -1:]
+        offset = tf.searchsorted(cumulative, targets, side="right", out_type=tf.int64)
+        offset = tf.minimum(offset[:, :, 0], self.leaf_size - 1)
+        sampled = leaf * self.leaf_size + offset
+        return tf.minimum(sampled, self.num_classes - 1)
+
+    def _draw_unique(
+        self, queries: tf.Tensor, num_sampled: int, key: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``[B, S]`` distinct ids per query (repeats rejected) and ``[B]`` draws it took."""
+
+        def distinct_count(stream: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.cast(~_repeats(stream), tf.int32), axis=1)
+
+        def missing(round_: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_any(distinct_count(stream) < num_sampled)
+
+        def draw_more(round_: tf.Tensor, stream: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            # Double the stream of every row: few rounds even for peaked q.
+            round_ += 1
+            more = self._draw(
+                queries,
+                tf.shape(stream)[1],
+                key + tf.stack([tf.constant(0, tf.int64), tf.cast(round_, tf.int64)]),
+                top_hint=num_sampled,
+            )
+            return round_, tf.concat([stream, more], axis=1)
+
+        _, stream = tf.while_loop(
+            missing,
+            draw_more,
+            (tf.constant(0), self._draw(queries, num_sampled, key)),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([queries.shape[0], None])),
+        )
+        # The first S distinct ids of each row, as sequential rejection keeps them.
+        keep = ~_repeats(stream)
+        keep &= tf.cumsum(tf.cast(keep, tf.int32), axis=1) <= num_sampled
+        position = tf.range(tf.shape(stream)[1])
+        order = tf.argsort(tf.where(keep, position, tf.shape(stream)[1] + position), axis=1)
+        sampled = tf.gather(stream, order[:, :num_sampled], batch_dims=1)
+        last = tf.reduce_max(tf.where(keep, position, -1), axis=1)
+        return tf.ensure_shape(sampled, [queries.shape[0], num_sampled]), last + 1
+
+    def get_config(self) -> dict:
+        """The scalar arguments. The table is not part of the config, so a layer rebuilt from
+        its config cannot rebuild this sampler (it loads without one and says so)."""
+        return {
+            "num_classes": self.num_classes,
+            "alpha": self.alpha,
+            "leaf_size": self.leaf_size,
+            "seed": self.seed,
+        }
+
+
+def _repeats(stream: tf.Tensor) -> tf.Tensor:
+    """``[B, T]`` bool: whether an earlier entry of the same row holds the same id."""
+    order = tf.argsort(stream, axis=1, stable=True)  # equal ids in stream order
+    ordered = tf.gather(stream, order, batch_dims=1)
+    repeat = tf.concat(
+        [tf.zeros_like(ordered[:, :1], tf.bool), ordered[:, 1:] == ordered[:, :-1]], axis=1
+    )
+    # Back to stream positions: the inverse permutation of ``order``.
+    return tf.gather(repeat, tf.argsort(order, axis=1), batch_dims=1)
+
+
+class KernelSamplerRebuild(tf.keras.callbacks.Callback):
+    """Keras callback: rebuilds a :class:`QuadraticKernelSampler` from its variable during ``fit``.
+
+    Args:
+        sampler: the sampler; built from the model's ``tf.Variable`` (the table it rereads).
+        every_n_batches: rebuild after every this many training batches (and at the end of each
+            epoch).
+
+    Example:
+        >>> model.fit(x, y, callbacks=[KernelSamplerRebuild(sampler, every_n_batches=50)])
+        ... # doctest: +SKIP
+    """
+
+    def __init__(self, sampler: QuadraticKernelSampler, every_n_batches: int = 1):
+        super().__init__()
+        if not isinstance(sampler, QuadraticKernelSampler):
+            raise ValueError(
+                f"`sampler` must be a QuadraticKernelSampler. {received('sampler', sampler)}"
+            )
+        self.sampler = sampler
+        self.every_n_batches = check_positive_int("every_n_batches", every_n_batches)
+        self._rebuild = tf.function(sampler.rebuild)
+        self._batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1
+        if self._batches % self.every_n_batches == 0:
+            self._rebuild()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._rebuild()
