@@ -141,13 +141,14 @@ def _stage(name: str, config: dict, workdir: str) -> dict:
         values = yaml.safe_load(TRAIN_CONFIG.read_text(encoding="utf-8"))
         values["data"].pop("synthetic", None)
         values["data"] |= {"source": "file", "path": str(parquet), "timestamp_col": "timestamp"}
-        values["training"]["epochs"] = config.get("train_epochs", 1)
+        values["training"]["epochs"] = 1
+        values["training"]["steps_per_epoch"] = config.get("train_steps")
         for override in config.get("train_overrides", ()):
             apply_override(values, override)
         result = train(Config.from_dict(values), Path(workdir, "run"), force=True)
         return {
             "config": str(TRAIN_CONFIG.relative_to(REPO)),
-            "epochs": values["training"]["epochs"],
+            "steps_per_epoch": values["training"]["steps_per_epoch"],
             "steps": sum(epoch["steps"] for epoch in result.history),
             "recall": {str(k): v for k, v in result.metrics.recall.items()},
             "popularity_recall": {str(k): v for k, v in result.popularity.recall.items()},
@@ -265,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         default="load_parquet,load_csv,dataset_pass,train",
         help="comma-separated stages",
     )
-    parser.add_argument("--train-epochs", type=int, default=1, help="epochs of the train stage")
+    parser.add_argument(
+        "--train-steps", type=int, default=300, help="steps of the train stage (0: one epoch)"
+    )
     parser.add_argument("--workdir", default=None, help="where to write the log (default: temp)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/memory.json"))
     args = parser.parse_args(argv)
@@ -275,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "num_interactions": args.rows,
         "num_clusters": args.clusters,
         "seed": args.seed,
-        "train_epochs": args.train_epochs,
+        "train_steps": args.train_steps or None,
     }
     stages = [s for s in args.stages.split(",") if s]
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:

@@ -512,6 +512,8 @@ class TrainingConfig(_Section):
     Attributes:
         batch_size: B, rows per step.
         epochs: passes over the training rows.
+        steps_per_epoch: at most this many batches per epoch (None: the whole pass); with
+            ``shuffle``, every epoch then takes the first batches of a new random order.
         optimizer: a key of :data:`OPTIMIZERS`.
         learning_rate: the optimiser's.
         seed: initial weights and the order of the rows in every epoch.
@@ -525,6 +527,7 @@ class TrainingConfig(_Section):
 
     batch_size: int = 256
     epochs: int = 1
+    steps_per_epoch: int | None = None
     optimizer: str = "adam"
     learning_rate: float = 0.001
     seed: int = 0
@@ -537,6 +540,7 @@ class TrainingConfig(_Section):
         for key in ("batch_size", "epochs", "learning_rate", "max_checkpoints"):
             _positive(self._name(key), getattr(self, key))
         _choice(self._name("optimizer"), self.optimizer, list(OPTIMIZERS))
+        _positive(self._name("steps_per_epoch"), self.steps_per_epoch)
         _non_negative(self._name("checkpoint_every_steps"), self.checkpoint_every_steps)
 
 

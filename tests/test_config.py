@@ -167,6 +167,7 @@ def test_wrong_types_name_section_and_key(override, message):
     "overrides, message",
     [
         (["training.epochs=0"], "`training.epochs` must be > 0."),
+        (["training.steps_per_epoch=0"], "`training.steps_per_epoch` must be > 0."),
         (["training.checkpoint_every_steps=-1"], "`training.checkpoint_every_steps` must be >= 0"),
         (["task.sampler=zipf"], "`task.sampler` must be one of ['log_uniform', 'uniform', "
                                 "'unigram']"),

@@ -30,10 +30,13 @@ class Position(NamedTuple):
     batch: int
 
 
-def steps_per_epoch(num_rows: int, batch_size: int, *, drop_remainder: bool = False) -> int:
-    """Batches in one pass over ``num_rows`` rows."""
+def steps_per_epoch(
+    num_rows: int, batch_size: int, *, drop_remainder: bool = False, limit: int | None = None
+) -> int:
+    """Batches in one pass over ``num_rows`` rows, at most ``limit`` (None: no limit)."""
     batch_size = check_positive_int("batch_size", batch_size)
-    return num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
+    steps = num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
+    return steps if limit is None else min(steps, check_positive_int("limit", limit))
 
 
 def training_batches(
@@ -46,6 +49,7 @@ def training_batches(
     shuffle: bool = True,
     drop_remainder: bool = False,
     with_weights: bool = False,
+    max_steps_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """The batches from ``start`` to the end of epoch ``end_epoch - 1``, in order.
 
@@ -58,6 +62,8 @@ def training_batches(
         shuffle: a new order in every epoch (else the rows in log order).
         drop_remainder: drop each epoch's last, smaller batch.
         with_weights: add ``"weight"`` (``interactions.weights``).
+        max_steps_per_epoch: at most this many batches per epoch: the first ones of the
+            epoch's order (None: all).
 
     Returns:
         A dataset with a known cardinality (the number of batches), prefetched.
@@ -66,7 +72,9 @@ def training_batches(
         >>> batches = training_batches(train, batch_size=256, seed=0,
         ...     start=Position(epoch=2, batch=10), end_epoch=5)  # doctest: +SKIP
     """
-    num_batches = steps_per_epoch(len(interactions), batch_size, drop_remainder=drop_remainder)
+    num_batches = steps_per_epoch(
+        len(interactions), batch_size, drop_remainder=drop_remainder, limit=max_steps_per_epoch
+    )
     if num_batches == 0:
         raise ValueError(
             f"`batch_size` must be at most the number of training rows ({len(interactions)}) "

@@ -186,14 +186,21 @@ def _fit(
     """
     settings = config.training
     num_batches = steps_per_epoch(
-        len(train_log), settings.batch_size, drop_remainder=settings.drop_remainder
+        len(train_log),
+        settings.batch_size,
+        drop_remainder=settings.drop_remainder,
+        limit=settings.steps_per_epoch,
     )
     checkpoints = CheckpointCallback(
         manager, state, steps_per_epoch=num_batches, every_steps=settings.checkpoint_every_steps
     )
     progress = ProgressCallback(
         checkpoints,
-        num_rows=num_batches * settings.batch_size if settings.drop_remainder else len(train_log),
+        num_rows=(
+            num_batches * settings.batch_size
+            if settings.drop_remainder or settings.steps_per_epoch is not None
+            else len(train_log)
+        ),
         batch_size=settings.batch_size,
         epochs=settings.epochs,
         stream=stream,
@@ -209,6 +216,7 @@ def _fit(
             shuffle=settings.shuffle,
             drop_remainder=settings.drop_remainder,
             with_weights=train_log.weights is not None,
+            max_steps_per_epoch=settings.steps_per_epoch,
         )
 
     start = state.position

@@ -84,3 +84,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="needs interaction weights"):
         training_batches(no_weights, batch_size=5, seed=0, start=Position(0, 0), end_epoch=1,
                          with_weights=True)  # fmt: skip
+
+
+def test_max_steps_per_epoch_takes_the_first_batches_of_each_epochs_order():
+    log = _log()
+    options = dict(batch_size=5, seed=3, start=Position(0, 0), end_epoch=2)
+    full = _items(training_batches(log, **options))  # 5 batches per epoch
+    capped = training_batches(log, max_steps_per_epoch=2, **options)
+    assert int(capped.cardinality()) == 4
+    assert _items(capped) == full[0:2] + full[5:7]
+    resumed = _items(training_batches(log, **{**options, "start": Position(0, 1)},
+                                      max_steps_per_epoch=2))  # fmt: skip
+    assert resumed == full[1:2] + full[5:7]
+    assert steps_per_epoch(23, 5, limit=2) == 2 and steps_per_epoch(23, 5, limit=9) == 5
+    with pytest.raises(ValueError, match="`limit`"):
+        steps_per_epoch(23, 5, limit=0)
