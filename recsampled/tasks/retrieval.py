@@ -48,10 +48,18 @@ the batch is therefore never a second negative, and repeats of a popular item wi
 count once. Positives never act as negatives: accidental hits (a column with the row's positive
 id, other than the label) are removed over both sources, which is why ``remove_accidental_hits``
 must be True in that mode. Masked logits get TFRS's ``MIN_FLOAT``.
+
+**Per-example catalogue negatives.** A sampler whose ``sample`` takes ``query_embeddings`` (an
+adaptive one, e.g. :class:`recsampled.samplers.QuadraticKernelSampler`) draws ``S`` ids *per
+query*: row ``r`` gets the ``B_c`` in-batch columns and its own ``S`` sampled columns, and
+``Q_c(i | u_r)`` depends on the row, so ``q`` is a ``[B, B_c + S]`` matrix (the sampler is asked
+for the expected count of every in-batch id under every row's proposal). Repeats and accidental
+hits are removed row by row, with the same rules.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -103,6 +111,25 @@ def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
     return tf.gather(first, index) < positions
 
 
+def _repeated_per_row(ids: tf.Tensor) -> tf.Tensor:
+    """``[rows, columns]`` bool: whether an earlier column of the same row holds the same id."""
+    order = tf.argsort(ids, axis=1, stable=True)  # equal ids in column order
+    ordered = tf.gather(ids, order, batch_dims=1)
+    repeat = tf.concat(
+        [tf.zeros_like(ordered[:, :1], tf.bool), ordered[:, 1:] == ordered[:, :-1]], axis=1
+    )
+    return tf.gather(repeat, tf.argsort(order, axis=1), batch_dims=1)
+
+
+def _remove_accidental_hits_per_row(
+    labels: tf.Tensor, scores: tf.Tensor, column_ids: tf.Tensor
+) -> tf.Tensor:
+    """TFRS's ``RemoveAccidentalHits`` with ``[batch_size, num_columns]`` ids per row."""
+    positive = tf.gather(column_ids, tf.argmax(labels, axis=1), batch_dims=1)
+    duplicate = tf.cast(tf.equal(column_ids, positive[:, tf.newaxis]), labels.dtype) - labels
+    return scores + duplicate * MIN_FLOAT
+
+
 class Retrieval(tf.keras.layers.Layer, base.Task):
     """Retrieval task: ``tfrs.tasks.Retrieval`` plus frequency-based logQ and catalogue negatives.
 
@@ -126,7 +153,8 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             :class:`recsampled.samplers.frequency.FrequencyEstimator`.
         sampler: catalogue sampler over ids ``[0, sampler.num_classes)`` (any
             :class:`recsampled.samplers.CandidateSampler`); draws ``num_sampled`` unique ids per
-            step, shared by the batch.
+            step, shared by the batch, or per query for a sampler whose ``sample`` takes
+            ``query_embeddings`` (module docstring).
         num_sampled: S, catalogue negatives per step; 0 turns catalogue sampling off.
         candidate_model: maps ``[S]`` int ids to ``[S, embedding_dim]`` embeddings: the candidate
             tower, or any embedding function over ids. Needed when ``num_sampled > 0``.
@@ -316,7 +344,34 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         column_ids = candidate_ids
         columns = candidate_embeddings
         sampled = None
-        if self._num_sampled:
+        per_example = self._num_sampled > 0 and self._sampler_takes_queries()
+        if per_example:
+            # [B, B_c + S]: the in-batch columns, then each row's own S sampled columns.
+            if query_embeddings.shape.rank != 2:
+                raise ValueError(
+                    "`query_embeddings` must have shape [batch_size, embedding_dim] with a "
+                    "per-example sampler (one query per row). Received: query_embeddings with "
+                    f"shape {query_embeddings.shape}."
+                )
+            sampled = self._draw(candidate_ids, query_embeddings)
+            ids = sampled.sampled_candidates
+            embedded = tf.cast(self.candidate_model(tf.reshape(ids, [-1])), columns.dtype)
+            embedded = tf.reshape(embedded, [tf.shape(ids)[0], self._num_sampled, -1])
+            scores = tf.concat(
+                [
+                    tf.linalg.matmul(query_embeddings, columns, transpose_b=True),
+                    tf.einsum("bd,bsd->bs", query_embeddings, embedded),
+                ],
+                axis=1,
+            )
+            column_ids = tf.concat(
+                [
+                    tf.tile(candidate_ids[tf.newaxis], [num_queries, 1]),
+                    tf.cast(ids, candidate_ids.dtype),
+                ],
+                axis=1,
+            )
+        elif self._num_sampled:
             sampled = self._draw(candidate_ids)
             columns = tf.concat(
                 [
@@ -329,10 +384,13 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
                 [candidate_ids, tf.cast(sampled.sampled_candidates, candidate_ids.dtype)], axis=0
             )
 
-        if len(tf.shape(query_embeddings)) == 3:
-            scores = tf.math.reduce_max(tf.einsum("qne,ce->qnc", query_embeddings, columns), axis=1)
-        else:
-            scores = tf.linalg.matmul(query_embeddings, columns, transpose_b=True)
+        if not per_example:
+            if len(tf.shape(query_embeddings)) == 3:
+                scores = tf.math.reduce_max(
+                    tf.einsum("qne,ce->qnc", query_embeddings, columns), axis=1
+                )
+            else:
+                scores = tf.linalg.matmul(query_embeddings, columns, transpose_b=True)
         labels = tf.eye(num_queries, tf.shape(scores)[1])
 
         if self._temperature is not None:
@@ -350,7 +408,10 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
                     "When accidental hit removal is enabled, `candidate_ids` must be supplied. "
                     "Received: candidate_ids=None."
                 )
-            scores = self._accidental_hits(labels, scores, column_ids)
+            if per_example:
+                scores = _remove_accidental_hits_per_row(labels, scores, column_ids)
+            else:
+                scores = self._accidental_hits(labels, scores, column_ids)
 
         if self._by_id:
             scores = tf.where(self._negative_mask(column_ids, labels), MIN_FLOAT, scores)
@@ -377,10 +438,34 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             compute_batch_metrics=compute_batch_metrics,
         )
 
-    def _draw(self, candidate_ids: tf.Tensor) -> SampledValues:
-        """``S`` unique catalogue ids with expected counts, for the batch's candidates."""
-        true_classes = tf.cast(tf.reshape(candidate_ids, [-1, 1]), tf.int64)
-        values = self.sampler.sample(true_classes, self._num_sampled, unique=True, seed=self._seed)
+    def _sampler_takes_queries(self) -> bool:
+        return "query_embeddings" in inspect.signature(self.sampler.sample).parameters
+
+    def _draw(
+        self, candidate_ids: tf.Tensor, query_embeddings: tf.Tensor | None = None
+    ) -> SampledValues:
+        """``S`` unique catalogue ids with expected counts, for the batch's candidates.
+
+        Shared: ``[S]`` ids; ``true_expected_count`` ``[B_c, 1]``, one per in-batch column.
+        Per example (``query_embeddings`` given): ``[B, S]`` ids; ``true_expected_count``
+        ``[B, B_c]``, every in-batch column under every row's proposal.
+        """
+        if query_embeddings is None:
+            true_classes = tf.cast(tf.reshape(candidate_ids, [-1, 1]), tf.int64)
+            values = self.sampler.sample(
+                true_classes, self._num_sampled, unique=True, seed=self._seed
+            )
+        else:
+            true_classes = tf.tile(
+                tf.cast(candidate_ids, tf.int64)[tf.newaxis], [tf.shape(query_embeddings)[0], 1]
+            )
+            values = self.sampler.sample(
+                true_classes,
+                self._num_sampled,
+                unique=True,
+                seed=self._seed,
+                query_embeddings=query_embeddings,
+            )
         return SampledValues(*(tf.stop_gradient(v) for v in values))
 
     def _column_probability(
@@ -391,7 +476,8 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         num_queries: tf.Tensor,
         training: bool | None,
     ) -> tf.Tensor | None:
-        """``[num_candidates (+ S)]`` q of every column, or None for no correction."""
+        """``[num_candidates (+ S)]`` q of every column (``[B, num_candidates + S]`` with
+        per-example samples), or None for no correction."""
         in_batch = catalogue = None  # π_b of the in-batch and the sampled columns
         if self.candidate_frequency is not None and training is not False:
             self.candidate_frequency.update(candidate_ids[:num_queries])
@@ -404,16 +490,41 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         if sampled is None:
             return in_batch
         # Q_c of the in-batch columns, then of the sampled ones.
-        counts = tf.concat([sampled.true_expected_count[:, 0], sampled.sampled_expected_count], 0)
+        if sampled.sampled_candidates.shape.rank == 2:  # per example: [B, B_c + S]
+            counts = tf.concat([sampled.true_expected_count, sampled.sampled_expected_count], 1)
+            axis = 1
+            if in_batch is not None:
+                in_batch = tf.broadcast_to(
+                    tf.reshape(in_batch, [1, -1]), tf.shape(sampled.true_expected_count)
+                )
+        else:
+            counts = tf.concat(
+                [sampled.true_expected_count[:, 0], sampled.sampled_expected_count], 0
+            )
+            axis = 0
+            if in_batch is not None:
+                in_batch = tf.reshape(in_batch, [-1])
         if in_batch is None:
             return counts
         if catalogue is None:
             catalogue = tf.zeros_like(sampled.sampled_expected_count)
-        batch = tf.concat([tf.reshape(in_batch, [-1]), catalogue], axis=0)
+        batch = tf.concat([in_batch, catalogue], axis=axis)
         return batch + counts - batch * counts
 
     def _negative_mask(self, column_ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """``[batch_size, num_columns]`` bool: columns that must not act as negatives."""
+        if column_ids.shape.rank == 2:  # per-example columns: the same rules, row by row
+            num_candidates = tf.shape(column_ids)[1] - self._num_sampled
+            repeated = _repeated_per_row(column_ids)
+            if not self._in_batch_negatives:
+                repeated = tf.concat(
+                    [
+                        tf.ones_like(column_ids[:, :num_candidates], tf.bool),
+                        _repeated_per_row(column_ids[:, num_candidates:]),
+                    ],
+                    axis=1,
+                )
+            return tf.logical_and(repeated, tf.equal(labels, 0.0))
         num_candidates = tf.shape(column_ids)[0] - self._num_sampled
         if self._in_batch_negatives:
             repeated = repeated_columns(column_ids)
