@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench-loss bench-index clean
+.PHONY: demo test lint format bench-loss bench-index bench-lm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ INDEX_RUN ?= runs/movielens-100k
 bench-index: $(STAMP)
 	test -d $(INDEX_RUN)/towers || $(PY) -m recsampled train --config configs/movielens-100k.yaml --output $(INDEX_RUN)
 	$(PY) -m pipelines.bench_index --output benchmarks/index.json --num-queries 3000 --repeats 3 --run $(INDEX_RUN)
+
+## Language model: SampledSoftmax vs full softmax, quality and step time (writes benchmarks/lm.json).
+bench-lm: $(STAMP)
+	$(PY) -m pipelines.lm_example --output benchmarks/lm.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
