@@ -5,6 +5,8 @@
 - :class:`SampledSoftmaxModel` / :class:`SampledSoftmaxSequential` (:class:`SampledSoftmaxMixin`):
   ``compile(optimizer=...)`` and ``fit(x, y)`` with integer ``y``; ``evaluate`` reports the full
   cross-entropy and perplexity.
+- :class:`LazyAdam`: Adam that updates only the rows of a sparse gradient; ``fit`` warns about
+  optimizers that rewrite the whole output table every step (tf-keras ``SGD``, ``Adam``, ...).
 """
 
 from recsampled.layers.model import (
@@ -12,9 +14,11 @@ from recsampled.layers.model import (
     SampledSoftmaxModel,
     SampledSoftmaxSequential,
 )
+from recsampled.layers.optimizers import LazyAdam
 from recsampled.layers.sampled_softmax import SAMPLERS, SampledSoftmax, get_sampler
 
 __all__ = [
+    "LazyAdam",
     "SAMPLERS",
     "SampledSoftmax",
     "SampledSoftmaxMixin",

@@ -17,6 +17,12 @@ which links a tied ``Embedding`` after loading). No second input, no dummy loss:
   the data set; compiled metrics see the full probabilities and the mask.
 - ``predict`` / ``model(x)``: ``[..., num_classes]`` probabilities.
 
+Optimizers: the sampled gradient of the output embeddings is an ``IndexedSlices`` over about
+``num_sampled + batch`` rows, but tf-keras' ``SGD`` and ``Adam`` update all ``num_classes`` rows
+every step; ``fit`` warns about them. Prefer ``recsampled.layers.LazyAdam``,
+``tf.keras.optimizers.Adagrad`` or ``tf.keras.optimizers.legacy.SGD``
+(:mod:`recsampled.layers.optimizers`).
+
 Limits: exactly one ``SampledSoftmax``, at the top level of the model, producing its only
 output; ``compile`` takes no ``loss`` (the head defines it); integer targets, one per output step.
 Out-of-range ids raise ``InvalidArgumentError`` when the step runs. The loss is not rescaled
@@ -31,6 +37,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from recsampled.layers.optimizers import warn_if_dense_optimizer
 from recsampled.layers.sampled_softmax import SampledSoftmax, masked_mean
 
 
@@ -90,6 +97,20 @@ class SampledSoftmaxMixin:
             head._tie(self.get_layer(head._tied_name))
         return head
 
+    def make_train_function(self, force: bool = False) -> Any:
+        """Keras' train function; warns (once per new function) about dense optimizers.
+
+        See :func:`recsampled.layers.optimizers.warn_if_dense_optimizer`: tf-keras' ``SGD`` and
+        ``Adam`` (among others) rewrite all ``num_classes`` rows every step even though the
+        sampled softmax's gradient touches only about ``num_sampled + batch`` of them. (Not in
+        ``compile``: Keras does not compile a loaded model whose class overrides ``compile``.)
+        """
+        if self.train_function is None or force:
+            heads = [layer for layer in self.layers if isinstance(layer, SampledSoftmax)]
+            if len(heads) == 1:
+                warn_if_dense_optimizer(self.optimizer, heads[0].num_classes, heads[0].num_sampled)
+        return super().make_train_function(force)
+
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> Any:
         model = super().from_config(config, custom_objects=custom_objects)
@@ -142,7 +163,7 @@ class SampledSoftmaxModel(SampledSoftmaxMixin, tf.keras.Model):
         >>> x = tf.keras.layers.LSTM(256, return_sequences=True)(embedding(inputs))
         >>> outputs = SampledSoftmax(50_000, num_sampled=1000, tied_to=embedding)(x)
         >>> model = SampledSoftmaxModel(inputs, outputs)
-        >>> model.compile(optimizer="adam")
+        >>> model.compile(optimizer=LazyAdam())  # sparse updates (see module doc)
         >>> model.fit(ids[:, :-1], ids[:, 1:])  # doctest: +SKIP
         >>> model.evaluate(test_ids[:, :-1], test_ids[:, 1:], return_dict=True)  # doctest: +SKIP
         {'loss': 5.2..., 'perplexity': 181.3...}

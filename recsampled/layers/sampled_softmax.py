@@ -156,13 +156,21 @@ class SampledSoftmax(tf.keras.layers.Layer):
     Input shape: ``[batch, dim]`` or ``[batch, time, dim]`` (a Keras mask over ``[batch, time]``
     is honoured). Output shape: ``[..., num_classes]`` probabilities; in training, the inputs.
 
+    Optimizer: the training gradient of the ``[num_classes, dim]`` output embeddings is an
+    ``IndexedSlices`` over about ``num_sampled + batch`` rows, but tf-keras' ``SGD`` (it keeps
+    momentum slots even with ``momentum=0``) and ``Adam`` update *every* row at every step, which
+    at large ``num_classes`` costs more than the sampled softmax saves (seconds per step at
+    200,000 x 1024 on a CPU). Use :class:`recsampled.layers.LazyAdam`,
+    ``tf.keras.optimizers.Adagrad`` or ``tf.keras.optimizers.legacy.SGD``; ``fit`` of the
+    models warns otherwise (:mod:`recsampled.layers.optimizers`).
+
     Example:
         >>> inputs = tf.keras.Input([None], dtype="int32")
         >>> x = tf.keras.layers.Embedding(1000, 32, mask_zero=True)(inputs)
         >>> x = tf.keras.layers.LSTM(64, return_sequences=True)(x)
         >>> outputs = SampledSoftmax(1000, num_sampled=64)(x)
         >>> model = recsampled.layers.SampledSoftmaxModel(inputs, outputs)
-        >>> model.compile(optimizer="adam")
+        >>> model.compile(optimizer=recsampled.layers.LazyAdam())
         >>> model.fit(token_ids[:, :-1], token_ids[:, 1:])  # doctest: +SKIP
     """
 

@@ -196,3 +196,18 @@ def test_a_sampler_without_a_full_config_loads_for_inference(tmp_path):
         np.testing.assert_allclose(
             loaded.layers[-1].sampler.probability(ids), rs.UnigramSampler(counts).probability(ids)
         )
+
+
+def test_the_kernel_sampler_plugs_in():
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input([None], dtype="int64")
+    embedding = tf.keras.layers.Embedding(V, D, mask_zero=True, name="embedding")
+    embedding.build(None)  # the sampler's tree is built from the (tied) output embeddings
+    sampler = rs.QuadraticKernelSampler(embedding.embeddings, alpha=100.0, seed=1)
+    x = tf.keras.layers.Dense(D, activation="tanh")(embedding(inputs))
+    model = SampledSoftmaxModel(inputs, SampledSoftmax(V, S, sampler=sampler, tied_to=embedding)(x))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    x, y = make_data(64, seed=8)
+    before = model.evaluate(x, y, verbose=0)[0]
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    assert model.evaluate(x, y, verbose=0)[0] < 0.9 * before

@@ -38,6 +38,7 @@ def test_read_text_numbers_tokens_by_frequency(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:tf.keras.optimizers.Adam updates all")  # the quality run's
 def test_end_to_end_on_a_tiny_configuration(tmp_path):
     output = tmp_path / "lm.json"
     lm_example.main(
@@ -46,8 +47,9 @@ def test_end_to_end_on_a_tiny_configuration(tmp_path):
             *("--vocab-size=200", "--num-clusters=4", "--num-sampled=20"),
             *("--embedding-dim=8", "--units=8", "--length=5", "--batch-size=16"),
             *("--quality-steps=3", "--test-sequences=32"),
-            *("--speed-optimizers", "sgd", "--speed-vocab-size=300", "--speed-num-sampled=20"),
-            *("--speed-embedding-dim=8", "--speed-units=8", "--speed-batch-size=4"),
+            *("--speed-optimizers", "lazy_adam", "--lstm-variants", "unroll"),
+            *("--speed-vocab-size=300", "--speed-num-sampled=20", "--speed-embedding-dim=8"),
+            *("--speed-units=8", "--speed-batch-size=4"),
             *("--speed-length=3", "--speed-steps=2"),
         ]
     )
@@ -59,6 +61,28 @@ def test_end_to_end_on_a_tiny_configuration(tmp_path):
     assert quality["ratio"] == pytest.approx(
         quality["sampled"]["heldout_cross_entropy"] / quality["full"]["heldout_cross_entropy"]
     )
-    speed = results["step_time"]["sgd"]
-    assert len(speed["full"]["step_seconds"]) == 2 and speed["speedup"] > 0
-    assert "Speed-up" in output.with_suffix(".md").read_text()
+    speed = results["step_time"]["lazy_adam"]
+    assert speed["sparse_updates"] is True
+    for part, models in [
+        ("whole", {"sampled", "full"}),
+        ("output_layer", {"sampled", "full"}),
+        ("body", {"default", "unroll"}),  # the default always
+    ]:
+        assert set(speed[part]) == models | {"load_average"}
+        for r in (speed[part][name] for name in models):
+            assert len(r["step_seconds"]) == len(r["cpu_seconds"]) == 2
+            assert r["median_step_seconds"] > 0 and r["median_cpu_seconds"] >= 0
+    assert speed["speedup"] > 0 and speed["output_layer_speedup"] > 0
+    assert speed["speedup_bound_from_body"] == pytest.approx(
+        speed["whole"]["full"]["median_step_seconds"]
+        / speed["body"]["default"]["median_step_seconds"]
+    )
+    report = output.with_suffix(".md").read_text()
+    assert "Whole step, best optimizer" in report and "| lazy_adam | body | unroll |" in report
+
+
+def test_sparse_flags_of_the_benchmark_optimizers_match_the_library():
+    from recsampled.layers.optimizers import DENSE_OPTIMIZERS
+
+    for name, (make, sparse) in lm_example.OPTIMIZERS.items():
+        assert sparse == (type(make()) not in DENSE_OPTIMIZERS), name
