@@ -510,21 +510,27 @@ def markdown(results: dict) -> str:
             f"same Embedding + LSTM with a {BODY_CLASSES}-way output, the part no output layer "
             "can remove; *bound* = full whole step / body, the most any output layer can gain.",
             "",
-            "| optimizer | sparse update | whole sampled | whole full | **whole speed-up** | "
-            "output sampled | output full | **output speed-up** | body | bound |",
+            "Speed-ups are of wall time, and in brackets of CPU time (less sensitive to the "
+            "load from other processes, which gives each process a varying share of the cores).",
+            "",
+            "| optimizer | sparse update | whole sampled s | whole full s | **whole speed-up** | "
+            "output sampled s | output full s | **output speed-up** | body s | bound |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for optimizer, speed in step_time.items():
             whole, head = speed["whole"], speed["output_layer"]
+            body = speed["body"]["default"]
             lines.append(
                 f"| {optimizer} | {'yes' if speed['sparse_updates'] else 'no (dense)'} | "
                 f"{whole['sampled']['median_step_seconds']:.3f} | "
-                f"{whole['full']['median_step_seconds']:.3f} | **{speed['speedup']:.1f}x** | "
+                f"{whole['full']['median_step_seconds']:.3f} | **{speed['speedup']:.1f}x** "
+                f"({_cpu_ratio(whole['full'], whole['sampled']):.1f}x) | "
                 f"{head['sampled']['median_step_seconds']:.3f} | "
                 f"{head['full']['median_step_seconds']:.3f} | "
-                f"**{speed['output_layer_speedup']:.1f}x** | "
-                f"{speed['body']['default']['median_step_seconds']:.3f} | "
-                f"{speed['speedup_bound_from_body']:.1f}x |"
+                f"**{speed['output_layer_speedup']:.0f}x** "
+                f"({_cpu_ratio(head['full'], head['sampled']):.0f}x) | "
+                f"{body['median_step_seconds']:.3f} | {speed['speedup_bound_from_body']:.1f}x "
+                f"({_cpu_ratio(whole['full'], body):.1f}x) |"
             )
         lines += [
             "",
@@ -557,6 +563,10 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_ratio(slow: dict, fast: dict) -> float:
+    return slow["median_cpu_seconds"] / max(fast["median_cpu_seconds"], 1e-9)
+
+
 def _speed_analysis(step_time: dict) -> list[str]:
     """Where the step time goes, from the numbers (Markdown lines)."""
     sparse = [speed for speed in step_time.values() if speed["sparse_updates"]]
@@ -572,23 +582,30 @@ def _speed_analysis(step_time: dict) -> list[str]:
         f"- The output layer alone, what the sampled softmax replaces: "
         f"{head['sampled']['median_step_seconds']:.3f} s sampled vs "
         f"{head['full']['median_step_seconds']:.3f} s full, "
-        f"**{best['output_layer_speedup']:.0f}x**.",
+        f"**{best['output_layer_speedup']:.0f}x** ({head['sampled']['median_cpu_seconds']:.3f} vs "
+        f"{head['full']['median_cpu_seconds']:.2f} CPU s, "
+        f"{_cpu_ratio(head['full'], head['sampled']):.0f}x).",
         f"- The body (Embedding + LSTM, {BODY_CLASSES}-way output) takes "
         f"{body['median_step_seconds']:.3f} s ({body['median_cpu_seconds']:.2f} CPU s) of every "
-        f"step, whatever the output layer. With the full step at {full:.2f} s no output layer can "
-        f"make the whole step more than **{full / body['median_step_seconds']:.1f}x** faster "
-        f"here; 20x would need the body under {full / 20:.2f} s.",
+        f"step, whatever the output layer. With the full step at {full:.2f} s "
+        f"({best['whole']['full']['median_cpu_seconds']:.2f} CPU s) no output layer can make the "
+        f"whole step more than **{full / body['median_step_seconds']:.1f}x** faster in wall time "
+        f"(**{_cpu_ratio(best['whole']['full'], body):.1f}x** in CPU time); 20x would need the "
+        f"body under {full / 20:.2f} s ({best['whole']['full']['median_cpu_seconds'] / 20:.2f} "
+        "CPU s).",
     ]
     variants = next((speed["body"] for speed in step_time.values() if len(speed["body"]) > 2), None)
     if variants:
         default = variants["default"]["median_step_seconds"]
         tried = ", ".join(
-            f"`{name}` {r['median_step_seconds']:.3f} s ({default / r['median_step_seconds']:.2f}x)"
+            f"`{name}` {r['median_step_seconds']:.3f} s, {r['median_cpu_seconds']:.2f} CPU s "
+            f"({default / r['median_step_seconds']:.2f}x)"
             for name, r in variants.items()
             if isinstance(r, dict) and name != "default"
         )
         lines.append(
-            f"- LSTM options that keep the model (body step, vs default {default:.3f} s): {tried}."
+            f"- LSTM options that keep the model (body step, vs default {default:.3f} s, "
+            f"{variants['default']['median_cpu_seconds']:.2f} CPU s): {tried}."
         )
     dense = [(name, s) for name, s in step_time.items() if not s["sparse_updates"]]
     for name, speed in dense:
@@ -658,9 +675,11 @@ def _readme_section(results: dict) -> list[str]:
             ("whole", "train step", "speedup"),
             ("output_layer", "output layer step", "output_layer_speedup"),
         ]:
+            cpu = _cpu_ratio(speed[part]["full"], speed[part]["sampled"])
             lines.append(
                 f"| {label} s, {size} | {speed[part]['sampled']['median_step_seconds']:.3f} | "
-                f"{speed[part]['full']['median_step_seconds']:.3f} | {speed[key]:.1f}x |"
+                f"{speed[part]['full']['median_step_seconds']:.3f} | {speed[key]:.1f}x "
+                f"({cpu:.1f}x in CPU time) |"
             )
     return lines
 
