@@ -224,6 +224,7 @@ def test_evaluate_exact_reproduces_training_and_flat_index_equals_exact(
         if key != "mrr":  # the index's MRR only sees the top max(K) retrieved
             assert metrics["index"][key] == pytest.approx(value, abs=1e-6), key
     assert metrics["index"]["mrr"] <= metrics["exact"]["mrr"] + 1e-9
+    assert data["artifact"]["served_recall"] == pytest.approx(1.0)  # Flat serves exact lists
     assert (
         data["artifact"]["factory"] == "Flat" and data["num_users"] == trained["model"]["num_users"]
     )

@@ -25,6 +25,6 @@ def test_demo_runs_the_whole_journey(tmp_path, capsys):
         assert step in out
     assert "recall@10" in out and out.count("held-out item") == demo.NUM_USERS_SHOWN
     artifact = Retriever.load(tmp_path / "run-artifacts")
-    assert artifact.manifest.index.type == "ivf" and artifact.manifest.recall.reached
+    assert artifact.manifest.index.type == demo.INDEX and artifact.manifest.recall.reached
     assert evaluation.index is not None and evaluation.artifact["path"] == str(artifact.path)
     assert set(evaluation.exact.ks) == {5, 10}
