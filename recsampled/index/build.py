@@ -24,7 +24,7 @@ wiki "Guidelines to choose an index" suggests for up to 10^6 vectors):
 
 ``auto`` is ``flat`` below :data:`AUTO_EXACT_MAX_ITEMS` items and ``ivf`` above; if the tuned
 index does not reach the target recall, ``auto`` falls back to ``flat`` with a warning. IVF-Flat,
-not HNSW, because on 10^6 x 64 clustered embeddings (``benchmarks/index.md``) it builds 3x faster
+not HNSW, because on 10^6 x 64 clustered embeddings (``benchmarks/index.md``) it builds 4-5x faster
 and reaches recall@10 >= 0.95 at many times HNSW32's queries/s (HNSW32 with FAISS's default
 ``efConstruction=40`` needs ``efSearch=512`` for 0.96); the wiki's guidelines also suggest
 ``IVF{4√N..16√N},Flat`` up to 10^6 vectors.
