@@ -44,5 +44,12 @@ bench-index: $(STAMP)
 bench-lm: $(STAMP)
 	$(PY) -m pipelines.lm_example --output benchmarks/lm.json
 
+## Retrieval benchmark: full softmax, TFRS in-batch, logQ (counts, streaming), mixed and sampled
+## softmax on MovieLens 100K (if present) and synthetic data; fit throughput against TFRS
+## (about 25 min on 2 cores). Writes benchmarks/retrieval.json and .md.
+.PHONY: bench-retrieval
+bench-retrieval: $(STAMP)
+	$(PY) -m pipelines.bench_retrieval --output benchmarks/retrieval.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

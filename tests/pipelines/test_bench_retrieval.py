@@ -1,0 +1,148 @@
+"""Smoke test of the retrieval benchmark: a ``--quick`` run, then the report's schema, and checks
+that are computed from the reported numbers (not written by hand)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipelines import bench_retrieval as bench
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    output = tmp_path_factory.mktemp("bench") / "retrieval.json"
+    missing = tmp_path_factory.mktemp("no-movielens")
+    returned = bench.main(["--quick", "--movielens", str(missing), "--output", str(output)])
+    report = json.loads(output.read_text())
+    assert report == json.loads(json.dumps(returned))  # what main returns is what it wrote
+    return report, output
+
+
+def test_structure(run: tuple[dict, Path]) -> None:
+    report, _ = run
+    assert report["schema_version"] == bench.SCHEMA_VERSION
+    assert report["config"]["seeds"] == list(bench.QUICK.seeds)
+    assert "movielens-100k" in report["skipped"]  # absent data is skipped, not an error
+    entry = report["datasets"]["synthetic"]
+    assert set(entry["popularity"]) == set(bench.METRICS)
+    assert list(entry["variants"]) == list(bench.VARIANTS)
+    for summary in entry["variants"].values():
+        for key in (*bench.METRICS, "examples_per_second", "final_loss"):
+            values = summary[key]["per_seed"]
+            assert len(values) == len(bench.QUICK.seeds) and all(map(_finite, values))
+            assert summary[key]["mean"] == pytest.approx(sum(values) / len(values))
+            assert summary[key]["std"] >= 0
+        assert all(0 <= summary[m]["mean"] <= 1 for m in bench.METRICS)
+        assert summary["examples_per_second"]["mean"] > 0
+    throughput = entry["fit_throughput"]
+    assert len(throughput["epoch_seconds"]["tfrs"]) == bench.QUICK.throughput_rounds
+    assert throughput["ours_over_tfrs"] == pytest.approx(
+        throughput["examples_per_second"]["ours"] / throughput["examples_per_second"]["tfrs"]
+    )
+    seconds = throughput["epoch_seconds"]
+    assert throughput["ours_over_tfrs_per_round"] == pytest.approx(
+        [t / o for t, o in zip(seconds["tfrs"], seconds["ours"], strict=True)]
+    )
+    assert [b["variant"] for b in entry["step_breakdown"]] == ["tfrs", "ours", "mixed_logq"]
+    for b in entry["step_breakdown"]:
+        s = b["num_sampled"]
+        assert b["multiply_adds"] == 3 * b["batch_size"] * (b["batch_size"] + s) * 32
+        assert b["train_step_ms"] > 0 and b["score_matmuls_ms"] > 0 and b["fit_step_ms"] > 0
+        assert b["floor_share_of_step"] == pytest.approx(b["floor_ms_at_peak"] / b["train_step_ms"])
+
+
+def test_checks_are_computed_from_the_numbers(run: tuple[dict, Path]) -> None:
+    report, output = run
+    entry = report["datasets"]["synthetic"]
+    checks = entry["checks"]
+    recall = {name: v["recall@20"]["mean"] for name, v in entry["variants"].items()}
+    beats = checks["logq_beats_in_batch"]
+    assert set(beats["variants"]) == set(bench.LOGQ_VARIANTS)
+    for name, v in beats["variants"].items():
+        assert v["passed"] == (recall[name] > recall["in_batch"])
+    assert beats["passed"] == all(recall[n] > recall["in_batch"] for n in bench.LOGQ_VARIANTS)
+    best = checks["best_sampled_within_3_percent"]
+    sampled = {k: r for k, r in recall.items() if k != "full_softmax"}
+    assert best["best_variant"] == max(sampled, key=sampled.get)
+    gap = 1 - sampled[best["best_variant"]] / recall["full_softmax"]
+    assert best["relative_gap"] == pytest.approx(gap)
+    assert best["passed"] == (gap <= 0.03)
+    speed = entry["fit_throughput"]["examples_per_second"]
+    assert checks["ours_at_least_tfrs_fit_throughput"]["passed"] == (speed["ours"] >= speed["tfrs"])
+    # The verdicts printed are those of the JSON.
+    text = output.with_suffix(".md").read_text()
+    assert "## Proposed README section" in text
+    assert f"`{best['best_variant']}`" in text
+    assert ("PASS" if beats["passed"] else "FAIL") + ": `in_batch_logq_counts`" in text
+
+
+def test_checks_follow_the_numbers() -> None:
+    """Moving the numbers flips the verdicts: nothing is hard-coded."""
+
+    def summary(recall: float) -> dict:
+        return {"recall@20": {"mean": recall, "std": 0.01, "per_seed": [recall]}}
+
+    variants = {name: summary(0.30) for name in bench.VARIANTS}
+    variants["full_softmax"] = summary(0.305)
+    variants["in_batch"] = summary(0.25)
+    checks = bench.quality_checks(variants)
+    assert checks["logq_beats_in_batch"]["passed"]
+    assert checks["best_sampled_within_3_percent"]["passed"]  # 1 - 0.30 / 0.305 = 1.6%
+    failing = copy.deepcopy(variants)
+    failing["in_batch_logq_streaming"] = summary(0.24)
+    failing["full_softmax"] = summary(0.40)
+    checks = bench.quality_checks(failing)
+    assert not checks["logq_beats_in_batch"]["passed"]
+    assert not checks["logq_beats_in_batch"]["variants"]["in_batch_logq_streaming"]["passed"]
+    assert checks["logq_beats_in_batch"]["variants"]["mixed_logq"]["passed"]
+    assert not checks["best_sampled_within_3_percent"]["passed"]
+    assert checks["best_sampled_within_3_percent"]["relative_gap"] == pytest.approx(0.25)
+    throughput = {"examples_per_second": {"ours": 90.0, "tfrs": 100.0}}
+    assert not bench.throughput_check(throughput)["passed"]
+
+
+def test_summary_over_seeds() -> None:
+    summary = bench.summarise([{"recall@20": 0.2}, {"recall@20": 0.4}])["recall@20"]
+    assert summary["mean"] == pytest.approx(0.3)
+    assert summary["std"] == pytest.approx(0.1414, abs=1e-4)  # sample standard deviation
+    assert summary["per_seed"] == [0.2, 0.4]
+
+
+def test_paired_differences() -> None:
+    def summary(values: list[float]) -> dict:
+        return {"recall@20": {"mean": sum(values) / len(values), "std": 0.0, "per_seed": values}}
+
+    variants = {name: summary([0.33, 0.35, 0.31]) for name in bench.VARIANTS}
+    variants["in_batch"] = summary([0.30, 0.33, 0.30])
+    checks = bench.quality_checks(variants)
+    paired = checks["logq_beats_in_batch"]["variants"]["mixed_logq"]["paired_difference"]
+    assert paired["per_seed"] == pytest.approx([0.03, 0.02, 0.01])
+    assert paired["t"] == pytest.approx(0.02 / (0.01 / 3**0.5))
+
+
+def test_render_recomputes_the_checks(run: tuple[dict, Path], tmp_path: Path) -> None:
+    """Editing a number in the JSON and re-rendering changes the verdict: checks are derived."""
+    report, _ = run
+    edited = copy.deepcopy(report)
+    entry = edited["datasets"]["synthetic"]
+    entry["variants"]["in_batch"]["recall@20"]["mean"] = 1.0
+    entry["fit_throughput"]["examples_per_second"]["ours"] = 0.5
+    entry["fit_throughput"]["examples_per_second"]["tfrs"] = 1.0
+    output = tmp_path / "retrieval.json"
+    output.write_text(json.dumps(edited))
+    rendered = bench.main(["--render", "--output", str(output)])
+    checks = rendered["datasets"]["synthetic"]["checks"]
+    assert not checks["logq_beats_in_batch"]["passed"]
+    assert checks["best_sampled_within_3_percent"]["best_variant"] == "in_batch"
+    assert not checks["ours_at_least_tfrs_fit_throughput"]["passed"]
+    assert json.loads(output.read_text())["datasets"]["synthetic"]["checks"] == checks
+    assert "FAIL" in output.with_suffix(".md").read_text()
