@@ -1276,8 +1276,21 @@ def readme_section(report: dict, plots: Sequence[str] = ()) -> str:
         "",
         "(item-table gradient; `negatives_only`: only sampled negatives carry the logQ "
         "correction, the estimator of the paper; `tf`: the positive too, as "
-        "`tf.nn.sampled_softmax_loss` and recsampled's default.)",
+        "`tf.nn.sampled_softmax_loss` and recsampled's default. Under `tf` even the softmax "
+        "proposal keeps a bias of order p_y at any S, the mass of the corrected positive.)",
     ]
+    claim = report.get("claim")
+    if claim:
+        verdicts = []
+        for key, v in claim["by_dataset"].items():
+            name, convention = key.split("|")
+            word = {True: "holds", False: "does not hold", None: "undecided"}[v["holds"]]
+            verdicts.append(f"{name}, `{convention}`: {_ratio_text(v)}x, {word}")
+        lines += [
+            "",
+            "The claim (the kernel matches the unigram's item-table bias at the largest S with "
+            f">= {claim['threshold']:g}x fewer samples): " + "; ".join(verdicts) + ".",
+        ]
     for name, entry in report["datasets"].items():
         if "recall" not in entry:
             continue
