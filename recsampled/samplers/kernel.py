@@ -83,8 +83,8 @@ class QuadraticKernelSampler(CandidateSampler):
         leaf_size: classes per leaf, scored directly; default ``max(8, embedding_dim)``: a leaf
             then costs ``L·D = D²`` gathered numbers, about one tree level (``P ≈ D²/2``) more
             or less, and the tree holds ``2N/D`` nodes of ``P`` floats, ``≈ N·D`` numbers
-            (measured at ``N = 10^6``, ``D = 64``: 3.2 s of CPU per batch of 1024 x 64 draws
-            against 4.2 s with ``L = D/2``; ``benchmarks/kernel.md``).
+            (at ``N = 10^6``, ``D = 64``, ``L = D`` took about 25% less CPU per batch than
+            ``L = D/2`` in our measurements; ``benchmarks/kernel.md``).
         seed: default op-level seed of :meth:`sample`.
         top_nodes_per_sample: the top cut has about ``num_sampled * top_nodes_per_sample`` nodes
             (rounded to a power of two), whose masses are one matmul per batch.
@@ -101,7 +101,7 @@ class QuadraticKernelSampler(CandidateSampler):
         TensorShape([4, 8])
     """
 
-    top_nodes_per_sample: int = 64
+    top_nodes_per_sample: int = 32
 
     def __init__(
         self,
