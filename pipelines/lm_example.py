@@ -430,20 +430,41 @@ def time_speed(
                    for k, v in results[part].items() if isinstance(v, dict)}  # fmt: skip
         print(f"speed {optimizer} {part}: {summary} load {results[part]['load_average']}",
               flush=True)  # fmt: skip
-    whole, head = results["whole"], results["output_layer"]
-    body = results["body"]["default"]["median_step_seconds"]
+    return judge_speed(results)
+
+
+def judge_speed(speed: dict) -> dict:
+    """Adds the speed-ups (wall and CPU time) and verdicts to one optimizer's measurements.
+
+    A target counts as met only when both the wall-time and the CPU-time speed-ups reach it:
+    on a loaded machine the wall time of a long multi-threaded step grows more than its CPU
+    time, which can inflate the wall-time ratio.
+    """
+    whole, head = speed["whole"], speed["output_layer"]
+    body = speed["body"]["default"]
     full = whole["full"]["median_step_seconds"]
-    speedup = full / whole["sampled"]["median_step_seconds"]
-    head_speedup = head["full"]["median_step_seconds"] / head["sampled"]["median_step_seconds"]
-    return results | {
-        "speedup": speedup,
-        "output_layer_speedup": head_speedup,
+    ratios = {
+        "speedup": full / whole["sampled"]["median_step_seconds"],
+        "speedup_cpu": _cpu_ratio(whole["full"], whole["sampled"]),
+        "output_layer_speedup": head["full"]["median_step_seconds"]
+        / head["sampled"]["median_step_seconds"],
+        "output_layer_speedup_cpu": _cpu_ratio(head["full"], head["sampled"]),
         # No output layer can make a step cheaper than the body alone.
-        "speedup_bound_from_body": full / body,
-        "target": SPEEDUP_TARGET,
-        "passed": speedup >= SPEEDUP_TARGET,
-        "output_layer_passed": head_speedup >= SPEEDUP_TARGET,
+        "speedup_bound_from_body": full / body["median_step_seconds"],
+        "speedup_bound_from_body_cpu": _cpu_ratio(whole["full"], body),
     }
+    return (
+        speed
+        | ratios
+        | {
+            "target": SPEEDUP_TARGET,
+            "passed": min(ratios["speedup"], ratios["speedup_cpu"]) >= SPEEDUP_TARGET,
+            "output_layer_passed": min(
+                ratios["output_layer_speedup"], ratios["output_layer_speedup_cpu"]
+            )
+            >= SPEEDUP_TARGET,
+        }
+    )
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -549,18 +570,29 @@ def markdown(results: dict) -> str:
                             f"| {optimizer} | {part} | {name} | {r['median_step_seconds']:.3f} | "
                             f"{r['median_cpu_seconds']:.3f} | {r['warmup_seconds']:.1f} | {load} |"
                         )
-        best = max(step_time.values(), key=lambda speed: speed["speedup"])
+        best = max(step_time.values(), key=lambda speed: _cpu_ratio(*_whole(speed)))
         lines += [
             "",
-            f"Whole step, best optimizer: **{best['speedup']:.1f}x** (target >= "
-            f"{best['target']:.0f}x: {'passed' if best['passed'] else 'FAILED'}). Output layer "
-            f"alone: **{best['output_layer_speedup']:.1f}x** "
-            f"({'passed' if best['output_layer_passed'] else 'FAILED'}).",
+            f"Whole step, best optimizer by CPU time ({_name_of(step_time, best)}): "
+            f"**{best['speedup']:.1f}x** wall, **{_cpu_ratio(*_whole(best)):.1f}x** CPU "
+            f"(target >= {best['target']:.0f}x in both: "
+            f"{'passed' if best['passed'] else 'FAILED'}). Output layer alone: "
+            f"**{best['output_layer_speedup']:.0f}x** wall, "
+            f"**{_cpu_ratio(best['output_layer']['full'], best['output_layer']['sampled']):.0f}x** "
+            f"CPU ({'passed' if best['output_layer_passed'] else 'FAILED'}).",
             "",
             *_speed_analysis(step_time),
         ]
     lines += _readme_section(results)
     return "\n".join(lines)
+
+
+def _name_of(step_time: dict, speed: dict) -> str:
+    return next(name for name, s in step_time.items() if s is speed)
+
+
+def _whole(speed: dict) -> tuple[dict, dict]:
+    return speed["whole"]["full"], speed["whole"]["sampled"]
 
 
 def _cpu_ratio(slow: dict, fast: dict) -> float:
@@ -572,7 +604,7 @@ def _speed_analysis(step_time: dict) -> list[str]:
     sparse = [speed for speed in step_time.values() if speed["sparse_updates"]]
     if not sparse:
         return []
-    best = max(sparse, key=lambda speed: speed["speedup"])
+    best = max(sparse, key=lambda speed: _cpu_ratio(*_whole(speed)))
     full = best["whole"]["full"]["median_step_seconds"]
     body = best["body"]["default"]
     head = best["output_layer"]
@@ -762,7 +794,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--render-only",
         action="store_true",
-        help="only rewrite the Markdown beside --output from its JSON (no runs)",
+        help="no runs: recompute the verdicts in --output's JSON and rewrite its Markdown",
     )
     quality = parser.add_argument_group("quality (sampled vs full, same steps)")
     quality.add_argument("--text", help="a text file instead of the Markov chain")
@@ -806,7 +838,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.render_only:
         results = json.loads(Path(args.output).read_text(encoding="utf-8"))
-        Path(args.output).with_suffix(".md").write_text(markdown(results) + "\n", "utf-8")
+        for name, speed in results.get("step_time", {}).items():  # verdicts from measurements
+            results["step_time"][name] = judge_speed(speed)
+        write(results, args.output)
         print(markdown(results))
         return
     results = run(args)
