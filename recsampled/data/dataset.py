@@ -17,6 +17,26 @@ from recsampled._validation import check_optional_seed, check_positive_int
 from recsampled.data.interactions import Interactions
 
 
+def id_columns(interactions: Interactions, *, with_weights: bool = False) -> dict[str, tf.Tensor]:
+    """The encoded columns as tensors: ``user_id``, ``item_id`` ``[N]`` int32, ``weight`` float32.
+
+    Raises:
+        ValueError: if ``with_weights`` is set and the interactions have no weights.
+    """
+    if with_weights and interactions.weights is None:
+        raise ValueError(
+            "`with_weights=True` needs interaction weights, but these interactions have none. "
+            "Pass `weight_col` to read_interactions. Received: with_weights=True."
+        )
+    columns = {
+        "user_id": tf.constant(interactions.user_ids, tf.int32),
+        "item_id": tf.constant(interactions.item_ids, tf.int32),
+    }
+    if with_weights:
+        columns["weight"] = tf.constant(interactions.weights, tf.float32)
+    return columns
+
+
 def make_dataset(
     interactions: Interactions,
     *,
@@ -50,17 +70,7 @@ def make_dataset(
     """
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_optional_seed("seed", seed)
-    if with_weights and interactions.weights is None:
-        raise ValueError(
-            "`with_weights=True` needs interaction weights, but these interactions have none. "
-            "Pass `weight_col` to read_interactions. Received: with_weights=True."
-        )
-    columns = {
-        "user_id": tf.constant(interactions.user_ids, tf.int32),
-        "item_id": tf.constant(interactions.item_ids, tf.int32),
-    }
-    if with_weights:
-        columns["weight"] = tf.constant(interactions.weights, tf.float32)
+    columns = id_columns(interactions, with_weights=with_weights)
     num_rows = len(interactions)
     num_batches = num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
 

@@ -38,7 +38,6 @@ from recsampled.evaluation import (
     popularity_scores,
     ranking_metrics,
     retrieval_scores,
-    sample_users,
     top_k,
 )
 from recsampled.index.artifact import ArtifactError, check_output_dir
@@ -47,6 +46,7 @@ from recsampled.index.export import ArtifactInfo, embed_catalogue, embed_ids, ex
 from recsampled.index.retriever import Retriever
 from recsampled.training.build import load_split
 from recsampled.training.outputs import RunDirectory, load_tower
+from recsampled.training.pipeline import evaluation_arguments
 
 EVALUATION_SCHEMA_VERSION = 1
 
@@ -415,18 +415,10 @@ def evaluate_run(
     split = run.split()
     train, test = split.train, split.test
     settings = run.config.evaluation
-    users = sample_users(test.user_ids, settings.max_users, settings.seed)
-    arguments = dict(
-        num_users=run.num_users,
-        num_items=run.num_items,
-        train_user_ids=train.user_ids,
-        train_item_ids=train.item_ids,
-        test_user_ids=test.user_ids,
-        test_item_ids=test.item_ids,
-        ks=settings.ks,
-        batch_size=settings.batch_size,
-        users=users,
+    arguments = evaluation_arguments(
+        train, test, settings, num_users=run.num_users, num_items=run.num_items
     )
+    users = arguments["users"]
     queries = np.zeros((run.num_users, run.embedding_dim), np.float32)
     queries[users] = run.query_embeddings(users, progress=progress)
     items = run.item_embeddings(progress=progress)

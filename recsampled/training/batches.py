@@ -20,6 +20,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from recsampled._validation import check_positive_int, received
+from recsampled.data.dataset import id_columns
 from recsampled.data.interactions import Interactions
 
 
@@ -85,17 +86,7 @@ def training_batches(
             f"`start` must lie within the {end_epoch} epochs of {num_batches} batches. "
             f"Received: start={start}."
         )
-    if with_weights and interactions.weights is None:
-        raise ValueError(
-            "`with_weights=True` needs interaction weights, but these interactions have none. "
-            "Received: with_weights=True."
-        )
-    columns = {
-        "user_id": tf.constant(interactions.user_ids, tf.int32),
-        "item_id": tf.constant(interactions.item_ids, tf.int32),
-    }
-    if with_weights:
-        columns["weight"] = tf.constant(interactions.weights, tf.float32)
+    columns = id_columns(interactions, with_weights=with_weights)
     num_rows = len(interactions)
     first_epoch, first_batch = start.epoch, start.batch
 

@@ -18,7 +18,7 @@ from typing import TextIO
 import numpy as np
 import tensorflow as tf
 
-from recsampled.config import Config
+from recsampled.config import Config, EvaluationConfig
 from recsampled.data import Interactions
 from recsampled.evaluation import (
     RankingMetrics,
@@ -249,23 +249,37 @@ def _embed(tower: tf.keras.layers.Layer, num_ids: int, chunk: int = 1 << 16) -> 
     return np.concatenate(parts)
 
 
-def _evaluate(
-    model: TwoTowerModel, train_log: Interactions, test_log: Interactions, config: Config
-) -> tuple[RankingMetrics, RankingMetrics]:
-    """Full-catalogue metrics of the model and of popularity, on the same test users."""
-    settings = config.evaluation
-    users = sample_users(test_log.user_ids, settings.max_users, settings.seed)
-    arguments = dict(
-        num_users=train_log.num_users,
-        num_items=train_log.num_items,
+def evaluation_arguments(
+    train_log: Interactions,
+    test_log: Interactions,
+    settings: EvaluationConfig,
+    *,
+    num_users: int | None = None,
+    num_items: int | None = None,
+) -> dict:
+    """The keyword arguments of ``ranking_metrics`` for a run's split and evaluation settings.
+
+    The test users are the seeded sample of ``settings`` (all of them without ``max_users``);
+    ``num_users``/``num_items`` default to the training log's vocabulary sizes.
+    """
+    return dict(
+        num_users=train_log.num_users if num_users is None else num_users,
+        num_items=train_log.num_items if num_items is None else num_items,
         train_user_ids=train_log.user_ids,
         train_item_ids=train_log.item_ids,
         test_user_ids=test_log.user_ids,
         test_item_ids=test_log.item_ids,
         ks=settings.ks,
         batch_size=settings.batch_size,
-        users=users,
+        users=sample_users(test_log.user_ids, settings.max_users, settings.seed),
     )
+
+
+def _evaluate(
+    model: TwoTowerModel, train_log: Interactions, test_log: Interactions, config: Config
+) -> tuple[RankingMetrics, RankingMetrics]:
+    """Full-catalogue metrics of the model and of popularity, on the same test users."""
+    arguments = evaluation_arguments(train_log, test_log, config.evaluation)
     queries = _embed(model.query_model, train_log.num_users)
     candidates = _embed(model.candidate_model, train_log.num_items)
     metrics = ranking_metrics(embedding_scores(queries, candidates), **arguments)
