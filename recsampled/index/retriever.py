@@ -558,11 +558,23 @@ class Retriever:
         width = min(self.num_items, k + int(lengths.max(initial=0)))
         scores, rows = search(self.index, queries, width)
         n = np.int64(self.num_items)
-        keep = rows >= 0
-        if len(excluded):
-            banned = owners.astype(np.int64) * n + excluded.astype(np.int64)
-            candidates = np.arange(batch, dtype=np.int64)[:, None] * n + rows
-            keep &= ~np.isin(candidates, banned)
+        banned = owners.astype(np.int64) * n + excluded.astype(np.int64)
+
+        def kept(rows: np.ndarray) -> np.ndarray:
+            keep = rows >= 0
+            if len(excluded):
+                candidates = np.arange(batch, dtype=np.int64)[:, None] * n + rows
+                keep &= ~np.isin(candidates, banned)
+            return keep
+
+        keep = kept(rows)
+        # An approximate index may return fewer than `width` rows (an IVF probing few lists),
+        # so a user with many seen items could get fewer than k: those users get exact search.
+        short = keep.sum(axis=1) < np.minimum(k, self.num_items - lengths)
+        if short.any():
+            exact_scores, exact_rows = search(self._exact_index(), queries[short], width)
+            scores[short], rows[short] = exact_scores, exact_rows
+            keep = kept(rows)
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
         rows = np.take_along_axis(rows, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
@@ -572,6 +584,14 @@ class Retriever:
         out_rows[:, : rows.shape[1]] = np.where(valid, rows, -1)
         out_scores[:, : rows.shape[1]] = np.where(valid, scores, -np.inf)
         return out_scores, out_rows
+
+    def _exact_index(self) -> faiss.Index:
+        """An exact inner-product index over the stored vectors (built on first use)."""
+        if getattr(self, "_exact", None) is None:
+            vectors = self._reconstruct(np.arange(self.num_items))
+            self._exact = faiss.IndexFlatIP(vectors.shape[1])
+            self._exact.add(np.ascontiguousarray(vectors, np.float32))
+        return self._exact
 
     def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
         try:

@@ -177,3 +177,30 @@ def test_embed_catalogue_in_batches() -> None:
     expected = tower(tf.range(NUM_ITEMS)).numpy()
     np.testing.assert_allclose(embeddings, expected)
     assert embeddings.dtype == np.float32
+
+
+def test_users_short_of_k_after_an_ivf_search_get_exact_results(tmp_path: Path, query_model, data):
+    """IVF probing one list finds fewer rows than k + seen: those users fall back to exact."""
+    import faiss
+
+    from recsampled.index.build import set_search_params
+
+    path = tmp_path / "ivf"
+    export_artifact(
+        path, item_embeddings=data.items, item_ids=data.item_ids, query_model=query_model,
+        user_ids=data.user_ids, metric="cosine", index="ivf", seen=data.seen, progress=False,
+    )  # fmt: skip
+    retriever = Retriever.load(path)
+    set_search_params(retriever.index, {"nprobe": 1})
+    ivf = faiss.extract_index_ivf(retriever.index)
+    users = np.arange(len(data.user_ids))
+    k = max(ivf.invlists.list_size(i) for i in range(ivf.nlist)) + 1
+    queries = _user_embeddings(query_model, users)
+    normalised = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    _, plain_rows = retriever.index.search(np.ascontiguousarray(normalised, np.float32), k)
+    top = retriever.recommend(data.user_ids[users], k=k)
+    rows, _ = numpy_top_k(queries, data.items, k, "cosine", [data.seen[u] for u in users])
+    assert (top.rows >= 0).all()
+    short = (plain_rows < 0).any(axis=1)  # the premise: one list holds fewer than k rows
+    np.testing.assert_array_equal(top.rows[short], rows[short])
+    assert short.all() and ivf.nprobe == 1
