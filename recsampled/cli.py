@@ -35,7 +35,7 @@ from recsampled.index import (
     export_run,
 )
 from recsampled.index.build import INDEX_CHOICES
-from recsampled.training import train, write_json
+from recsampled.training import RunDirectory, train, write_json
 
 _TRAIN_HELP = """\
 Train a two-tower retrieval model. The config is YAML with the sections data, model, task,
@@ -195,7 +195,7 @@ def _recommend(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(args.run, args.artifacts)
     data = result.as_dict()
-    output = args.output or result.run_dir / "evaluation.json"
+    output = args.output or RunDirectory(result.run_dir).evaluation_file
     write_json(output, data)
     print(json.dumps(data, indent=2) if args.json else result.table())
     if not args.json:

@@ -65,7 +65,9 @@ def test_set_overrides_the_file_and_force_starts_over(tiny_yaml, tmp_path, capsy
     assert "holds a checkpoint of a different config" in err
     assert "training.epochs: 1 != 2" in err
 
+    (run / "evaluation.json").write_text("{}")  # what `recsampled evaluate` left of the old run
     assert cli.main([*base, "--set", "training.epochs=2", "--force"]) == 0
+    assert not (run / "evaluation.json").exists()
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert TINY["training"]["batch_size"] == 128  # the file's value, not the default 256

@@ -116,6 +116,11 @@ class RunDirectory:
     def metrics_file(self) -> Path:
         return self.path / "metrics.json"
 
+    @property
+    def evaluation_file(self) -> Path:
+        """Where ``recsampled evaluate`` writes its report by default."""
+        return self.path / "evaluation.json"
+
     def latest_checkpoint(self) -> str | None:
         """The newest checkpoint in the index, or None (a checkpoint missing from the index,
         e.g. cut short by a crash, is never returned)."""
@@ -159,7 +164,7 @@ class RunDirectory:
         """Removes what a run wrote (and nothing else) from the folder."""
         for folder in (self.checkpoints, self.vocabulary, self.towers):
             shutil.rmtree(folder, ignore_errors=True)
-        for file in (self.config_file, self.history_file, self.metrics_file):
+        for file in (self.config_file, self.history_file, self.metrics_file, self.evaluation_file):
             file.unlink(missing_ok=True)
 
     def save_vocabularies(self, users: Vocabulary, items: Vocabulary) -> None:
