@@ -248,3 +248,20 @@ class InverseTransformSampler(CandidateSampler):
         first_seen = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
         sampled = tf.ensure_shape(distinct[:num_sampled], [num_sampled])
         return sampled, first_seen[num_sampled - 1] + 1
+
+
+def repeated_per_row(ids: tf.Tensor) -> tf.Tensor:
+    """``[rows, columns]`` bool: whether an earlier column of the same row holds the same id.
+
+    Args:
+        ids: ``[rows, columns]`` integer ids.
+
+    Returns:
+        ``[rows, columns]`` bool, False at the first occurrence of each id in its row.
+    """
+    order = tf.argsort(ids, axis=1, stable=True)  # equal ids in column order
+    ordered = tf.gather(ids, order, batch_dims=1)
+    repeat = tf.concat(
+        [tf.zeros_like(ordered[:, :1], tf.bool), ordered[:, 1:] == ordered[:, :-1]], axis=1
+    )
+    return tf.gather(repeat, tf.argsort(order, axis=1), batch_dims=1)  # back to column order

@@ -62,7 +62,12 @@ from recsampled._validation import (
     check_positive_int,
     received,
 )
-from recsampled.samplers.base import CandidateSampler, SampledValues, as_true_classes
+from recsampled.samplers.base import (
+    CandidateSampler,
+    SampledValues,
+    as_true_classes,
+    repeated_per_row,
+)
 
 
 def _upper_triangle(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -517,7 +522,7 @@ class QuadraticKernelSampler(CandidateSampler):
         """``[B, S]`` distinct ids per query (repeats rejected) and ``[B]`` draws it took."""
 
         def distinct_count(stream: tf.Tensor) -> tf.Tensor:
-            return tf.reduce_sum(tf.cast(~_repeats(stream), tf.int32), axis=1)
+            return tf.reduce_sum(tf.cast(~repeated_per_row(stream), tf.int32), axis=1)
 
         def missing(round_: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
             return tf.reduce_any(distinct_count(stream) < num_sampled)
@@ -540,7 +545,7 @@ class QuadraticKernelSampler(CandidateSampler):
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([queries.shape[0], None])),
         )
         # The first S distinct ids of each row, as sequential rejection keeps them.
-        keep = ~_repeats(stream)
+        keep = ~repeated_per_row(stream)
         keep &= tf.cumsum(tf.cast(keep, tf.int32), axis=1) <= num_sampled
         position = tf.range(tf.shape(stream)[1])
         order = tf.argsort(tf.where(keep, position, tf.shape(stream)[1] + position), axis=1)
@@ -557,17 +562,6 @@ class QuadraticKernelSampler(CandidateSampler):
             "leaf_size": self.leaf_size,
             "seed": self.seed,
         }
-
-
-def _repeats(stream: tf.Tensor) -> tf.Tensor:
-    """``[B, T]`` bool: whether an earlier entry of the same row holds the same id."""
-    order = tf.argsort(stream, axis=1, stable=True)  # equal ids in stream order
-    ordered = tf.gather(stream, order, batch_dims=1)
-    repeat = tf.concat(
-        [tf.zeros_like(ordered[:, :1], tf.bool), ordered[:, 1:] == ordered[:, :-1]], axis=1
-    )
-    # Back to stream positions: the inverse permutation of ``order``.
-    return tf.gather(repeat, tf.argsort(order, axis=1), batch_dims=1)
 
 
 class KernelSamplerRebuild(tf.keras.callbacks.Callback):

@@ -69,7 +69,7 @@ from tensorflow_recommenders import metrics as tfrs_metrics
 from tensorflow_recommenders.tasks import base
 
 from recsampled._validation import check_num_sampled, check_optional_seed, received
-from recsampled.samplers.base import CandidateSampler, SampledValues
+from recsampled.samplers.base import CandidateSampler, SampledValues, repeated_per_row
 
 MIN_FLOAT = tfrs_layers.loss.MIN_FLOAT
 
@@ -109,16 +109,6 @@ def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
     positions = tf.range(tf.size(ids))
     first = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
     return tf.gather(first, index) < positions
-
-
-def _repeated_per_row(ids: tf.Tensor) -> tf.Tensor:
-    """``[rows, columns]`` bool: whether an earlier column of the same row holds the same id."""
-    order = tf.argsort(ids, axis=1, stable=True)  # equal ids in column order
-    ordered = tf.gather(ids, order, batch_dims=1)
-    repeat = tf.concat(
-        [tf.zeros_like(ordered[:, :1], tf.bool), ordered[:, 1:] == ordered[:, :-1]], axis=1
-    )
-    return tf.gather(repeat, tf.argsort(order, axis=1), batch_dims=1)
 
 
 def _remove_accidental_hits_per_row(
@@ -515,12 +505,12 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         """``[batch_size, num_columns]`` bool: columns that must not act as negatives."""
         if column_ids.shape.rank == 2:  # per-example columns: the same rules, row by row
             num_candidates = tf.shape(column_ids)[1] - self._num_sampled
-            repeated = _repeated_per_row(column_ids)
+            repeated = repeated_per_row(column_ids)
             if not self._in_batch_negatives:
                 repeated = tf.concat(
                     [
                         tf.ones_like(column_ids[:, :num_candidates], tf.bool),
-                        _repeated_per_row(column_ids[:, num_candidates:]),
+                        repeated_per_row(column_ids[:, num_candidates:]),
                     ],
                     axis=1,
                 )

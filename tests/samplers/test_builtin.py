@@ -198,3 +198,11 @@ def test_bad_sample_arguments(sampler_cls, kwargs, message):
 def test_bad_num_classes(num_classes):
     with pytest.raises(ValueError, match="`num_classes` must be a positive integer"):
         rs.UniformSampler(num_classes)
+
+
+def test_repeated_per_row_marks_later_occurrences_within_each_row():
+    from recsampled.samplers.base import repeated_per_row
+
+    ids = tf.constant([[3, 1, 3, 3, 2], [5, 5, 4, 1, 4]])
+    expected = [[False, False, True, True, False], [False, True, False, False, True]]
+    assert repeated_per_row(ids).numpy().tolist() == expected
