@@ -818,6 +818,36 @@ def breakdown_table(entry: dict) -> list[str]:
     return lines
 
 
+def plot(results: dict, path: Path) -> None:
+    """Recall@20 of every variant (mean ± std over seeds) and popularity, a panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        entry = results["datasets"][name]
+        variants = list(entry["variants"])
+        means = [entry["variants"][v]["recall@20"]["mean"] for v in variants]
+        stds = [entry["variants"][v]["recall@20"]["std"] for v in variants]
+        colors = ["tab:red" if v == "in_batch" else "tab:gray" if v == "full_softmax"
+                  else "tab:blue" for v in variants]  # fmt: skip
+        ax.barh(variants, means, xerr=stds, color=colors)
+        ax.axvline(entry["popularity"]["recall@20"], color="black", linestyle="--",
+                   label="popularity")  # fmt: skip
+        ax.invert_yaxis()
+        ax.set_xlabel("Recall@20 (full catalogue, seen items removed)")
+        ax.set_title(f"{name}: mean ± std over {len(results['config']['seeds'])} seeds")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(results: dict) -> str:
     config = results["config"]
     settings = (
@@ -927,6 +957,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             entry["checks"] = all_checks(entry)
         args.output.write_text(json.dumps(results, indent=2) + "\n")
         args.output.with_suffix(".md").write_text(markdown(results))
+        plot(results, args.output.with_suffix(".png"))
         return results
     config = QUICK if args.quick else RetrievalBenchConfig()
     overrides: dict = {}
@@ -943,6 +974,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results)
     args.output.with_suffix(".md").write_text(report)
+    plot(results, args.output.with_suffix(".png"))
     print(report)
     return results
 

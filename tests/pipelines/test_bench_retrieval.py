@@ -83,6 +83,7 @@ def test_checks_are_computed_from_the_numbers(run: tuple[dict, Path]) -> None:
         per_round.mean() + 2 * se >= 1.0
     )
     # The verdicts printed are those of the JSON.
+    assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = output.with_suffix(".md").read_text()
     assert "## Proposed README section" in text
     assert f"`{best['best_variant']}`" in text
