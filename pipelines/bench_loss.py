@@ -252,31 +252,25 @@ def _loss_fns(
             return sampler.sample(labels, num_sampled, unique=True)
         return None
 
-    def tf_loss(labels: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
-        return tf.nn.sampled_softmax_loss(
-            weights,
-            biases,
-            labels,
-            inputs,
-            num_sampled=num_sampled,
-            num_classes=num_classes,
-            sampled_values=values(labels),
-            remove_accidental_hits=True,
-        )
+    def loss_of(op: Callable[..., tf.Tensor]) -> LossFn:
+        def loss(labels: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
+            return op(
+                weights,
+                biases,
+                labels,
+                inputs,
+                num_sampled=num_sampled,
+                num_classes=num_classes,
+                sampled_values=values(labels),
+                remove_accidental_hits=True,
+            )
 
-    def ours_loss(labels: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
-        return recsampled.sampled_softmax_loss(
-            weights,
-            biases,
-            labels,
-            inputs,
-            num_sampled=num_sampled,
-            num_classes=num_classes,
-            sampled_values=values(labels),
-            remove_accidental_hits=True,
-        )
+        return loss
 
-    return {"tf": tf_loss, "ours": ours_loss}
+    return {
+        "tf": loss_of(tf.nn.sampled_softmax_loss),
+        "ours": loss_of(recsampled.sampled_softmax_loss),
+    }
 
 
 def _gradient_types(step: Callable, labels: tf.Tensor, inputs: tf.Tensor) -> list[str]:

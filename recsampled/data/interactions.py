@@ -64,6 +64,21 @@ class LoadReport:
     num_users: int
     num_items: int
 
+    @classmethod
+    def of(cls, log: RawLog, **counts: int) -> LoadReport:
+        """The report of a read ``log`` (source, format, row counts, bad rows) plus ``counts``:
+        ``below_min_rating``, ``duplicates_removed``, ``k_core_removed``, ``rows_kept``,
+        ``num_users``, ``num_items``."""
+        return cls(
+            source=log.source,
+            format=log.format,
+            rows_read=log.rows_read,
+            empty_rows=log.empty_rows,
+            rows_skipped=log.rows_skipped,
+            bad_rows=log.bad_rows,
+            **counts,
+        )
+
     def summary(self) -> str:
         """A few human-readable lines: counts, then the first bad rows."""
         lines = [
@@ -376,13 +391,8 @@ def build_interactions(
         )
     user_ids, users = _by_popularity(arrays.pop("user"), user_values)
     item_ids, items = _by_popularity(arrays.pop("item"), item_values)
-    report = LoadReport(
-        source=log.source,
-        format=log.format,
-        rows_read=log.rows_read,
-        empty_rows=log.empty_rows,
-        rows_skipped=log.rows_skipped,
-        bad_rows=log.bad_rows,
+    report = LoadReport.of(
+        log,
         below_min_rating=below,
         duplicates_removed=duplicates,
         k_core_removed=core_removed,

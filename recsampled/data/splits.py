@@ -334,13 +334,8 @@ def _read_test(
         )
         duplicates = int(keep.size - keep.sum())
         arrays = {role: array[keep] for role, array in arrays.items()}
-    report = LoadReport(
-        source=log.source,
-        format=log.format,
-        rows_read=log.rows_read,
-        empty_rows=log.empty_rows,
-        rows_skipped=log.rows_skipped,
-        bad_rows=log.bad_rows,
+    report = LoadReport.of(
+        log,
         below_min_rating=below,
         duplicates_removed=duplicates,
         k_core_removed=0,
