@@ -1,0 +1,558 @@
+"""The benchmark harness: timing, machine facts, reports and command lines, shared by every
+benchmark in ``pipelines/``.
+
+- **Timing** (:func:`time_round_robin`): the variants of a comparison are called one at a time,
+  round after round, in an order that rotates every round, so that load from other processes
+  hits all of them alike. Each call is timed in wall-clock and in process CPU time (all threads;
+  other processes on a shared machine disturb it far less). :meth:`Timings.ratio` gives the
+  per-round ratios of two variants with their mean and standard error: the two calls of a round
+  run back to back, so a change of load between rounds cancels in them.
+- **Machine and run facts** (:class:`Benchmark`): CPU model, cores and memory (``psutil``),
+  library versions, the load average at start and end, peak RSS and wall time, written at the
+  top and bottom of every report.
+- **Reports**: JSON written atomically (:func:`write_json`), Markdown tables
+  (:func:`markdown_table`), plots (:func:`save_figure`), progress bars (:func:`progress`).
+- **Command lines** (:func:`parse_options`): one frozen dataclass of options per benchmark
+  becomes its parser; the help of each flag is the dataclass's ``Attributes:`` docstring entry,
+  ``tuple[int, ...]`` fields take ``1e4,100000``, and ``--quick`` starts from a preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+LOG = logging.getLogger("pipelines")
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclasses.dataclass
+class Timings:
+    """The samples of one :func:`time_round_robin` run.
+
+    Attributes:
+        wall_ms: name -> wall-clock milliseconds of each timed call.
+        cpu_ms: name -> process CPU milliseconds (all threads) of each timed call.
+        rounds: name -> the round of each timed call (aligned with ``wall_ms``).
+        first_call_ms: name -> the first (untimed-in-the-summary) call, tracing included.
+        errors: name -> the error of a step that failed while warming up.
+        calls: the names of the timed calls in the order they ran.
+    """
+
+    wall_ms: dict[str, list[float]]
+    cpu_ms: dict[str, list[float]]
+    rounds: dict[str, list[int]]
+    first_call_ms: dict[str, float]
+    errors: dict[str, str]
+    calls: list[str]
+
+    def summary(self, name: str, *, samples: bool = False) -> dict[str, Any]:
+        """``median_ms, q1_ms, q3_ms, min_ms, cpu_median_ms, repeats, first_call_ms`` of
+        ``name`` (plus the lists ``wall_ms`` and ``cpu_ms`` with ``samples``), or
+        ``{"error": message}``."""
+        if name in self.errors:
+            return {"error": self.errors[name]}
+        wall, cpu = self.wall_ms[name], self.cpu_ms[name]
+        q1, _, q3 = (
+            statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else wall * 3
+        )
+        out = {
+            "median_ms": statistics.median(wall),
+            "q1_ms": q1,
+            "q3_ms": q3,
+            "min_ms": min(wall),
+            "cpu_median_ms": statistics.median(cpu),
+            "repeats": len(wall),
+            "first_call_ms": self.first_call_ms[name],
+        }
+        return out | ({"wall_ms": list(wall), "cpu_ms": list(cpu)} if samples else {})
+
+    def summaries(self, *, samples: bool = False) -> dict[str, dict[str, Any]]:
+        """:meth:`summary` of every step, in the order the steps were given."""
+        return {name: self.summary(name, samples=samples) for name in self.first_call_ms}
+
+    def ratio(self, numerator: str, denominator: str, *, cpu: bool = False) -> dict[str, Any]:
+        """``numerator / denominator`` time per round (rounds where both ran), with
+        :func:`ratio_stats` of those and the ratio of the two medians (``of_medians``)."""
+        times = self.cpu_ms if cpu else self.wall_ms
+        by_round = [
+            dict(zip(self.rounds[n], times[n], strict=True)) for n in (numerator, denominator)
+        ]
+        common = sorted(set(by_round[0]) & set(by_round[1]))
+        per_round = [by_round[0][r] / by_round[1][r] for r in common]
+        of_medians = statistics.median(times[numerator]) / statistics.median(times[denominator])
+        return {"of_medians": of_medians, "per_round": per_round, **ratio_stats(per_round)}
+
+
+def ratio_stats(values: Sequence[float]) -> dict[str, float | int | None]:
+    """``mean``, ``se`` (sample standard deviation / sqrt(n); None below two values),
+    ``median`` and ``n`` of per-round ratios."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "se": None, "median": None, "n": 0}
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else None
+    return {"mean": statistics.fmean(values), "se": se, "median": statistics.median(values), "n": n}
+
+
+def _per_step(value: int | Mapping[str, int], names: Iterable[str]) -> dict[str, int]:
+    return {name: value if isinstance(value, int) else value[name] for name in names}
+
+
+def spread_rounds(count: int, rounds: int) -> set[int]:
+    """``count`` round indices spread evenly over ``range(rounds)``."""
+    return {(i * rounds) // count for i in range(min(count, rounds))}
+
+
+def time_round_robin(
+    steps: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int | Mapping[str, int],
+    warmup: int | Mapping[str, int] = 1,
+    rotate: bool = True,
+    errors: tuple[type[BaseException], ...] = (),
+    on_round_end: Callable[[int], None] | None = None,
+    desc: str | None = None,
+) -> Timings:
+    """Times each step call by call, interleaving the steps round by round.
+
+    Every step is first called ``warmup`` times (at least once; the first call, which traces,
+    is reported as ``first_call_ms``). Then ``max(repeats)`` rounds run; in each, every step due
+    that round is called once, in the given order rotated by one place per round (``rotate``),
+    so that no step always runs first. A step with fewer repeats than others runs in rounds
+    spread evenly over the run.
+
+    Args:
+        steps: name -> a function of no arguments that runs one step to completion.
+        repeats: timed calls per step (or name -> count).
+        warmup: untimed calls per step before timing (or name -> count), at least 1.
+        rotate: rotate the order every round (else the same order every round).
+        errors: exception types that, raised by a step while warming up, are recorded in
+            ``Timings.errors`` while the other steps are timed (others propagate).
+        on_round_end: called with the round index after every round (e.g. to read the load).
+        desc: a tqdm progress bar over the rounds with this label.
+
+    Returns:
+        The samples (:class:`Timings`).
+    """
+    repeats_, warmup_ = _per_step(repeats, steps), _per_step(warmup, steps)
+    first_call, failed = {}, {}
+    for name, step in steps.items():
+        try:
+            start = time.perf_counter()
+            step()
+            first_call[name] = (time.perf_counter() - start) * 1e3
+            for _ in range(warmup_[name] - 1):
+                step()
+        except errors as e:
+            failed[name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            LOG.warning("%s failed: %s", name, failed[name])
+            first_call[name] = math.nan
+    names = [name for name in steps if name not in failed]
+    timings = Timings({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names},
+                      first_call, failed, [])  # fmt: skip
+    num_rounds = max((repeats_[n] for n in names), default=0)
+    schedule = {name: spread_rounds(repeats_[name], num_rounds) for name in names}
+    for r in progress(range(num_rounds), desc=desc, disable=desc is None):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            if r in schedule[name]:
+                cpu_start, start = time.process_time(), time.perf_counter()
+                steps[name]()
+                timings.wall_ms[name].append((time.perf_counter() - start) * 1e3)
+                timings.cpu_ms[name].append((time.process_time() - cpu_start) * 1e3)
+                timings.rounds[name].append(r)
+                timings.calls.append(name)
+        if on_round_end is not None:
+            on_round_end(r)
+    return timings
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and run facts
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Restarts the kernel's peak-RSS mark of this process at its current RSS (Linux);
+    False where that is not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (since the start or :func:`reset_peak_rss`)."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def available_memory_bytes() -> int:
+    """Memory available to new allocations without swapping (``psutil``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+_VERSIONED = {"numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "faiss": "faiss",
+              "tensorflow": "tensorflow", "tfrs": "tensorflow_recommenders",
+              "recsampled": "recsampled"}  # fmt: skip
+
+
+def machine_info(**extra: object) -> dict[str, Any]:
+    """CPU model, cores, memory, platform and the versions of the libraries this process has
+    imported (plus ``extra``)."""
+    import psutil
+
+    cpu_model = None
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        affinity = None
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model or platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_affinity": affinity,
+        "memory_bytes": int(psutil.virtual_memory().total),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    for key, module in _VERSIONED.items():
+        if module in sys.modules:
+            info[key] = getattr(sys.modules[module], "__version__", None)
+    if "tensorflow" in sys.modules:
+        threading = sys.modules["tensorflow"].config.threading
+        info["intra_op_threads"] = threading.get_intra_op_parallelism_threads()
+        info["inter_op_threads"] = threading.get_inter_op_parallelism_threads()
+    return info | extra
+
+
+class Benchmark:
+    """The facts every report starts and ends with.
+
+    Created when a benchmark starts (it reads the load average then); :meth:`report` wraps the
+    benchmark's own sections::
+
+        {"schema_version", "benchmark", "created", "command", "machine", "settings",
+         **sections, "load_average": {"start", "end"}, "peak_rss_mb", "wall_s"}
+
+    Args:
+        name: the module, e.g. ``"pipelines.bench_loss"``.
+        settings: the options dataclass (or a dict) of the run.
+        schema_version: of the benchmark's own sections.
+        argv: the command-line arguments (default ``sys.argv[1:]``).
+    """
+
+    def __init__(
+        self, name: str, settings: object, *, schema_version: int, argv: Sequence[str] | None = None
+    ):
+        self.name, self.schema_version = name, schema_version
+        self.settings = (
+            dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings
+        )
+        self.command = " ".join(["python -m", name, *(sys.argv[1:] if argv is None else argv)])
+        self.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.load_start = load_average()
+        self.started = time.perf_counter()
+
+    def report(self, **sections: object) -> dict[str, Any]:
+        """The report so far (call again for checkpoints: end facts are read now)."""
+        return {
+            "schema_version": self.schema_version,
+            "benchmark": self.name,
+            "created": self.created,
+            "command": self.command,
+            "machine": machine_info(),
+            "settings": self.settings,
+            **sections,
+            "load_average": {"start": self.load_start, "end": load_average()},
+            "peak_rss_mb": peak_rss_bytes() / 2**20,
+            "wall_s": time.perf_counter() - self.started,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {value!r} (of type {type(value).__name__})")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically: a temporary file beside it, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
+    """Writes ``report`` as indented JSON, atomically (NumPy scalars and arrays converted)."""
+    return write_text(path, json.dumps(report, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def fmt(value: float | None, *, none: str = "skipped") -> str:
+    """A number for a table: 3 significant digits below 100, thousands separators above."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table; numbers are right-aligned and formatted with :func:`fmt`."""
+    rows = [list(row) for row in rows]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+    cells = [[fmt(v) if isinstance(v, float) else str(v) for v in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]  # fmt: skip
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def save_figure(figure: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    """Saves a matplotlib figure (PNG) and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def progress(iterable: Iterable[T], *, desc: str | None = None, disable: bool = False,
+             total: int | None = None) -> Iterable[T]:  # fmt: skip
+    """A tqdm bar on stderr (disabled with ``disable``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=disable, total=total, file=sys.stderr, leave=False)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """``[name HH:MM:SS] message`` lines on stderr for the ``pipelines`` and ``recsampled``
+    loggers."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="[%(name)s %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    for name in ("pipelines", "recsampled"):
+        logging.getLogger(name).setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark inputs
+
+
+def zipf_counts(num_classes: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """``[num_classes]`` counts ``max(1, round(1e9 (k + 1)^-exponent))`` in a random id order."""
+    counts = np.maximum(1.0, np.round(1e9 * np.arange(1, num_classes + 1) ** -exponent))
+    return rng.permutation(counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lines
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Parses ``"1e4,100000"`` into ``(10000, 100000)`` (positive integers)."""
+    try:
+        values = tuple(int(float(v)) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    """Parses ``"a,b"`` into ``("a", "b")``."""
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
+def option_help(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` entries of a Google-style class docstring: name -> text."""
+    helps: dict[str, str] = {}
+    inside, name = False, None
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+        indent = len(line) - len(line.lstrip())
+        if line.strip() == "Attributes:":
+            inside = True
+        elif inside and line.strip() and indent == 0:
+            break
+        elif inside and indent == 4 and (m := re.match(r"\s+(\w+): (.*)", line)):
+            name, helps[m.group(1)] = m.group(1), m.group(2)
+        elif inside and name and indent > 4:
+            helps[name] += " " + line.strip()
+    return helps
+
+
+def _argument(hint: Any) -> dict[str, Any]:
+    """``add_argument`` keywords for a field type (None where the CLI cannot set it)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union) and type(None) in args:
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint in (int, float, str):
+        return {"type": hint}
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if origin is tuple and args[-1] is Ellipsis:
+        return {"type": {int: int_list, str: str_list}.get(args[0])}
+    return {}
+
+
+def parse_options(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str,
+    description: str | None = None,
+    output: str | None = None,
+    quick: T | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[T, argparse.Namespace]:
+    """Parses a command line into an options dataclass.
+
+    Every field of ``cls`` whose type the CLI can express (``int``, ``float``, ``str``,
+    ``bool``, ``Literal[...]``, ``tuple[int, ...]``, ``tuple[str, ...]``, each optionally
+    ``| None``) becomes ``--field-name`` (a field's ``metadata={"flag": "--dim"}`` renames it),
+    with its docstring entry as help; flags not given keep the default of ``cls()`` or, with
+    ``--quick``, of ``quick``. Integer fields with ``metadata={"min": 1}`` are checked.
+
+    Args:
+        cls: the frozen options dataclass.
+        argv: the arguments (default ``sys.argv[1:]``).
+        prog: the program name shown in the usage.
+        description: the parser's description (the benchmark's docstring).
+        output: adds ``--output`` with this default path.
+        quick: adds ``--quick``, which starts from these options.
+        extra: adds the benchmark's own arguments (modes such as ``--render``).
+
+    Returns:
+        The options and the namespace (``output``, ``quick`` and the ``extra`` arguments).
+    """
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=formatter)
+    if output is not None:
+        parser.add_argument("--output", type=Path, default=Path(output), help="the JSON report")
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
+    defaults, helps, hints = cls(), option_help(cls), typing.get_type_hints(cls)
+    fields = {}
+    for field in dataclasses.fields(cls):
+        kwargs = _argument(hints[field.name])
+        if not kwargs.get("type") and "action" not in kwargs:
+            continue
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        text = helps.get(field.name, "").replace("%", "%%")
+        if "type" in kwargs and "choices" not in kwargs:
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        parser.add_argument(flag, dest=field.name, default=argparse.SUPPRESS, **kwargs,
+                            help=f"{text} (default: {getattr(defaults, field.name)})")  # fmt: skip
+        fields[field.name] = (flag, field.metadata.get("min"))
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    base = quick if quick is not None and args.quick else defaults
+    given = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    options = dataclasses.replace(base, **given)
+    for name, (flag, least) in fields.items():
+        value = getattr(options, name)
+        if least is not None and value is not None and value < least:
+            parser.error(f"{flag} must be at least {least}; got {value}")
+    return options, args
