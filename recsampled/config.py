@@ -46,12 +46,9 @@ from recsampled.data import read_interactions
 from recsampled.data import splits as _splits
 from recsampled.data.readers import FORMATS
 from recsampled.data.synthetic import generate
+from recsampled.errors import ConfigError
 from recsampled.layers.sampled_softmax import SAMPLERS
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used: unknown key, wrong type or value, bad YAML."""
 
 
 class _TypeMismatch(ConfigError):

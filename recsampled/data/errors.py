@@ -1,4 +1,6 @@
-"""The one exception for bad input data, and the record of one rejected row.
+"""The record of one rejected row, and the messages of :class:`DataError` for bad data.
+
+:class:`DataError` itself lives in :mod:`recsampled.errors` (imported here, as before).
 
 Every message names the source (the file as the caller spelled it), the place (the 1-based line of
 a text file, header included, or the 1-based row of a Parquet file or an in-memory table), the
@@ -15,6 +17,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
+
+from recsampled.errors import DataError
 
 _MAX_SHOWN = 80
 _SNIFFED = (",", "\t", ";", "|", "::", " ")
@@ -51,40 +55,6 @@ class BadRow(NamedTuple):
         where = f"line {self.line}" if self.line is not None else f"row {self.row}"
         column = f", column {self.column!r}" if self.column is not None else ""
         return f"{source}, {where}{column}: expected {self.expected}, got {show_value(self.value)}."
-
-
-class DataError(ValueError):
-    """Input data that cannot be read as an interaction log.
-
-    Attributes:
-        source: the file (as passed by the caller) or ``"<table>"`` for an in-memory table.
-        bad_row: the first offending row, when the problem is a row; else ``None``.
-    """
-
-    def __init__(self, message: str, *, source: str, bad_row: BadRow | None = None):
-        super().__init__(message)
-        self.source = source
-        self.bad_row = bad_row
-
-    @classmethod
-    def from_bad_rows(cls, source: str, bad_rows: Sequence[BadRow], total: int) -> DataError:
-        """The error for ``on_bad_rows="error"``: the first bad row, and how many there are."""
-        first = bad_rows[0]
-        more = (
-            f" {total} bad rows in all; the first ones: "
-            + "; ".join(
-                f"line {b.line}" if b.line is not None else f"row {b.row}" for b in bad_rows
-            )
-            + "."
-            if total > 1
-            else ""
-        )
-        return cls(
-            f"{first.describe(source)}{more} Fix the data, or pass on_bad_rows='skip' to drop bad "
-            "rows (they are counted in the load report, with examples).",
-            source=source,
-            bad_row=first,
-        )
 
 
 def missing_columns_error(

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsampled import _io
 from recsampled._validation import received
 
 _FORMAT_KEY = b"recsampled.vocabulary"
@@ -145,12 +146,7 @@ class Vocabulary:
         path = Path(path)
         table = pa.table({"id": self._ids, "count": pa.array(self.counts, pa.int64())})
         table = table.replace_schema_metadata({_FORMAT_KEY: _FORMAT_VERSION})
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            pq.write_table(table, temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        _io.write_file(path, lambda f: pq.write_table(table, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:

@@ -11,15 +11,15 @@ Layout of ``ARTIFACT_DIR`` (only the manifest, the index and the item ids are al
     item_popularity.npy  [num_items] interaction counts, for the popular-items fallback
     item_titles.npy      [num_items] item titles (unicode, "" where unknown), in row order
 
-**Nothing is lost.** :func:`atomic_directory` writes the parts into a hidden sibling folder
-``.{name}.tmp-{pid}-{token}``, fsyncs every file and the folder, and only then renames it to the
-final name (``rename(2)`` is atomic within a filesystem). An existing artifact is replaced only with
-``overwrite=True``: it is renamed to ``.{name}.old-{pid}-{token}``, the new folder is renamed into
-place, and the old one is deleted. A process killed at any moment therefore leaves under the final
-name either the previous complete artifact, or the new complete one, or (killed between the two
-renames of an overwrite) nothing, with the previous artifact intact under the backup name, which
-the loader's error points to. Temporary folders left by dead processes are removed by the next
-export to the same name.
+**Nothing is lost.** :func:`atomic_directory` (:func:`recsampled._io.atomic_directory`) writes
+the parts into a hidden sibling folder ``.{name}.tmp-{pid}-{token}``, fsyncs every file and the
+folder, and only then renames it to the final name (``rename(2)`` is atomic within a filesystem).
+An existing artifact is replaced only with ``overwrite=True``: it is renamed to
+``.{name}.old-{pid}-{token}``, the new folder is renamed into place, and the old one is deleted.
+A process killed at any moment therefore leaves under the final name either the previous complete
+artifact, or the new complete one, or (killed between the two renames of an overwrite) nothing,
+with the previous artifact intact under the backup name, which the loader's error points to.
+Temporary folders left by dead processes are removed by the next export to the same name.
 
 **Checks on load** (:func:`read_manifest`, :func:`check_files`): the folder and every part exist;
 each file's sha256 equals the manifest's (so a truncated or bit-flipped index is named before FAISS
@@ -32,16 +32,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recsampled import _io
+from recsampled.errors import ArtifactError, ArtifactNotFoundError
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "recsampled.index"
@@ -66,27 +66,6 @@ KNOWN_PARTS = (
     POPULARITY_FILE,
     ITEM_TITLES_FILE,
 )
-
-_CHUNK = 1 << 20
-
-
-class ArtifactError(ValueError):
-    """An artifact folder that is incomplete, corrupt or inconsistent.
-
-    Attributes:
-        path: the artifact folder.
-        part: the part at fault (``"manifest.json"``, ``"index.faiss"``, ``"item_ids.npy"``, ...,
-            or ``"folder"``).
-    """
-
-    def __init__(self, message: str, *, path: str | os.PathLike, part: str):
-        super().__init__(message)
-        self.path = Path(path)
-        self.part = part
-
-
-class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
-    """The artifact folder, or one of its parts, does not exist."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,112 +211,12 @@ class Manifest:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checksums and durable writes.
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_part(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, or of a folder: over its files' relative paths and sha256s, sorted."""
-    path = Path(path)
-    if not path.is_dir():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def sha256_array(array: np.ndarray) -> str:
-    """Hex sha256 of an array's float32, C-order bytes."""
-    data = np.ascontiguousarray(array, dtype=np.float32)
-    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flushes a file, or a folder's entries, to disk (``fsync``)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: str | os.PathLike) -> None:
-    """fsyncs every file and folder under ``path`` (bottom-up), then ``path`` itself."""
-    for root, _, files in os.walk(path, topdown=False):
-        for name in files:
-            fsync_path(os.path.join(root, name))
-        fsync_path(root)
-
-
-def write_json(path: str | os.PathLike, data: object) -> None:
-    """Writes ``data`` as indented JSON and fsyncs it."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+# Writing.
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
     """Writes ``manifest.json`` into ``folder`` (the last part of an export)."""
-    write_json(Path(folder) / MANIFEST_FILE, manifest.to_dict())
-
-
-# ---------------------------------------------------------------------------------------------
-# The atomic folder write.
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _siblings(output_dir: Path, kind: str) -> list[tuple[Path, int]]:
-    """Hidden siblings ``.{name}.{kind}-{pid}-{token}`` of ``output_dir``, with their pids."""
-    found = []
-    prefix = f".{output_dir.name}.{kind}-"
-    if not output_dir.parent.is_dir():
-        return found
-    for path in output_dir.parent.iterdir():
-        if path.name.startswith(prefix):
-            pid_text = path.name[len(prefix) :].split("-", 1)[0]
-            if pid_text.isdigit():
-                found.append((path, int(pid_text)))
-    return found
-
-
-def remove_stale(output_dir: str | os.PathLike) -> list[Path]:
-    """Removes temporary folders (and, if the artifact exists, backups) left by dead processes.
-
-    Returns:
-        The removed paths.
-    """
-    output_dir = Path(output_dir)
-    removed = []
-    stale = [p for p, pid in _siblings(output_dir, "tmp") if not _pid_alive(pid)]
-    if output_dir.exists():
-        stale += [p for p, pid in _siblings(output_dir, "old") if not _pid_alive(pid)]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    _io.write_json(Path(folder) / MANIFEST_FILE, manifest.to_dict())
 
 
 def _is_replaceable(path: Path) -> bool:
@@ -380,6 +259,8 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool) -> Path:
 def atomic_directory(output_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary folder that becomes ``output_dir`` when the block ends without error.
 
+    :func:`recsampled._io.atomic_directory`, after :func:`check_output_dir`.
+
     Args:
         output_dir: the final folder (its parent is created if needed).
         overwrite: replace an existing artifact at ``output_dir``; otherwise an existing path is
@@ -393,26 +274,8 @@ def atomic_directory(output_dir: str | os.PathLike, *, overwrite: bool = False) 
             is not an artifact.
     """
     output_dir = check_output_dir(output_dir, overwrite=overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(output_dir)
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    temporary = output_dir.parent / f".{output_dir.name}.tmp-{token}"
-    temporary.mkdir()
-    backup = output_dir.parent / f".{output_dir.name}.old-{token}"
-    try:
-        yield temporary
-        fsync_tree(temporary)
-        if output_dir.exists() or output_dir.is_symlink():
-            os.replace(output_dir, backup)
-        os.replace(temporary, output_dir)
-        fsync_path(output_dir.parent)
-    except BaseException:
-        if backup.exists() and not output_dir.exists():
-            os.replace(backup, output_dir)  # put the previous artifact back
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-    remove_stale(output_dir)
+    with _io.atomic_directory(output_dir) as folder:
+        yield folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,8 +286,8 @@ def not_found(path: str | os.PathLike) -> ArtifactNotFoundError:
     """The error for a missing artifact folder, mentioning interrupted exports next to it."""
     path = Path(path).absolute()
     hints = []
-    temporaries = [p.name for p, _ in _siblings(path, "tmp")]
-    backups = [p.name for p, _ in _siblings(path, "old")]
+    temporaries = [p.name for p, _ in _io.siblings(path, "tmp")]
+    backups = [p.name for p, _ in _io.siblings(path, "old")]
     if temporaries:
         hints.append(
             f" Unfinished exports were found next to it ({', '.join(sorted(temporaries))}): an "
@@ -492,7 +355,7 @@ def check_files(
                 part=part,
             )
         if verify_checksums:
-            actual = sha256_part(file)
+            actual = _io.sha256_part(file)
             if actual != expected:
                 raise ArtifactError(
                     f"The artifact at {path} is corrupt: the sha256 of its part {part!r} is "
@@ -510,10 +373,7 @@ def mismatch(path: str | os.PathLike, part: str, message: str) -> ArtifactError:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Saves one array as ``.npy`` (no pickles) and fsyncs it."""
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
+    _io.write_file(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def load_npy(folder: Path, part: str) -> np.ndarray:
@@ -528,10 +388,7 @@ def load_npy(folder: Path, part: str) -> np.ndarray:
 
 def save_csr(path: Path, indptr: np.ndarray, indices: np.ndarray) -> None:
     """Saves a CSR structure (``indptr``, ``indices``) as a compressed ``.npz``, fsynced."""
-    with open(path, "wb") as f:
-        np.savez_compressed(f, indptr=indptr, indices=indices)
-        f.flush()
-        os.fsync(f.fileno())
+    _io.write_file(path, lambda f: np.savez_compressed(f, indptr=indptr, indices=indices))
 
 
 def load_csr(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:

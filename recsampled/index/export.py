@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 import tensorflow as tf
 
+from recsampled import _io
 from recsampled._validation import check_positive_int, received
 from recsampled.index import artifact
 from recsampled.index._progress import Progress, log
@@ -432,7 +433,7 @@ def export_artifact(
         if query_model is not None:
             log("saving the query tower (SavedModel)", enabled=progress)
             save_query_model(query_model, folder / QUERY_MODEL_DIR)
-        artifact.fsync_tree(folder)
+        _io.fsync_tree(folder)
         parts = [p for p in artifact.KNOWN_PARTS if (folder / p).exists()]
         manifest = Manifest(
             schema_version=artifact.SCHEMA_VERSION,
@@ -459,8 +460,8 @@ def export_artifact(
                 query_source=source,
                 trials=[dataclasses.asdict(t) for t in built.trials],
             ),
-            embeddings_sha256=artifact.sha256_array(embeddings),
-            files={part: artifact.sha256_part(folder / part) for part in parts},
+            embeddings_sha256=_io.sha256_array(embeddings),
+            files={part: _io.sha256_part(folder / part) for part in parts},
             training_config=config,
             versions=_versions(),
         )

@@ -23,6 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from recsampled._validation import check_positive_int, received
+from recsampled.errors import UnknownItemError, UnknownUserError
 from recsampled.index import artifact
 from recsampled.index.artifact import (
     INDEX_FILE,
@@ -40,34 +41,6 @@ from recsampled.index.build import prepare_vectors, search, set_search_params
 from recsampled.index.export import embed_ids
 
 UnknownUserPolicy = Literal["error", "popular"]
-
-
-class UnknownUserError(KeyError):
-    """A user id that is not in the artifact's user vocabulary.
-
-    Attributes:
-        user_ids: the unknown ids (all of them, in request order).
-    """
-
-    def __init__(self, message: str, user_ids: Sequence[Any]):
-        super().__init__(message)
-        self.message = message
-        self.user_ids = list(user_ids)
-
-    def __str__(self) -> str:  # KeyError would show the message's repr
-        return self.message
-
-
-class UnknownItemError(KeyError):
-    """An item id that is not in the artifact's catalogue."""
-
-    def __init__(self, message: str, item_ids: Sequence[Any]):
-        super().__init__(message)
-        self.message = message
-        self.item_ids = list(item_ids)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ import pandas as pd
 from recsampled.config import Config, ConfigError
 from recsampled.data import DataError, Vocabulary
 from recsampled.data.splits import Split
+from recsampled.errors import RunError
 from recsampled.evaluation import (
     RankingMetrics,
     embedding_scores,
@@ -49,21 +50,6 @@ from recsampled.training.outputs import RunDirectory, load_tower
 from recsampled.training.pipeline import evaluation_arguments
 
 EVALUATION_SCHEMA_VERSION = 1
-
-
-class RunError(ValueError):
-    """A run directory that cannot be served: a missing, unreadable or inconsistent part.
-
-    Attributes:
-        path: the run directory.
-        part: the part at fault (``"folder"``, ``"config.yaml"``, ``"vocabulary/users.parquet"``,
-            ``"towers/query"``, ``"data"``, ``"data.item_metadata"``, ...).
-    """
-
-    def __init__(self, message: str, *, path: str | os.PathLike, part: str):
-        super().__init__(message)
-        self.path = Path(path)
-        self.part = part
 
 
 @dataclasses.dataclass

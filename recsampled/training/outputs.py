@@ -21,69 +21,20 @@ vocabularies (``Vocabulary.lookup`` maps original ids to them).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from recsampled._io import atomic_directory, write_atomic, write_json
 from recsampled.config import Config, ConfigError
 from recsampled.data import Vocabulary
+from recsampled.errors import RunDirectoryError
 
 SCHEMA_VERSION = 1
-
-
-class RunDirectoryError(ValueError):
-    """A run directory that cannot be used for this run (e.g. it holds another config's run)."""
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes ``value`` as indented JSON, atomically."""
-    write_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary folder that replaces ``path`` when the block succeeds.
-
-    Example:
-        >>> with atomic_directory("run/towers") as folder:  # doctest: +SKIP
-        ...     tf.saved_model.save(module, str(folder / "query"))
-    """
-    path = Path(path)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield temporary
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(temporary, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsampled._io import sha256_array, sha256_part
 from recsampled.index import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -23,7 +24,6 @@ from recsampled.index import (
     read_manifest,
 )
 from recsampled.index import artifact as artifact_module
-from recsampled.index.artifact import sha256_part
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
         _export_small(final, seed=2)
     _export_small(final, seed=2, overwrite=True)
     items = np.random.default_rng(2).normal(size=(50, 4)).astype(np.float32)
-    assert read_manifest(final).embeddings_sha256 == artifact_module.sha256_array(items)
+    assert read_manifest(final).embeddings_sha256 == sha256_array(items)
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]  # the backup is gone
 
 
@@ -137,7 +137,7 @@ def test_manifest_records_the_export(artifact_dir: Path, data) -> None:
     assert (manifest.num_items, manifest.num_users, manifest.embedding_dim) == (300, 40, 8)
     assert manifest.metric == "cosine" and manifest.index.type == "flat"
     assert manifest.index.factory == "Flat" and manifest.recall.value == 1.0
-    assert manifest.embeddings_sha256 == artifact_module.sha256_array(data.items)
+    assert manifest.embeddings_sha256 == sha256_array(data.items)
     assert manifest.training_config == {"epochs": 3, "learning_rate": 0.1, "data": "u.data"}
     assert set(manifest.files) == {
         "index.faiss",

@@ -1,4 +1,4 @@
-"""Atomic files and folders, the run directory's resume check, tower SavedModels."""
+"""The run directory's resume check, tower SavedModels (atomic writes: tests/test_io.py)."""
 
 from __future__ import annotations
 
@@ -11,34 +11,9 @@ from recsampled.models import Tower
 from recsampled.training import (
     RunDirectory,
     RunDirectoryError,
-    atomic_directory,
     load_tower,
     save_towers,
-    write_atomic,
-    write_json,
 )
-
-
-def test_write_atomic_replaces_and_leaves_no_temporary_file(tmp_path):
-    path = tmp_path / "a.json"
-    write_json(path, {"x": 1})
-    write_atomic(path, "new")
-    assert path.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
-
-
-def test_atomic_directory_keeps_the_old_folder_when_writing_fails(tmp_path):
-    target = tmp_path / "towers"
-    with atomic_directory(target) as folder:
-        (folder / "v1").write_text("1")
-    with pytest.raises(RuntimeError), atomic_directory(target) as folder:
-        (folder / "v2").write_text("half")
-        raise RuntimeError("crash while writing")
-    assert [p.name for p in target.iterdir()] == ["v1"]
-    with atomic_directory(target) as folder:
-        (folder / "v3").write_text("3")
-    assert [p.name for p in target.iterdir()] == ["v3"]
-    assert [p.name for p in tmp_path.iterdir()] == ["towers"]  # no temporary folders left
 
 
 def _fake_checkpoint(run: RunDirectory) -> None:
