@@ -1,87 +1,77 @@
 """recsampled: sampled softmax, candidate samplers and retrieval tasks for TensorFlow.
 
-Importing recsampled sets ``TF_USE_LEGACY_KERAS=1`` (tensorflow-recommenders needs Keras 2) before
-TensorFlow binds ``tf.keras``; it raises ``ImportError`` with the fix if that is already too late.
+Importing recsampled is cheap: it imports no TensorFlow and loads each public name on first use
+(PEP 562). It only sets ``TF_USE_LEGACY_KERAS=1`` (tensorflow-recommenders needs Keras 2) while
+that is still possible, so that ``import recsampled`` at the top of a script makes ``tf.keras``
+Keras 2. The subpackages that use ``tf.keras`` check it when they load and raise
+``ImportError`` with the fix if TensorFlow already bound ``tf.keras`` to Keras 3; the Keras 3
+layer, ``recsampled.keras3``, takes the variable back and works with ``import keras``.
 
 Subpackages: ``losses`` (sampled and full softmax), ``samplers`` (candidate samplers and
 in-batch frequency), ``tasks`` (the TFRS retrieval task), ``models`` (the two-tower model),
-``layers`` (the Keras sampled-softmax output), ``data`` (interaction logs), ``training``
-(config-driven runs with checkpoints), ``evaluation`` (full-catalogue metrics) and ``index``
-(FAISS export and the ``Retriever``).
+``layers`` (the Keras 2 sampled-softmax output), ``keras3`` (the same for Keras 3), ``data``
+(interaction logs), ``training`` (config-driven runs with checkpoints), ``evaluation``
+(full-catalogue metrics) and ``index`` (FAISS export and the ``Retriever``).
 """
 
-from recsampled._keras_env import ensure_legacy_keras
+from __future__ import annotations
 
-ensure_legacy_keras()
+import importlib as _importlib
+from typing import Any as _Any
 
-from recsampled import (  # noqa: E402
-    data,
-    evaluation,
-    index,
-    layers,
-    losses,
-    models,
-    samplers,
-    tasks,
-    training,
-)
-from recsampled.data import DataError, Interactions, Vocabulary, read_interactions  # noqa: E402
-from recsampled.evaluation import RankingMetrics, ranking_metrics  # noqa: E402
-from recsampled.index import Retriever, export_artifact  # noqa: E402
-from recsampled.layers import (  # noqa: E402
-    SampledSoftmax,
-    SampledSoftmaxModel,
-    SampledSoftmaxSequential,
-)
-from recsampled.losses import full_softmax_loss, sampled_logits, sampled_softmax_loss  # noqa: E402
-from recsampled.models import Tower, TwoTowerModel  # noqa: E402
-from recsampled.samplers import (  # noqa: E402
-    CandidateSampler,
-    FixedFrequency,
-    FrequencyEstimator,
-    LogUniformSampler,
-    QuadraticKernelSampler,
-    SampledValues,
-    UniformSampler,
-    UnigramSampler,
-)
-from recsampled.tasks import Retrieval  # noqa: E402
+from recsampled import _keras_env
+
+_keras_env.prefer_legacy_keras()
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CandidateSampler",
-    "DataError",
-    "FixedFrequency",
-    "FrequencyEstimator",
-    "Interactions",
-    "LogUniformSampler",
-    "QuadraticKernelSampler",
-    "RankingMetrics",
-    "Retrieval",
-    "Retriever",
-    "SampledSoftmax",
-    "SampledSoftmaxModel",
-    "SampledSoftmaxSequential",
-    "SampledValues",
-    "Tower",
-    "TwoTowerModel",
-    "UniformSampler",
-    "UnigramSampler",
-    "Vocabulary",
+_SUBPACKAGES = (
     "data",
     "evaluation",
-    "export_artifact",
-    "full_softmax_loss",
     "index",
     "layers",
     "losses",
     "models",
-    "ranking_metrics",
-    "read_interactions",
-    "sampled_logits",
-    "sampled_softmax_loss",
     "samplers",
     "tasks",
     "training",
-]
+)
+
+_NAMES = {
+    "recsampled.data": ("DataError", "Interactions", "Vocabulary", "read_interactions"),
+    "recsampled.evaluation": ("RankingMetrics", "ranking_metrics"),
+    "recsampled.index": ("Retriever", "export_artifact"),
+    "recsampled.layers": ("SampledSoftmax", "SampledSoftmaxModel", "SampledSoftmaxSequential"),
+    "recsampled.losses": ("full_softmax_loss", "sampled_logits", "sampled_softmax_loss"),
+    "recsampled.models": ("Tower", "TwoTowerModel"),
+    "recsampled.samplers": (
+        "CandidateSampler",
+        "FixedFrequency",
+        "FrequencyEstimator",
+        "LogUniformSampler",
+        "QuadraticKernelSampler",
+        "SampledValues",
+        "UniformSampler",
+        "UnigramSampler",
+    ),
+    "recsampled.tasks": ("Retrieval",),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__ = sorted([*_MODULE_OF, *_SUBPACKAGES])
+
+
+def __getattr__(name: str) -> _Any:
+    """Imports a public name's subpackage on first access (PEP 562)."""
+    if name in _SUBPACKAGES:
+        value = _importlib.import_module(f"recsampled.{name}")
+    elif name in _MODULE_OF:
+        value = getattr(_importlib.import_module(_MODULE_OF[name]), name)
+    else:
+        raise AttributeError(f"module 'recsampled' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

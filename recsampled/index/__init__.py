@@ -20,6 +20,11 @@ The benchmark ``pipelines/bench_index.py`` (tests: ``tests/index/test_bench_inde
 the index types with TFRS's ``BruteForce`` layer.
 """
 
+# ruff: noqa: E402 (TF_USE_LEGACY_KERAS must be set before the imports below)
+from recsampled._keras_env import ensure_legacy_keras
+
+ensure_legacy_keras()
+
 from recsampled.index.artifact import (
     SCHEMA_VERSION,
     ArtifactError,

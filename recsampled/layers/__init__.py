@@ -9,6 +9,11 @@
   optimizers that rewrite the whole output table every step (tf-keras ``SGD``, ``Adam``, ...).
 """
 
+# ruff: noqa: E402 (TF_USE_LEGACY_KERAS must be set before the imports below)
+from recsampled._keras_env import ensure_legacy_keras
+
+ensure_legacy_keras()
+
 from recsampled.layers.model import (
     SampledSoftmaxMixin,
     SampledSoftmaxModel,

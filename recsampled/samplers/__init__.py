@@ -15,6 +15,11 @@ Where the in-batch inclusion probability of the retrieval task comes from
   variables (checkpointed with the model).
 """
 
+# ruff: noqa: E402 (TF_USE_LEGACY_KERAS must be set before the imports below)
+from recsampled._keras_env import ensure_legacy_keras
+
+ensure_legacy_keras()
+
 from recsampled.samplers.base import (
     CandidateSampler,
     InverseTransformSampler,

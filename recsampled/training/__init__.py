@@ -9,6 +9,11 @@
 - :class:`RunDirectory` and atomic writers (:mod:`recsampled.training.outputs`).
 """
 
+# ruff: noqa: E402 (TF_USE_LEGACY_KERAS must be set before the imports below)
+from recsampled._keras_env import ensure_legacy_keras
+
+ensure_legacy_keras()
+
 from recsampled.training.batches import Position, steps_per_epoch, training_batches
 from recsampled.training.build import build_model, load_split
 from recsampled.training.callbacks import CheckpointCallback, ProgressCallback, TrainingState
