@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import inspect
 import json
 import logging
 import math
@@ -465,17 +464,19 @@ def str_list(text: str) -> tuple[str, ...]:
 def option_help(cls: type) -> dict[str, str]:
     """The ``Attributes:`` entries of a Google-style class docstring: name -> text."""
     helps: dict[str, str] = {}
-    inside, name = False, None
-    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
-        indent = len(line) - len(line.lstrip())
-        if line.strip() == "Attributes:":
-            inside = True
-        elif inside and line.strip() and indent == 0:
+    section = entry = name = None  # indents of "Attributes:" and of its entries
+    for line in (cls.__doc__ or "").splitlines():
+        indent, text = len(line) - len(line.lstrip()), line.strip()
+        if text == "Attributes:":
+            section = indent
+        elif section is None or not text:
+            continue
+        elif indent <= section:
             break
-        elif inside and indent == 4 and (m := re.match(r"\s+(\w+): (.*)", line)):
-            name, helps[m.group(1)] = m.group(1), m.group(2)
-        elif inside and name and indent > 4:
-            helps[name] += " " + line.strip()
+        elif (entry is None or indent == entry) and (m := re.match(r"(\w+): (.*)", text)):
+            entry, name, helps[m.group(1)] = indent, m.group(1), m.group(2)
+        elif name is not None:
+            helps[name] += " " + text
     return helps
 
 

@@ -190,3 +190,17 @@ def test_markdown_table() -> None:
         "| b | 1,234 | 10 |",
     ]
     assert harness.fmt(None) == "skipped" and harness.fmt(0.012345) == "0.0123"
+
+
+def test_help_of_a_one_line_attributes_docstring() -> None:
+    class Options:
+        """Attributes:
+        sizes: numbers of classes N.
+        repeats: timed calls
+            per variant.
+        """
+
+    assert harness.option_help(Options) == {
+        "sizes": "numbers of classes N.",
+        "repeats": "timed calls per variant.",
+    }
