@@ -376,14 +376,24 @@ def fmt(value: float | None, *, none: str = "skipped") -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cell(value: object) -> str:
+    if not _is_number(value):
+        return str(value)
+    return fmt(value) if isinstance(value, float) else f"{value:,}"
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A Markdown table; numbers are right-aligned and formatted with :func:`fmt`."""
     rows = [list(row) for row in rows]
     numeric = [
-        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+        bool(rows) and all(_is_number(row[i]) or row[i] is None for row in rows)
         for i in range(len(headers))
     ]
-    cells = [[fmt(v) if isinstance(v, float) else str(v) for v in row] for row in rows]
+    cells = [[_cell(v) for v in row] for row in rows]
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]  # fmt: skip
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
