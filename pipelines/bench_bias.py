@@ -397,7 +397,7 @@ def resolve_kernel_impl(kernel_impl: str) -> str:
 def make_kernel(impl: str, embeddings: Any, alpha: float, seed: int) -> Any:
     """The kernel sampler of ``impl`` (``"tree"`` or ``"brute"``) over ``embeddings``."""
     if impl == "tree":
-        return tree_kernel_class()(embeddings, alpha=alpha, seed=seed)
+        return tree_kernel_class()(embeddings, alpha=alpha, seed=seed, mode="per_query")
     return BruteForceKernel(embeddings, alpha=alpha, seed=seed)
 
 
@@ -533,7 +533,7 @@ def train_model(
                 labels = tf.cast(items, tf.int64)[:, tf.newaxis]
                 if proposal == "kernel":
                     h = tf.gather(model.user_table, users)
-                    values = tuple(sampler.sample(labels, s, query_embeddings=h))
+                    values = tuple(sampler.sample(labels, s, unique=False, query_embeddings=h))
                 else:
                     values = tuple(sampler.sample(labels, s, unique=False))
                 sampling += time.perf_counter() - t0
@@ -843,7 +843,7 @@ def gradient_bias(
                     elif proposal == "unigram":
                         values = unigram.sample(labels, s, unique=False)
                     elif proposal == "kernel" and tree is not None:
-                        values = tree.sample(labels, s, query_embeddings=h)
+                        values = tree.sample(labels, s, unique=False, query_embeddings=h)
                     elif proposal == "kernel":
                         values = kernel_dist.sampled_values(labels_np, s, draw_rng)
                     else:

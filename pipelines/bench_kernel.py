@@ -81,7 +81,7 @@ def bench_sampler(num_classes: int, dim: int, args: argparse.Namespace) -> dict:
     """Sampling, rebuild and update times and the memory of one ``(N, D)``."""
     table = tf.Variable(random_table(num_classes, dim, seed=num_classes + dim))
     start = time.perf_counter()
-    sampler = rs.QuadraticKernelSampler(table, alpha=100.0)
+    sampler = rs.QuadraticKernelSampler(table, alpha=100.0, mode="per_query")
     construct_ms = (time.perf_counter() - start) * 1e3
     rng = np.random.default_rng(0)
     queries = tf.constant(rng.normal(size=(args.batch_size, dim)).astype(np.float32))
@@ -90,7 +90,7 @@ def bench_sampler(num_classes: int, dim: int, args: argparse.Namespace) -> dict:
     rows = tf.constant(random_table(args.update_rows, dim, seed=1))
 
     sample = tf.function(
-        lambda: sampler.sample(labels, args.num_sampled, query_embeddings=queries)[0]
+        lambda: sampler.sample(labels, args.num_sampled, unique=False, query_embeddings=queries)[0]
     )
     rebuild = tf.function(sampler.rebuild)
     update = tf.function(lambda: sampler.update(ids, rows))
@@ -214,7 +214,7 @@ def bench_step(args: argparse.Namespace) -> dict:
     labels = tf.constant(
         rng.choice(num_classes, size=(batch, 1), p=counts / counts.sum()), tf.int64
     )
-    kernel = rs.QuadraticKernelSampler(weights, alpha=100.0)
+    kernel = rs.QuadraticKernelSampler(weights, alpha=100.0, mode="per_query")
     unigram = rs.UnigramSampler(counts)
     steps = {
         "kernel": _sampled_step(
@@ -222,7 +222,7 @@ def bench_step(args: argparse.Namespace) -> dict:
             biases,
             queries,
             args.num_sampled,
-            lambda y: kernel.sample(y, args.num_sampled, query_embeddings=queries),
+            lambda y: kernel.sample(y, args.num_sampled, unique=False, query_embeddings=queries),
         ),
         "unigram": _sampled_step(
             weights,

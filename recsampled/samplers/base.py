@@ -29,7 +29,8 @@ plug into ``tf.nn.sampled_softmax_loss`` and vice versa.
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import tensorflow as tf
 
@@ -58,7 +59,9 @@ def expected_count(
 
     Args:
         probability: float tensor of any shape, the probability of the id in one draw.
-        num_tries: scalar int, the number of draws made (``num_sampled`` when not unique).
+        num_tries: int, the number of draws made (``num_sampled`` when not unique): a scalar,
+            or a tensor that broadcasts against ``probability`` (e.g. ``[batch_size, 1]`` for
+            draws made per query).
         num_sampled: S, the number of candidates returned.
         unique: whether repeats were rejected.
 
@@ -123,12 +126,27 @@ def check_ids_in_range(name: str, ids: tf.Tensor, num_classes: int) -> None:
 class CandidateSampler(tf.Module, abc.ABC):
     """Base class of candidate samplers.
 
-    Subclasses implement :meth:`probability` and :meth:`_sample`. Being a ``tf.Module``, a
-    sampler that keeps state in ``tf.Variable``s is checkpointed with the model that holds it.
+    Subclasses implement :meth:`probability` and :meth:`_sample`; :meth:`sample` validates the
+    arguments and calls :meth:`_sample`, and :func:`expected_count` turns probabilities into the
+    counts of the triple. Being a ``tf.Module``, a sampler that keeps state in ``tf.Variable``s
+    is checkpointed with the model that holds it.
+
+    Two class attributes tell callers (the retrieval task, the Keras layer) how to call a
+    sampler, so that nobody inspects signatures:
+
+    - :attr:`needs_queries`: ``sample`` and ``probability`` take ``query_embeddings``
+      (adaptive samplers, whose proposal depends on the queries of the batch).
+    - :attr:`per_query`: ``sample`` draws per query, ``[batch_size, S]`` candidates, instead of
+      ``[S]`` shared by the batch. A sampler whose constructor chooses the mode sets it on the
+      instance (:class:`~recsampled.samplers.QuadraticKernelSampler`).
 
     Args:
         num_classes: the number of classes N; ids lie in ``[0, N)``.
+        name: optional module name.
     """
+
+    needs_queries: ClassVar[bool] = False
+    per_query: bool = False
 
     def __init__(self, num_classes: int, name: str | None = None):
         super().__init__(name=name)
@@ -158,35 +176,86 @@ class CandidateSampler(tf.Module, abc.ABC):
         num_sampled: int,
         unique: bool = True,
         seed: int | None = None,
+        *,
+        query_embeddings: tf.Tensor | None = None,
     ) -> SampledValues:
-        """Draws ``num_sampled`` candidates shared by the batch.
+        """Draws ``num_sampled`` candidates, shared by the batch (or per query).
 
         Args:
             true_classes: ``[batch_size, num_true]`` integer ids of the labels.
-            num_sampled: S, the number of candidates to draw.
+            num_sampled: S, the number of candidates to draw (per query when
+                :attr:`per_query`).
             unique: draw without repeats (by rejection, as TF does).
             seed: op-level seed. As with TF's random ops, repeated calls continue one stream;
                 call ``tf.random.set_seed`` first for reproducible runs.
+            query_embeddings: ``[batch_size, embedding_dim]`` queries, for a sampler with
+                :attr:`needs_queries`; other samplers ignore them.
 
         Returns:
-            A :class:`SampledValues` triple with ``[S]`` candidates.
+            A :class:`SampledValues` triple with ``[S]`` candidates (``[batch_size, S]`` when
+            :attr:`per_query`).
         """
         if not isinstance(unique, bool):
             raise ValueError(f"`unique` must be a bool. {received('unique', unique)}")
         num_sampled = check_num_sampled(num_sampled, self.num_supported_classes, unique)
         seed = check_optional_seed("seed", seed)
         true_classes = as_true_classes(true_classes, self.num_classes)
+        if self.needs_queries:
+            return self._sample(
+                true_classes, num_sampled, unique, seed, query_embeddings=query_embeddings
+            )
         return self._sample(true_classes, num_sampled, unique, seed)
 
     @abc.abstractmethod
     def _sample(
         self, true_classes: tf.Tensor, num_sampled: int, unique: bool, seed: int | None
     ) -> SampledValues:
-        """Draws candidates once the arguments are validated."""
+        """Draws candidates once the arguments are validated.
+
+        A sampler with :attr:`needs_queries` also takes ``query_embeddings`` (keyword).
+        """
 
     def get_config(self) -> dict:
         """The constructor arguments, for configs and serialisation."""
         return {"num_classes": self.num_classes}
+
+
+def draw_unique(
+    draw: Callable[[tf.Tensor | int, tf.Tensor | int], tf.Tensor], num_sampled: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first ``num_sampled`` distinct ids of a stream of draws with replacement.
+
+    Sequential rejection, done in rounds: ``draw(n, round_)`` returns ``[n]`` int64 ids, drawn
+    independently (a different stream per ``round_``); each round doubles the stream until it
+    holds ``num_sampled`` distinct ids, so few rounds are needed even for skewed distributions.
+
+    Args:
+        draw: ``(n, round_) -> [n]`` ids.
+        num_sampled: S, distinct ids wanted (at most the support of the distribution).
+
+    Returns:
+        ``([S] ids in order of first appearance, num_tries)``: ``num_tries`` is the scalar int64
+        position of the S-th distinct id in the stream plus one, the draws sequential rejection
+        would have made.
+    """
+
+    def missing(round_: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
+        return tf.size(tf.unique(stream).y) < num_sampled
+
+    def draw_more(round_: tf.Tensor, stream: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return round_ + 1, tf.concat([stream, draw(tf.size(stream), round_ + 1)], axis=0)
+
+    _, stream = tf.while_loop(
+        missing,
+        draw_more,
+        (tf.constant(0), draw(num_sampled, 0)),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None])),
+    )
+    distinct, index = tf.unique(stream, out_idx=tf.int64)
+    positions = tf.range(tf.shape(index, out_type=tf.int64)[0])
+    first_seen = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
+    sampled = tf.ensure_shape(distinct[:num_sampled], [num_sampled])
+    return sampled, first_seen[num_sampled - 1] + 1
 
 
 class InverseTransformSampler(CandidateSampler):
@@ -228,26 +297,7 @@ class InverseTransformSampler(CandidateSampler):
 
         if not unique:
             return draw(num_sampled, 0), tf.constant(num_sampled, tf.int64)
-
-        def missing(round_: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
-            return tf.size(tf.unique(stream).y) < num_sampled
-
-        def draw_more(round_: tf.Tensor, stream: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            # Double the stream each round: few rounds even for very skewed distributions.
-            return round_ + 1, tf.concat([stream, draw(tf.size(stream), round_ + 1)], axis=0)
-
-        _, stream = tf.while_loop(
-            missing,
-            draw_more,
-            (tf.constant(0), draw(num_sampled, 0)),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None])),
-        )
-        # The first num_sampled distinct ids of the stream, as sequential rejection keeps them.
-        distinct, index = tf.unique(stream, out_idx=tf.int64)
-        positions = tf.range(tf.shape(index, out_type=tf.int64)[0])
-        first_seen = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
-        sampled = tf.ensure_shape(distinct[:num_sampled], [num_sampled])
-        return sampled, first_seen[num_sampled - 1] + 1
+        return draw_unique(draw, num_sampled)
 
 
 def repeated_per_row(ids: tf.Tensor) -> tf.Tensor:

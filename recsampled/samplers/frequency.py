@@ -50,6 +50,7 @@ the buckets of an id never change between runs or machines.
 from __future__ import annotations
 
 import numbers
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -70,6 +71,20 @@ HASH_MULTIPLIERS: tuple[int, ...] = (
     0xC2B2AE3D27D4EB4F,
     0x165667B19E3779F9,
 )
+
+
+class CandidateFrequency(Protocol):
+    """What the retrieval task needs of an in-batch probability source.
+
+    :class:`FixedFrequency` and :class:`FrequencyEstimator` implement it; so can any object with
+    these two methods (``recsampled.tasks.Retrieval(candidate_frequency=...)``).
+    """
+
+    def update(self, ids: tf.Tensor) -> object:
+        """Records the items of one training batch."""
+
+    def probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """Probability that each id is in a batch, shaped like ``ids``."""
 
 
 def batch_inclusion_probability(probability: tf.Tensor, batch_size: int) -> tf.Tensor:

@@ -42,22 +42,43 @@ of ``Z_root``; the tree itself is float32, so branch probabilities carry float32
 (relative ``~1e-6`` of a node's mass).
 
 **Replacement.** ``unique=False`` draws with replacement (expected count ``S·q``, TF's semantics).
-``unique=True`` keeps drawing, per query, until ``S`` distinct ids have come, and reports
-``1 - (1 - q)^T_b`` with ``T_b`` the draws that took for query ``b``: the convention of every
+``unique=True`` keeps drawing until ``S`` distinct ids have come (per query in per-query mode),
+and reports ``1 - (1 - q)^T`` with ``T`` the draws that took: the convention of every
 recsampled sampler (``recsampled.samplers.base``).
+
+**The batch mixture** (``mode="batch_mixture"``, the default). Per-query draws cost ``B·S`` walks
+of the tree. For the queries ``h_1..h_B`` of a batch, the mixture of their proposals is itself a
+quadratic form over the class embeddings::
+
+    q̄(i) = (1/B)·Σ_b q(i | h_b) = (1/B)·Σ_b (α·wᵢᵀ h_b h_bᵀ wᵢ + 1) / Z(h_b) = α·wᵢᵀ H wᵢ + c
+    H = (1/B)·Σ_b h_b h_bᵀ / Z(h_b),   c = (1/B)·Σ_b 1 / Z(h_b),   Z(h) = α·hᵀ Z_root h + N
+
+and ``Σ_i q̄(i) = (1/B)·Σ_b Z(h_b) / Z(h_b) = 1``. The mass of a set ``C`` under ``q̄`` is
+``α·⟨H, Z_C⟩ + c·|C|``: the same tree, with the one "query" ``ψ(H)`` (the packed upper triangle
+of ``H`` with weights ``2 - [i=j]``) in place of ``ψ(h)``. So ``S`` ids shared by the batch are
+drawn by walking the tree ``S`` times, all draws level by level together: ``O(B·D²)`` for ``H``
+plus ``O(S·D²·log N)``, instead of ``O(B·S·D²·log N)``. Branch probabilities are ratios, so the
+walk uses ``H / c`` and the counts ``|C|`` (masses divided by ``c``); the leaf scores its classes
+by ``α·wᵀ(H/c)w + 1`` in one batched matmul. The draws follow ``q̄`` exactly (up to the tree's
+float32 rounding), and the exact float64 ``q̄`` of every drawn id and label is known, so the
+candidates are those of any shared sampler: ``[S]`` ids with TF's expected counts, usable in
+``tf.nn.sampled_softmax_loss``, ``recsampled.sampled_softmax_loss`` and the retrieval task.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import types
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import numpy as np
 import tensorflow as tf
 
 from recsampled._validation import (
     check_non_negative_float,
-    check_num_sampled,
     check_optional_seed,
     check_positive_int,
     received,
@@ -65,9 +86,15 @@ from recsampled._validation import (
 from recsampled.samplers.base import (
     CandidateSampler,
     SampledValues,
-    as_true_classes,
+    draw_unique,
+    expected_count,
     repeated_per_row,
 )
+
+logger = logging.getLogger("recsampled.samplers.kernel")
+
+Mode = Literal["batch_mixture", "per_query"]
+MODES: tuple[str, ...] = ("batch_mixture", "per_query")
 
 
 def _upper_triangle(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,7 +105,14 @@ def _upper_triangle(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class QuadraticKernelSampler(CandidateSampler):
-    """Per-example samples from ``q(i | h) ∝ α·(hᵀwᵢ)² + 1`` in time logarithmic in ``N``.
+    """Samples from ``q(i | h) ∝ α·(hᵀwᵢ)² + 1`` (per query or the batch mixture) in time
+    logarithmic in ``N``.
+
+    ``sample`` and ``probability`` take the batch's ``query_embeddings`` (:attr:`needs_queries`).
+    In ``"batch_mixture"`` mode (the default) ``sample`` draws ``[S]`` ids shared by the batch
+    from ``q̄ = (1/B)·Σ_b q(· | h_b)`` and ``probability(ids, query_embeddings)`` is ``q̄`` of ids of
+    any shape; in ``"per_query"`` mode (:attr:`per_query`) it draws ``[B, S]`` ids, row ``b`` from
+    ``q(· | h_b)``, and ``probability`` takes ``[B, k]`` ids.
 
     Args:
         embeddings: ``[num_classes, embedding_dim]`` class embeddings: the model's
@@ -91,22 +125,33 @@ class QuadraticKernelSampler(CandidateSampler):
             (at ``N = 10^6``, ``D = 64``, ``L = D`` took about 25% less CPU per batch than
             ``L = D/2`` in our measurements; ``benchmarks/kernel.md``).
         seed: default op-level seed of :meth:`sample`.
+        mode: ``"batch_mixture"``: ``[S]`` ids shared by the batch, from the mixture ``q̄``
+            (module docstring; ``B`` times cheaper than per-query draws). ``"per_query"``:
+            ``[B, S]`` ids, ``S`` per query.
         top_nodes_per_sample: the top cut has about ``num_sampled * top_nodes_per_sample`` nodes
-            (rounded to a power of two), whose masses are one matmul per batch.
+            (rounded to a power of two), whose masses are one matmul per batch; default 32 per
+            query, 2 for the batch mixture (one matvec, against ``S`` walks below it).
         name: optional module name.
 
     Example:
+        >>> tf.random.set_seed(0)
         >>> table = tf.Variable(tf.random.normal([1000, 16], stddev=0.1))
         >>> sampler = QuadraticKernelSampler(table, alpha=100.0)
         >>> queries = tf.random.normal([4, 16])
-        >>> values = sampler.sample(
-        ...     tf.constant([[1], [2], [3], [4]], tf.int64), 8, unique=False,
-        ...     query_embeddings=queries)
-        >>> values.sampled_candidates.shape
+        >>> labels = tf.constant([[1], [2], [3], [4]], tf.int64)
+        >>> values = sampler.sample(labels, 8, query_embeddings=queries)
+        >>> values.sampled_candidates.shape, values.true_expected_count.shape
+        (TensorShape([8]), TensorShape([4, 1]))
+        >>> round(float(tf.reduce_sum(sampler.probability(tf.range(1000), queries))), 4)
+        1.0
+        >>> per_query = QuadraticKernelSampler(table, alpha=100.0, mode="per_query")
+        >>> per_query.sample(labels, 8, query_embeddings=queries).sampled_candidates.shape
         TensorShape([4, 8])
     """
 
+    needs_queries: ClassVar[bool] = True
     top_nodes_per_sample: int = 32
+    mixture_top_nodes_per_sample: int = 2
 
     def __init__(
         self,
@@ -115,6 +160,7 @@ class QuadraticKernelSampler(CandidateSampler):
         leaf_size: int | None = None,
         seed: int | None = None,
         *,
+        mode: Mode = "batch_mixture",
         top_nodes_per_sample: int | None = None,
         name: str | None = None,
     ):
@@ -127,10 +173,16 @@ class QuadraticKernelSampler(CandidateSampler):
             max(8, dim) if leaf_size is None else check_positive_int("leaf_size", leaf_size)
         )
         self.seed = check_optional_seed("seed", seed)
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {list(MODES)}. {received('mode', mode)}")
+        self.mode = mode
+        self.per_query = mode == "per_query"
         if top_nodes_per_sample is not None:
             self.top_nodes_per_sample = check_positive_int(
                 "top_nodes_per_sample", top_nodes_per_sample
             )
+        elif not self.per_query:
+            self.top_nodes_per_sample = self.mixture_top_nodes_per_sample
         # The model's variable, untracked: it belongs to the model (a namespace keeps tf.Module
         # and Keras from tracking and saving it a second time through the sampler).
         self._source = types.SimpleNamespace(
@@ -332,24 +384,57 @@ class QuadraticKernelSampler(CandidateSampler):
         dots = tf.einsum("bd,bkd->bk", queries, rows)
         return self.alpha * tf.square(dots) + 1.0
 
-    def probability(self, ids: tf.Tensor, query_embeddings: tf.Tensor | None = None) -> tf.Tensor:
-        """``q(i | h)`` of each id for its row's query, from the snapshot.
+    def mixture(self, query_embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(H, c)`` of the batch mixture ``q̄(i) = α·wᵢᵀHwᵢ + c`` (module docstring).
 
         Args:
-            ids: ``[batch_size, k]`` int class ids.
+            query_embeddings: ``[batch_size, embedding_dim]`` queries ``h_b``.
+
+        Returns:
+            ``[embedding_dim, embedding_dim]`` float64 ``H`` and the float64 scalar ``c``.
+        """
+        queries = tf.cast(self._check_queries(query_embeddings, None), tf.float64)
+        weights = 1.0 / (
+            tf.cast(tf.shape(queries)[0], tf.float64) * self._normalizer(queries)
+        )  # [B]: 1 / (B·Z(h_b))
+        matrix = tf.matmul(queries * weights[:, tf.newaxis], queries, transpose_a=True)
+        return matrix, tf.reduce_sum(weights)
+
+    def _mixture_probability(
+        self, ids: tf.Tensor, matrix: tf.Tensor, constant: tf.Tensor
+    ) -> tf.Tensor:
+        """float64 ``q̄`` of int64 ``ids`` (any shape) from the snapshot."""
+        rows = tf.cast(tf.gather_nd(self.table, self._position(ids)), tf.float64)
+        quadratic = tf.reduce_sum(tf.linalg.matvec(matrix, rows) * rows, axis=-1)
+        return self.alpha * quadratic + constant
+
+    def probability(self, ids: tf.Tensor, query_embeddings: tf.Tensor | None = None) -> tf.Tensor:
+        """The draw probability of ids, from the snapshot.
+
+        Batch mixture: ``q̄(i)`` for the batch's queries; per query: ``q(i | h)`` of each id for
+        its row's query.
+
+        Args:
+            ids: int class ids; any shape for the batch mixture, ``[batch_size, k]`` per query.
             query_embeddings: ``[batch_size, embedding_dim]`` queries ``h``.
 
         Returns:
-            ``[batch_size, k]`` float32 probabilities.
+            float32 probabilities shaped like ``ids``.
         """
         ids = tf.convert_to_tensor(ids)
-        if not ids.dtype.is_integer or ids.shape.rank != 2:
+        per_query = self.per_query
+        if not ids.dtype.is_integer or (per_query and ids.shape.rank != 2):
+            shape = "[batch_size, k]" if per_query else "any shape"
             raise ValueError(
-                "`ids` must be integer class ids of shape [batch_size, k]. Received: ids of "
-                f"dtype {ids.dtype.name} and shape {ids.shape}."
+                f"`ids` must be integer class ids of {shape}. Received: ids of dtype "
+                f"{ids.dtype.name} and shape {ids.shape}."
             )
+        ids = tf.cast(ids, tf.int64)
+        if not per_query:
+            matrix, constant = self.mixture(query_embeddings)
+            return tf.cast(self._mixture_probability(ids, matrix, constant), tf.float32)
         queries = self._check_queries(query_embeddings, ids.shape[0])
-        return self._probability(tf.cast(ids, tf.int64), queries, self._normalizer(queries))
+        return self._probability(ids, queries, self._normalizer(queries))
 
     def _probability(self, ids: tf.Tensor, queries: tf.Tensor, total: tf.Tensor) -> tf.Tensor:
         scores = tf.cast(self._scores(queries, ids), tf.float64)
@@ -357,67 +442,80 @@ class QuadraticKernelSampler(CandidateSampler):
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def sample(
+    def _sample(
         self,
         true_classes: tf.Tensor,
         num_sampled: int,
-        unique: bool = False,
-        seed: int | None = None,
+        unique: bool,
+        seed: int | None,
         *,
         query_embeddings: tf.Tensor | None = None,
     ) -> SampledValues:
-        """Draws ``num_sampled`` ids per query from ``q(· | h_b)``.
+        """Draws ``num_sampled`` ids shared by the batch (from ``q̄``) or per query.
 
-        Args:
-            true_classes: ``[batch_size, num_true]`` integer ids of the labels.
-            num_sampled: S, ids drawn per query.
-            unique: False: with replacement (expected count ``S·q``). True: per query, draws
-                until ``S`` distinct ids came (expected count ``1 - (1 - q)^T_b``).
-            seed: op-level seed (default: the constructor's). As with TF's random ops,
-                repeated calls continue one stream; call ``tf.random.set_seed`` first for
-                reproducible runs.
-            query_embeddings: ``[batch_size, embedding_dim]`` queries ``h_b``.
-
-        Returns:
-            :class:`SampledValues` with ``[batch_size, S]`` int64 candidates, ``[batch_size,
-            num_true]`` and ``[batch_size, S]`` float32 expected counts.
+        ``unique=False``: with replacement, expected count ``S·q``. ``unique=True``: draws until
+        ``S`` distinct ids came (per query in per-query mode), expected count
+        ``1 - (1 - q)^T``. The seed defaults to the constructor's.
         """
-        if not isinstance(unique, bool):
-            raise ValueError(f"`unique` must be a bool. {received('unique', unique)}")
-        num_sampled = check_num_sampled(num_sampled, self.num_classes, unique)
-        seed = check_optional_seed("seed", seed)
         seed = self.seed if seed is None else seed
-        true_classes = as_true_classes(true_classes, self.num_classes)
+        batch_size = true_classes.shape[0]
         # The proposal is a constant of the loss, as TF's samplers' counts are.
-        queries = tf.stop_gradient(self._check_queries(query_embeddings, true_classes.shape[0]))
+        # Per query, one query per row; the batch mixture takes any number of queries (the
+        # retrieval task's true classes are its candidates, extra negatives included).
+        rows = batch_size if self.per_query else None
+        queries = tf.stop_gradient(self._check_queries(query_embeddings, rows))
         key = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64, seed=seed)
-        total = self._normalizer(queries)
-        if unique:
-            sampled, num_tries = self._draw_unique(queries, num_sampled, key)
-        else:
-            sampled = self._draw(queries, num_sampled, key)
-            num_tries = None
+        if self.per_query:
+            total = self._normalizer(queries)
+            if unique:
+                sampled, num_tries = self._draw_unique(queries, num_sampled, key)
+                num_tries = num_tries[:, tf.newaxis]
+            else:
+                sampled, num_tries = self._draw(queries, num_sampled, key), num_sampled
 
-        def count(ids: tf.Tensor) -> tf.Tensor:
-            p = tf.cast(self._probability(ids, queries, total), tf.float64)
-            if num_tries is None:
-                return tf.cast(p * float(num_sampled), tf.float32)
-            tries = tf.cast(num_tries, tf.float64)[:, tf.newaxis]
-            return tf.cast(-tf.math.expm1(tries * tf.math.log1p(-p)), tf.float32)
+            def probability(ids: tf.Tensor) -> tf.Tensor:
+                return self._probability(ids, queries, total)
+
+        else:
+            matrix, constant = self.mixture(queries)
+            sampled, num_tries = self._draw_mixture(matrix, constant, num_sampled, unique, key)
+
+            def probability(ids: tf.Tensor) -> tf.Tensor:
+                return self._mixture_probability(ids, matrix, constant)
 
         return SampledValues(
             sampled_candidates=tf.stop_gradient(sampled),
-            true_expected_count=tf.stop_gradient(count(true_classes)),
-            sampled_expected_count=tf.stop_gradient(count(sampled)),
+            true_expected_count=expected_count(
+                probability(true_classes), num_tries, num_sampled, unique
+            ),
+            sampled_expected_count=expected_count(
+                probability(sampled), num_tries, num_sampled, unique
+            ),
         )
-
-    def _sample(self, true_classes, num_sampled, unique, seed):  # pragma: no cover
-        raise NotImplementedError("QuadraticKernelSampler.sample needs query_embeddings.")
 
     def _top_level(self, num_sampled: int) -> int:
         """Level of the top cut: about ``num_sampled * top_nodes_per_sample`` nodes."""
         wanted = max(1, num_sampled * self.top_nodes_per_sample)
         return min(self.depth, max(0, round(math.log2(wanted))))
+
+    def _top_cut(self, psi: tf.Tensor, top: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """``[B, K]`` float64 masses ``α·ψ·z + count`` of the ``K = 2^top`` nodes of level
+        ``top`` for ``[B, P]`` ``psi``, and their cumulative sums."""
+        first, size = 2**top, 2**top
+        stats = tf.gather(self.node_stats, tf.range(first, first + size))  # [K, P]
+        masses = (
+            self.alpha * tf.matmul(psi, stats, transpose_b=True)
+            + self._counts[first : first + size]
+        )
+        masses = tf.maximum(tf.cast(masses, tf.float64), 0.0)
+        return masses, tf.math.cumsum(masses, axis=1)
+
+    @staticmethod
+    def _pick(cumulative: tf.Tensor, uniform: tf.Tensor, size: int) -> tf.Tensor:
+        """Inverse transform: ``[..., n]`` indices into the last axis of ``cumulative``."""
+        targets = tf.cast(uniform, cumulative.dtype) * cumulative[..., -1:]
+        index = tf.searchsorted(cumulative, targets, side="right", out_type=tf.int64)
+        return tf.minimum(index, size - 1)
 
     def _draw(
         self,
@@ -431,7 +529,8 @@ class QuadraticKernelSampler(CandidateSampler):
         ``top_hint`` (default ``num_sampled``, which must then be a Python int) sets the top cut.
         """
         batch = tf.shape(queries)[0]
-        top = self._top_level(num_sampled if top_hint is None else top_hint)
+        hint = num_sampled if top_hint is None else top_hint
+        top = self._top_level(hint)
         steps = self.depth - top
         psi = self._packed(queries, weighted=True)  # [B, P]
         uniforms = tf.random.stateless_uniform(
@@ -440,22 +539,12 @@ class QuadraticKernelSampler(CandidateSampler):
             dtype=tf.float64,
         )
         # 1. The top cut: masses of all (query, node) pairs, inverse transform per query.
-        first, size = 2**top, 2**top
-        stats = tf.gather(self.node_stats, tf.range(first, first + size))  # [K, P]
-        masses = (
-            self.alpha * tf.matmul(psi, stats, transpose_b=True)
-            + self._counts[first : first + size]
-        )
-        masses = tf.maximum(tf.cast(masses, tf.float64), 0.0)
-        cumulative = tf.math.cumsum(masses, axis=1)
-        targets = uniforms[:, :, 0] * cumulative[:, -1:]
-        index = tf.searchsorted(cumulative, targets, side="right", out_type=tf.int64)
-        index = tf.minimum(index, size - 1)
+        masses, cumulative = self._top_cut(psi, top)
+        index = self._pick(cumulative, uniforms[:, :, 0], 2**top)
         mass = tf.cast(tf.gather(masses, index, batch_dims=1), tf.float32)  # [B, S]
-        node = index + first
+        node = index + 2**top
         # 2.-3. Descent and leaf, a few queries at a time: their gathered statistics (about
         # 4 MB) stay in cache and in reused buffers, ~4x faster than one [B, S, P] gather.
-        hint = num_sampled if top_hint is None else top_hint
         per_sample = max(len(self._weights), self.leaf_size * self.embedding_dim)
         chunk = max(1, 2**20 // (max(1, hint) * per_sample))
         if queries.shape[0] is not None and queries.shape[0] <= chunk:  # one chunk: no loop
@@ -468,27 +557,20 @@ class QuadraticKernelSampler(CandidateSampler):
 
         sampled = tf.map_fn(
             lambda args: self._descend(*args, steps=steps),
-            (chunked(node, first), chunked(mass, 1.0), *map(chunked, (uniforms, psi, queries))),
+            (chunked(node, 2**top), chunked(mass, 1.0), *map(chunked, (uniforms, psi, queries))),
             fn_output_signature=tf.int64,
             parallel_iterations=4,
         )
         return tf.reshape(sampled, [-1, tf.shape(node)[1]])[:batch]
 
-    def _descend(
-        self,
-        node: tf.Tensor,
-        mass: tf.Tensor,
-        uniforms: tf.Tensor,
-        psi: tf.Tensor,
-        queries: tf.Tensor,
-        steps: int,
+    def _walk(
+        self, node: tf.Tensor, mass: tf.Tensor, uniforms: tf.Tensor, psi: tf.Tensor, steps: int
     ) -> tf.Tensor:
-        """From the top-cut nodes ``[c, S]`` (masses ``[c, S]``) down to ``[c, S]`` class ids.
+        """From nodes ``[c, S]`` (masses ``[c, S]``) ``steps`` levels down: ``[c, S]`` leaves.
 
-        ``uniforms``: ``[c, S, steps + 2]``; ``psi``: ``[c, P]``; ``queries``: ``[c, D]``.
-        Padding rows (zero queries at the first top node) draw some id, dropped by the caller.
+        Each sample moves left with probability ``m_left / m_node``, ``m = α·ψ·z + count``,
+        using ``uniforms[:, :, 1 + step]``; ``psi`` is ``[c, P]``.
         """
-        # 2. Descent: left with probability m_left / m_node.
         for step in range(steps):
             left = 2 * node
             left_stats = tf.gather(self.node_stats, left)  # [c, S, P]
@@ -503,18 +585,72 @@ class QuadraticKernelSampler(CandidateSampler):
             go_left = tf.cast(uniforms[:, :, step + 1], tf.float32) < p_left
             node = tf.where(go_left, left, left + 1)
             mass = tf.where(go_left, left_mass, mass - left_mass)
-        # 3. The leaf: its classes scored directly.
-        leaf = node - self.num_leaves
-        rows = tf.gather(self.table, leaf)  # [c, S, L, D]
-        scores = self.alpha * tf.square(tf.einsum("bsld,bd->bsl", rows, queries)) + 1.0
+        return node - self.num_leaves
+
+    def _leaf_pick(self, leaf: tf.Tensor, scores: tf.Tensor, uniform: tf.Tensor) -> tf.Tensor:
+        """``[c, S]`` ids: one class of each ``[c, S]`` leaf, in proportion to its ``[c, S, L]``
+        scores (padding rows excluded), by the ``[c, S]`` uniforms."""
         ids = leaf[:, :, tf.newaxis] * self.leaf_size + tf.range(self.leaf_size, dtype=tf.int64)
         scores = tf.where(ids < self.num_classes, scores, 0.0)
         cumulative = tf.math.cumsum(scores, axis=2)
-        targets = tf.cast(uniforms[:, :, -1:], tf.float32) * cumulative[:, :, -1:]
-        offset = tf.searchsorted(cumulative, targets, side="right", out_type=tf.int64)
-        offset = tf.minimum(offset[:, :, 0], self.leaf_size - 1)
-        sampled = leaf * self.leaf_size + offset
-        return tf.minimum(sampled, self.num_classes - 1)
+        offset = self._pick(cumulative, uniform[:, :, tf.newaxis], self.leaf_size)[:, :, 0]
+        return tf.minimum(leaf * self.leaf_size + offset, self.num_classes - 1)
+
+    def _descend(
+        self,
+        node: tf.Tensor,
+        mass: tf.Tensor,
+        uniforms: tf.Tensor,
+        psi: tf.Tensor,
+        queries: tf.Tensor,
+        steps: int,
+    ) -> tf.Tensor:
+        """Per query: from the top-cut nodes ``[c, S]`` down to ``[c, S]`` class ids.
+
+        ``uniforms``: ``[c, S, steps + 2]``; ``psi``: ``[c, P]``; ``queries``: ``[c, D]``.
+        Padding rows (zero queries at the first top node) draw some id, dropped by the caller.
+        """
+        leaf = self._walk(node, mass, uniforms, psi, steps)
+        rows = tf.gather(self.table, leaf)  # [c, S, L, D]
+        scores = self.alpha * tf.square(tf.einsum("bsld,bd->bsl", rows, queries)) + 1.0
+        return self._leaf_pick(leaf, scores, uniforms[:, :, -1])
+
+    def _draw_mixture(
+        self,
+        matrix: tf.Tensor,
+        constant: tf.Tensor,
+        num_sampled: int,
+        unique: bool,
+        key: tf.Tensor,
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``[S]`` ids from ``q̄ = α·wᵀHw + c`` and the number of draws made.
+
+        All draws walk the tree together, level by level; the masses are divided by ``c``
+        (ratios are what the walk needs), so nodes weigh ``α·⟨H/c, Z⟩ + count``.
+        """
+        ratio = matrix / constant  # [D, D] float64
+        flat = tf.gather(tf.reshape(ratio, [-1]), self._rows * self.embedding_dim + self._cols)
+        psi = tf.cast(flat * self._weights64, tf.float32)[tf.newaxis]  # [1, P]
+        ratio32 = tf.cast(ratio, tf.float32)
+        top = self._top_level(num_sampled)
+        steps = self.depth - top
+        masses, cumulative = self._top_cut(psi, top)  # [1, K]: once for all rounds
+
+        def draw(n: tf.Tensor | int, round_: tf.Tensor | int) -> tf.Tensor:
+            seed = key + tf.stack([tf.constant(0, tf.int64), tf.cast(round_, tf.int64)])
+            shape = tf.stack([1, tf.cast(n, tf.int32), steps + 2])
+            uniforms = tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float64)
+            index = self._pick(cumulative, uniforms[:, :, 0], 2**top)  # [1, n]
+            mass = tf.cast(tf.gather(masses, index, batch_dims=1), tf.float32)
+            leaf = self._walk(index + 2**top, mass, uniforms, psi, steps)
+            rows = tf.gather(self.table, leaf)  # [1, n, L, D]
+            quadratic = tf.reduce_sum(tf.einsum("bsld,de->bsle", rows, ratio32) * rows, -1)
+            ids = self._leaf_pick(leaf, self.alpha * quadratic + 1.0, uniforms[:, :, -1])
+            return tf.reshape(ids, [-1])
+
+        if not unique:
+            return draw(num_sampled, 0), tf.constant(num_sampled, tf.int64)
+        return draw_unique(draw, num_sampled)
 
     def _draw_unique(
         self, queries: tf.Tensor, num_sampled: int, key: tf.Tensor
@@ -561,37 +697,96 @@ class QuadraticKernelSampler(CandidateSampler):
             "alpha": self.alpha,
             "leaf_size": self.leaf_size,
             "seed": self.seed,
+            "mode": self.mode,
         }
 
 
 class KernelSamplerRebuild(tf.keras.callbacks.Callback):
-    """Keras callback: rebuilds a :class:`QuadraticKernelSampler` from its variable during ``fit``.
+    """Keras callback: rebuilds a :class:`QuadraticKernelSampler` during ``fit``, and times it.
+
+    The tree then follows the model: between rebuilds the sampler draws from (and reports the
+    exact probabilities of) the snapshot of the last rebuild. A rebuild costs ``N·D²``
+    multiply-adds; the callback measures its wall time, so that the cost per training batch is
+    known: :attr:`seconds_per_rebuild`, :attr:`seconds_per_batch` (total rebuild time over the
+    batches seen), also written to the epoch's logs (``kernel_rebuild_seconds``,
+    ``kernel_rebuild_seconds_per_batch``) and to the ``recsampled`` logger.
 
     Args:
-        sampler: the sampler; built from the model's ``tf.Variable`` (the table it rereads).
+        sampler: the sampler.
         every_n_batches: rebuild after every this many training batches (and at the end of each
             epoch).
+        embeddings: a function returning the current ``[num_classes, embedding_dim]`` table
+            (e.g. the candidate tower applied to every id); default: the ``tf.Variable`` the
+            sampler was built from.
 
     Example:
-        >>> model.fit(x, y, callbacks=[KernelSamplerRebuild(sampler, every_n_batches=50)])
-        ... # doctest: +SKIP
+        >>> table = tf.Variable(tf.random.normal([100, 8]))
+        >>> rebuild = KernelSamplerRebuild(QuadraticKernelSampler(table), every_n_batches=2)
+        >>> for batch in range(5):
+        ...     rebuild.on_train_batch_end(batch)
+        >>> rebuild.rebuilds, rebuild.seconds_per_batch < 1.0
+        (2, True)
+        >>> model.fit(x, y, callbacks=[rebuild])  # doctest: +SKIP
     """
 
-    def __init__(self, sampler: QuadraticKernelSampler, every_n_batches: int = 1):
+    def __init__(
+        self,
+        sampler: QuadraticKernelSampler,
+        every_n_batches: int = 1,
+        *,
+        embeddings: Callable[[], tf.Tensor] | None = None,
+    ):
         super().__init__()
         if not isinstance(sampler, QuadraticKernelSampler):
             raise ValueError(
                 f"`sampler` must be a QuadraticKernelSampler. {received('sampler', sampler)}"
             )
+        if embeddings is not None and not callable(embeddings):
+            raise ValueError(
+                "`embeddings` must be None or a function returning the [num_classes, "
+                f"embedding_dim] table. {received('embeddings', embeddings)}"
+            )
         self.sampler = sampler
         self.every_n_batches = check_positive_int("every_n_batches", every_n_batches)
-        self._rebuild = tf.function(sampler.rebuild)
-        self._batches = 0
+        if embeddings is None:
+            self._rebuild = tf.function(sampler.rebuild)
+        else:
+            self._rebuild = tf.function(lambda: sampler.rebuild(embeddings()))
+        self.batches = 0
+        self.rebuilds = 0
+        self.rebuild_seconds = 0.0
+
+    @property
+    def seconds_per_rebuild(self) -> float:
+        """Mean wall seconds of one rebuild (0 before the first)."""
+        return self.rebuild_seconds / self.rebuilds if self.rebuilds else 0.0
+
+    @property
+    def seconds_per_batch(self) -> float:
+        """Rebuild seconds amortised over the training batches seen (0 before the first)."""
+        return self.rebuild_seconds / self.batches if self.batches else 0.0
+
+    def rebuild(self) -> None:
+        """Rebuilds the tree now and adds the time it took."""
+        start = time.perf_counter()
+        self._rebuild()
+        self.rebuild_seconds += time.perf_counter() - start
+        self.rebuilds += 1
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._batches += 1
-        if self._batches % self.every_n_batches == 0:
-            self._rebuild()
+        self.batches += 1
+        if self.batches % self.every_n_batches == 0:
+            self.rebuild()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._rebuild()
+        if self.batches % self.every_n_batches:  # not just rebuilt by the last batch
+            self.rebuild()
+        if logs is not None:
+            logs["kernel_rebuild_seconds"] = self.seconds_per_rebuild
+            logs["kernel_rebuild_seconds_per_batch"] = self.seconds_per_batch
+        logger.info(
+            "kernel sampler: %d rebuilds, %.3f s each, %.4f s per training batch",
+            self.rebuilds,
+            self.seconds_per_rebuild,
+            self.seconds_per_batch,
+        )

@@ -59,9 +59,7 @@ hits are removed row by row, with the same rules.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import tensorflow as tf
 from tensorflow_recommenders import layers as tfrs_layers
@@ -70,18 +68,9 @@ from tensorflow_recommenders.tasks import base
 
 from recsampled._validation import check_num_sampled, check_optional_seed, received
 from recsampled.samplers.base import CandidateSampler, SampledValues, repeated_per_row
+from recsampled.samplers.frequency import CandidateFrequency
 
 MIN_FLOAT = tfrs_layers.loss.MIN_FLOAT
-
-
-class CandidateFrequency(Protocol):
-    """What the task needs of an in-batch probability source (``recsampled.samplers.frequency``)."""
-
-    def update(self, ids: tf.Tensor) -> object:
-        """Records the items of one training batch."""
-
-    def probability(self, ids: tf.Tensor) -> tf.Tensor:
-        """Probability that each id is in a batch, shaped like ``ids``."""
 
 
 def _check_optional_positive_float(name: str, value: object) -> float | None:
@@ -334,7 +323,7 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         column_ids = candidate_ids
         columns = candidate_embeddings
         sampled = None
-        per_example = self._num_sampled > 0 and self._sampler_takes_queries()
+        per_example = self._num_sampled > 0 and self.sampler.per_query
         if per_example:
             # [B, B_c + S]: the in-batch columns, then each row's own S sampled columns.
             if query_embeddings.shape.rank != 2:
@@ -362,7 +351,7 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
                 axis=1,
             )
         elif self._num_sampled:
-            sampled = self._draw(candidate_ids)
+            sampled = self._draw(candidate_ids, query_embeddings)
             columns = tf.concat(
                 [
                     candidate_embeddings,
@@ -428,34 +417,23 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             compute_batch_metrics=compute_batch_metrics,
         )
 
-    def _sampler_takes_queries(self) -> bool:
-        return "query_embeddings" in inspect.signature(self.sampler.sample).parameters
-
-    def _draw(
-        self, candidate_ids: tf.Tensor, query_embeddings: tf.Tensor | None = None
-    ) -> SampledValues:
+    def _draw(self, candidate_ids: tf.Tensor, query_embeddings: tf.Tensor) -> SampledValues:
         """``S`` unique catalogue ids with expected counts, for the batch's candidates.
 
         Shared: ``[S]`` ids; ``true_expected_count`` ``[B_c, 1]``, one per in-batch column.
-        Per example (``query_embeddings`` given): ``[B, S]`` ids; ``true_expected_count``
-        ``[B, B_c]``, every in-batch column under every row's proposal.
+        Per query (``sampler.per_query``): ``[B, S]`` ids; ``true_expected_count`` ``[B, B_c]``,
+        every in-batch column under every row's proposal. A sampler with ``needs_queries``
+        gets the queries (the kernel sampler's batch mixture, for one).
         """
-        if query_embeddings is None:
-            true_classes = tf.cast(tf.reshape(candidate_ids, [-1, 1]), tf.int64)
-            values = self.sampler.sample(
-                true_classes, self._num_sampled, unique=True, seed=self._seed
-            )
+        ids = tf.cast(candidate_ids, tf.int64)
+        if self.sampler.per_query:
+            true_classes = tf.tile(ids[tf.newaxis], [tf.shape(query_embeddings)[0], 1])
         else:
-            true_classes = tf.tile(
-                tf.cast(candidate_ids, tf.int64)[tf.newaxis], [tf.shape(query_embeddings)[0], 1]
-            )
-            values = self.sampler.sample(
-                true_classes,
-                self._num_sampled,
-                unique=True,
-                seed=self._seed,
-                query_embeddings=query_embeddings,
-            )
+            true_classes = tf.reshape(ids, [-1, 1])
+        extra = {"query_embeddings": query_embeddings} if self.sampler.needs_queries else {}
+        values = self.sampler.sample(
+            true_classes, self._num_sampled, unique=True, seed=self._seed, **extra
+        )
         return SampledValues(*(tf.stop_gradient(v) for v in values))
 
     def _column_probability(

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import recsampled as rs
-from tests.samplers.contract import SamplerContract, inclusion_statistics
+from recsampled.testing import SamplerContract, inclusion_statistics
 
 N = 30
 

@@ -11,7 +11,7 @@ from scipy import stats
 import recsampled as rs
 from recsampled.layers import SampledSoftmax, SampledSoftmaxModel
 from recsampled.samplers import KernelSamplerRebuild, QuadraticKernelSampler
-from tests.samplers.contract import SamplerContract
+from recsampled.testing import SamplerContract
 
 
 def brute_force(queries: np.ndarray, table: np.ndarray, alpha: float) -> np.ndarray:
@@ -35,7 +35,9 @@ class TestKernelSamplerContract(SamplerContract):
     def make_sampler(self):
         table = random_table(0, self.num_classes, self.dim)
         # 5 leaves of 8 (8 with padding): the draws go through the top cut, descent and leaves.
-        return QuadraticKernelSampler(table, alpha=100.0, leaf_size=5, top_nodes_per_sample=1)
+        return QuadraticKernelSampler(
+            table, alpha=100.0, leaf_size=5, top_nodes_per_sample=1, mode="per_query"
+        )
 
     def query(self) -> tf.Tensor:
         return tf.constant(random_table(1, 1, self.dim, scale=1.0))
@@ -71,12 +73,16 @@ def test_frequencies_match_brute_force_chi_square(seed, num_classes, leaf_size, 
     table = random_table(seed, num_classes, dim)
     queries = random_table(seed + 100, 3, dim, scale=1.0)
     sampler = QuadraticKernelSampler(
-        table, alpha=alpha, leaf_size=leaf_size, top_nodes_per_sample=1
+        table, alpha=alpha, leaf_size=leaf_size, top_nodes_per_sample=1, mode="per_query"
     )
     tf.random.set_seed(seed)
     batch = np.repeat(queries, repeats, axis=0)  # rows 0..repeats-1 are query 0, and so on
     values = sampler.sample(
-        tf.zeros([len(batch), 1], tf.int64), num_sampled, seed=seed, query_embeddings=batch
+        tf.zeros([len(batch), 1], tf.int64),
+        num_sampled,
+        unique=False,
+        seed=seed,
+        query_embeddings=batch,
     )
     draws = values.sampled_candidates.numpy().reshape(3, -1)
     q = brute_force(queries, table, alpha)
@@ -92,13 +98,19 @@ def test_a_biased_tree_fails_the_chi_square():
     """The test above can fail: a tree whose left halves are 10% too heavy is detected."""
     table = random_table(4, 50, 5)
     queries = random_table(104, 1, 5, scale=1.0)
-    sampler = QuadraticKernelSampler(table, alpha=100.0, leaf_size=4, top_nodes_per_sample=1)
+    sampler = QuadraticKernelSampler(
+        table, alpha=100.0, leaf_size=4, top_nodes_per_sample=1, mode="per_query"
+    )
     stats_ = sampler.node_stats.numpy()
     stats_[2::2] *= 1.1  # every left child
     sampler.node_stats.assign(stats_)
     tf.random.set_seed(0)
     values = sampler.sample(
-        tf.zeros([24_000, 1], tf.int64), 1, seed=0, query_embeddings=np.repeat(queries, 24_000, 0)
+        tf.zeros([24_000, 1], tf.int64),
+        1,
+        unique=False,
+        seed=0,
+        query_embeddings=np.repeat(queries, 24_000, 0),
     )
     observed = np.bincount(values.sampled_candidates.numpy().ravel(), minlength=50)
     expected = brute_force(queries, table, 100.0)[0] * 24_000
@@ -111,14 +123,14 @@ def test_probability_and_expected_counts_equal_brute_force(alpha):
     num_classes, dim, num_sampled = 300, 16, 12
     table = random_table(5, num_classes, dim, scale=0.2)
     queries = random_table(6, 4, dim, scale=1.0)
-    sampler = QuadraticKernelSampler(table, alpha=alpha, leaf_size=8)
+    sampler = QuadraticKernelSampler(table, alpha=alpha, leaf_size=8, mode="per_query")
     q = brute_force(queries, table, alpha)
     all_ids = np.tile(np.arange(num_classes), (4, 1))
     np.testing.assert_allclose(sampler.probability(all_ids, queries).numpy(), q, rtol=1e-5)
 
     labels = np.array([[3, 7], [0, 299], [150, 150], [42, 1]])
     rows = np.arange(4)[:, None]
-    values = sampler.sample(labels, num_sampled, seed=1, query_embeddings=queries)
+    values = sampler.sample(labels, num_sampled, unique=False, seed=1, query_embeddings=queries)
     sampled = values.sampled_candidates.numpy()
     assert sampled.shape == (4, num_sampled) and values.sampled_candidates.dtype == tf.int64
     np.testing.assert_allclose(
@@ -145,7 +157,7 @@ def test_probability_and_expected_counts_equal_brute_force(alpha):
 
 def test_expected_counts_carry_no_gradient():
     table = random_table(7, 30, 4)
-    sampler = QuadraticKernelSampler(table, leaf_size=4)
+    sampler = QuadraticKernelSampler(table, leaf_size=4, mode="per_query")
     queries = tf.Variable(random_table(8, 2, 4, scale=1.0))
     with tf.GradientTape() as tape:
         values = sampler.sample([[0], [1]], 3, query_embeddings=queries)
@@ -161,7 +173,7 @@ def test_updates_equal_a_rebuild_from_scratch():
     rng = np.random.default_rng(9)
     num_classes, dim = 203, 8
     table = random_table(9, num_classes, dim)
-    sampler = QuadraticKernelSampler(table, alpha=100.0, leaf_size=6)
+    sampler = QuadraticKernelSampler(table, alpha=100.0, leaf_size=6, mode="per_query")
     for _ in range(5):
         ids = rng.integers(0, num_classes, size=40)
         rows = rng.normal(size=(40, dim)).astype(np.float32)
@@ -194,7 +206,7 @@ def test_stale_snapshot_until_rebuild():
     num_classes, dim = 60, 4
     old = random_table(11, num_classes, dim)
     variable = tf.Variable(old)
-    sampler = QuadraticKernelSampler(variable, alpha=10.0, leaf_size=4)
+    sampler = QuadraticKernelSampler(variable, alpha=10.0, leaf_size=4, mode="per_query")
     queries = random_table(12, 2, dim, scale=1.0)
     ids = np.tile(np.arange(num_classes), (2, 1))
     new = random_table(13, num_classes, dim)
@@ -202,7 +214,7 @@ def test_stale_snapshot_until_rebuild():
     np.testing.assert_allclose(
         sampler.probability(ids, queries).numpy(), brute_force(queries, old, 10.0), rtol=1e-5
     )
-    values = sampler.sample(ids[:, :1], 5, query_embeddings=queries)
+    values = sampler.sample(ids[:, :1], 5, unique=False, query_embeddings=queries)
     np.testing.assert_allclose(
         values.sampled_expected_count.numpy(),
         5 * brute_force(queries, old, 10.0)[[[0], [1]], values.sampled_candidates.numpy()],
@@ -229,7 +241,8 @@ def test_memory_bytes_counts_the_state():
 # -- graph mode inside model.fit ------------------------------------------------------------
 
 
-def test_trains_inside_model_fit_with_rebuilds():
+@pytest.mark.parametrize("mode", ["batch_mixture", "per_query"])
+def test_trains_inside_model_fit_with_rebuilds(mode):
     """SampledSoftmax + kernel sampler, fit in graph mode; a callback rebuilds the tree."""
     num_classes, dim = 50, 8
     rng = np.random.default_rng(14)
@@ -237,7 +250,7 @@ def test_trains_inside_model_fit_with_rebuilds():
     hidden = tf.keras.layers.Dense(dim)(inputs)
     output = SampledSoftmax(num_classes, num_sampled=6)
     outputs = output(hidden)
-    sampler = QuadraticKernelSampler(output.kernel, alpha=100.0, leaf_size=4, seed=3)
+    sampler = QuadraticKernelSampler(output.kernel, alpha=100.0, leaf_size=4, seed=3, mode=mode)
     output.sampler = sampler
     model = SampledSoftmaxModel(inputs, outputs)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5))
@@ -288,6 +301,7 @@ def test_update_inside_a_tf_function_step():
         ({"leaf_size": 2.5}, "leaf_size"),
         ({"seed": "one"}, "seed"),
         ({"top_nodes_per_sample": 0}, "top_nodes_per_sample"),
+        ({"mode": "sideways"}, "mode"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, argument):
@@ -297,7 +311,7 @@ def test_bad_constructor_arguments(kwargs, argument):
 
 
 def test_bad_call_arguments():
-    sampler = QuadraticKernelSampler(np.ones([10, 3], np.float32), leaf_size=4)
+    sampler = QuadraticKernelSampler(np.ones([10, 3], np.float32), leaf_size=4, mode="per_query")
     queries = np.ones([2, 3], np.float32)
     labels = [[0], [1]]
     bad = [

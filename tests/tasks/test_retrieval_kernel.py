@@ -17,8 +17,8 @@ NUM_IDS, DIM, NUM_SAMPLED = 14, 4, 5
 class RecordingKernelSampler(QuadraticKernelSampler):
     """Keeps its last draw, for the reference."""
 
-    def sample(self, true_classes, num_sampled, unique=False, seed=None, *, query_embeddings=None):
-        self.last = super().sample(
+    def _sample(self, true_classes, num_sampled, unique, seed, *, query_embeddings=None):
+        self.last = super()._sample(
             true_classes, num_sampled, unique, seed, query_embeddings=query_embeddings
         )
         return self.last
@@ -64,7 +64,7 @@ def test_per_example_negatives_match_numpy_reference(seed, mode):
     queries = rng.normal(size=(6, DIM)).astype(np.float32)
     ids = rng.integers(0, NUM_IDS, size=6)  # repeats in the batch on purpose
     candidates = table[ids]
-    sampler = RecordingKernelSampler(table, alpha=1.0, leaf_size=4, seed=seed)
+    sampler = RecordingKernelSampler(table, alpha=1.0, leaf_size=4, seed=seed, mode="per_query")
     frequency = FixedFrequency(counts=np.arange(NUM_IDS, 0, -1.0), batch_size=6)
     task = Retrieval(
         temperature=0.5,
@@ -94,7 +94,7 @@ def test_per_example_negatives_match_numpy_reference(seed, mode):
 def test_per_example_negatives_in_graph_mode_with_gradients():
     rng = np.random.default_rng(3)
     table = tf.Variable(rng.normal(size=(NUM_IDS, DIM)).astype(np.float32))
-    sampler = QuadraticKernelSampler(table, alpha=10.0, leaf_size=4, seed=1)
+    sampler = QuadraticKernelSampler(table, alpha=10.0, leaf_size=4, seed=1, mode="per_query")
     task = Retrieval(
         remove_accidental_hits=True,
         sampler=sampler,
@@ -120,7 +120,7 @@ def test_multi_head_queries_are_refused_with_a_per_example_sampler():
     table = np.ones([NUM_IDS, DIM], np.float32)
     task = Retrieval(
         remove_accidental_hits=True,
-        sampler=QuadraticKernelSampler(table, leaf_size=4),
+        sampler=QuadraticKernelSampler(table, leaf_size=4, mode="per_query"),
         num_sampled=2,
         candidate_model=lambda i: tf.gather(table, i),
     )

@@ -1,12 +1,22 @@
-"""A contract every candidate sampler passes: define ``make_sampler()`` in a subclass.
+"""The contract every candidate sampler passes: define ``make_sampler()`` in a subclass.
+
+Every recsampled sampler is tested with :class:`SamplerContract`, and a sampler of your own
+can be too: subclass it in a pytest test module under a name starting with ``Test`` and define
+``make_sampler()``; pytest then runs every check below on your sampler. The checks: shapes,
+dtypes and id ranges of the triple (and that :attr:`~recsampled.CandidateSampler.per_query`
+matches the shape), ``probability`` a distribution, expected counts ``S·p`` with replacement,
+determinism under a seed, graph mode, a chi-square test of 200,000 draws against
+``probability``, and with ``unique=True`` inclusion rates equal to the reported expected counts.
 
 Statistical checks use fixed seeds, so they are deterministic; their thresholds are chosen so
 that a correct sampler passes with high probability whatever the seed (p > 1e-3 for the
 chi-square test; 3 standard errors per class for inclusion rates), and a sampler whose
-frequencies are off by a few percent fails.
+frequencies are off by a few percent fails. Needs pytest and scipy.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,10 +25,23 @@ from scipy import stats
 
 import recsampled as rs
 
+__all__ = ["SamplerContract", "inclusion_statistics"]
 
-def inclusion_statistics(sample_fn, num_classes: int, runs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs ``sample_fn`` (returning a triple whose true classes are all ids) ``runs`` times in
-    one graph; returns per-class inclusion counts and summed reported expected counts."""
+
+def inclusion_statistics(
+    sample_fn: Callable[[], rs.SampledValues], num_classes: int, runs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs ``sample_fn`` ``runs`` times in one graph and counts what it drew.
+
+    Args:
+        sample_fn: returns a triple whose first row of true classes holds every id
+            ``0..num_classes-1`` (so its ``true_expected_count[0]`` reports every class).
+        num_classes: N.
+        runs: R, the number of samples.
+
+    Returns:
+        ``([N] times each class was drawn, [N] summed reported expected counts)``, float64.
+    """
 
     @tf.function
     def loop():
@@ -42,9 +65,17 @@ def inclusion_statistics(sample_fn, num_classes: int, runs: int) -> tuple[np.nda
 class SamplerContract:
     """Mixin of tests; subclasses define ``make_sampler`` returning a sampler with N ~ 20-60.
 
-    Adaptive (per-example) samplers also override the three hooks below: every row of a batch
-    then gets the same query, so the sampler's distribution is one fixed distribution and every
-    test applies unchanged.
+    Adaptive samplers (:attr:`~recsampled.CandidateSampler.needs_queries`) also override the
+    hooks below (``sampled_shape`` too when they draw per query): every row of a batch then gets
+    the same query, so the sampler's distribution is one fixed distribution and every test
+    applies unchanged.
+
+    Example:
+        >>> from recsampled.samplers import UniformSampler
+        >>> class TestMySampler(SamplerContract):
+        ...     def make_sampler(self):
+        ...         return UniformSampler(num_classes=30)
+        >>> TestMySampler().test_probability_is_a_distribution()  # pytest runs every test_*
     """
 
     def make_sampler(self) -> rs.CandidateSampler:
@@ -76,6 +107,7 @@ class SamplerContract:
         )
         assert isinstance(values, rs.SampledValues)
         assert values.sampled_candidates.shape == self.sampled_shape(3, 7)
+        assert sampler.per_query == (values.sampled_candidates.shape.rank == 2)
         assert values.sampled_candidates.dtype == tf.int64
         assert values.true_expected_count.shape == (3, 2)
         assert values.true_expected_count.dtype == tf.float32
