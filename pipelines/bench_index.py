@@ -25,9 +25,10 @@ best of ``--repeats``) and with all threads (``--threads``, all Q queries, best 
 batches of ``--tfrs-batch`` queries with TensorFlow's default threads, and, in a child process,
 with one intra-op thread.
 
-**Interleaved timing.** Every index is built first (one after the other, each build timed
-alone); then the search timings run in ``--repeats`` rounds, each round visiting every
-(index, setting) point and TFRS once, and each point keeps its best round. A shared, loaded
+**Interleaved timing** (``pipelines.harness.time_round_robin``). Every index is built first
+(one after the other, each build timed alone); then every (index, setting, threads) search and
+TFRS are called once untimed (the recall is read from that call), then timed in ``--repeats``
+rounds, in an order that rotates every round, and each keeps its best round. A shared, loaded
 machine thus slows every method alike rather than whichever ran during a burst; the 1-, 5- and
 15-minute load averages are recorded at the start, after every round and at the end
 (``report["load"]``).
@@ -44,26 +45,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import json
+import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import recsampled  # noqa: E402  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
+import recsampled  # noqa: E402, F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 
 # isort: split
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines import harness  # noqa: E402
 from recsampled.index.build import (  # noqa: E402
     RECALL_K,
     create_index,
@@ -75,9 +77,11 @@ from recsampled.index.build import (  # noqa: E402
     set_search_params,
 )
 
-SCHEMA_VERSION = 1
+LOG = logging.getLogger("pipelines.bench_index")
+SCHEMA_VERSION = 2
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 10.0
+QPS_KEYS = {"qps_1_thread": "1 thread", "qps_all_threads": "all threads"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,59 +93,42 @@ class IndexBenchConfig:
         dim: D.
         num_queries: Q, synthetic queries (all are used for recall).
         num_clusters: Gaussian-mixture components of the synthetic data.
-        metric: ``"cosine"`` or ``"dot"``.
-        item_embeddings: ``.npy`` of real item embeddings (replaces the synthetic data).
-        query_embeddings: ``.npy`` of real query embeddings (with ``item_embeddings``).
+        metric: the score of the synthetic or ``.npy`` data.
+        item_embeddings: ``[N, D]`` ``.npy`` of real item embeddings (replaces the synthetic data).
+        query_embeddings: ``[Q, D]`` ``.npy`` of real query embeddings (with ``item_embeddings``).
         timing_queries: queries timed with one thread (a prefix of the Q queries).
         threads: FAISS threads for "all threads" (default: all available).
-        repeats: timed passes per setting (the best counts).
+        repeats: timed rounds (each setting keeps its best).
         ef_search: HNSW ``efSearch`` sweep.
         nprobe: IVF-Flat ``nprobe`` sweep.
         pq_nprobe: IVF-PQ ``nprobe`` sweep.
         pq_k_factor: IVF-PQ ``k_factor_rf`` sweep.
-        indexes: which of flat, hnsw, ivf, ivfpq to build.
-        tfrs: ``"both"`` (default and one thread), ``"all"`` (default threads only) or ``"none"``.
+        indexes: which of flat, hnsw, ivf, ivfpq to build (Flat, the baseline, always).
+        tfrs: ``both`` (default threads and one thread), ``all`` (default threads) or ``none``.
         tfrs_batch: queries per ``BruteForce`` call.
         seed: seeds the data.
-        run: a trained run directory whose catalogue and users are the data (replaces the
-            synthetic data; its metric replaces ``metric``).
+        run: also benchmark a trained run's catalogue and users (``report["real"]``).
     """
 
     num_items: int = 1_000_000
     dim: int = 64
     num_queries: int = 10_000
     num_clusters: int = 1000
-    metric: str = "cosine"
+    metric: Literal["cosine", "dot"] = "cosine"
     item_embeddings: str | None = None
     query_embeddings: str | None = None
     timing_queries: int = 1000
     threads: int | None = None
-    repeats: int = 2
+    repeats: int = dataclasses.field(default=2, metadata={"min": 1})
     ef_search: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     pq_nprobe: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
     pq_k_factor: tuple[int, ...] = (4, 16, 64)
     indexes: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
-    tfrs: str = "both"
+    tfrs: Literal["both", "all", "none"] = "both"
     tfrs_batch: int = 32
     seed: int = 0
     run: str | None = None
-
-
-def _progress(message: str) -> None:
-    print(f"[bench_index {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _rss_bytes() -> int:
-    """Resident memory of this process now (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def clustered_embeddings(
@@ -165,100 +152,39 @@ def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str, st
         from recsampled.index import load_run
 
         run = load_run(config.run)
-        items, queries, metric = (
-            run.item_embeddings(progress=False),
-            run.query_embeddings(),
-            run.metric,
-        )
-        source = (
-            f"trained run {config.run} ({run.config.data.path or 'synthetic'}): its "
-            f"{run.num_items:,} items and {run.num_users:,} users through the towers"
-        )
+        items, queries = run.item_embeddings(), run.query_embeddings()
+        metric, data = run.metric, run.config.data.path or "synthetic"
+        source = (f"trained run {config.run} ({data}): its {run.num_items:,} items and "
+                  f"{run.num_users:,} users through the towers")  # fmt: skip
     elif config.item_embeddings:
-        items = np.load(config.item_embeddings)
-        queries = np.load(config.query_embeddings)
+        items, queries = np.load(config.item_embeddings), np.load(config.query_embeddings)
         source = f"{config.item_embeddings} + {config.query_embeddings}"
     else:
         rng = np.random.default_rng(config.seed)
         centers = rng.standard_normal((config.num_clusters, config.dim)).astype(np.float32)
-        items = clustered_embeddings(
-            config.num_items, config.dim, config.num_clusters, rng, centers
-        )
-        queries = clustered_embeddings(
-            config.num_queries, config.dim, config.num_clusters, rng, centers
+        items, queries = (
+            clustered_embeddings(n, config.dim, config.num_clusters, rng, centers)
+            for n in (config.num_items, config.num_queries)
         )
         source = f"synthetic Gaussian mixture, {config.num_clusters} clusters, seed {config.seed}"
     return prepare_vectors(items, metric), prepare_vectors(queries, metric), source, metric
 
 
-def _timed_search(
-    index: faiss.Index, queries: np.ndarray, threads: int, repeats: int
-) -> tuple[float, np.ndarray]:
-    """Best queries/s over ``repeats`` passes with ``threads`` FAISS threads, and the rows."""
-    faiss.omp_set_num_threads(threads)
-    best, rows = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        rows = search(index, queries, RECALL_K).rows
-        best = min(best, time.perf_counter() - start)
-    return len(queries) / best, rows
-
-
-def _threads_label(threads: int) -> str:
-    return f"{threads} thread{'s' if threads > 1 else ''}"
-
-
-def measure_point(
-    index: faiss.Index,
-    params: dict[str, int],
-    queries: np.ndarray,
-    exact_rows: np.ndarray,
-    config: IndexBenchConfig,
-    threads: int,
-    point: dict | None = None,
-) -> dict:
-    """One timing round of a setting: recall@10 on all queries, queries/s with all threads (all
-    queries) and with 1 thread (the first ``timing_queries``). With ``point`` (an earlier
-    round's), keeps the better queries/s of the two rounds."""
-    set_search_params(index, params)
-    qps_all, rows = _timed_search(index, queries, threads, 1)
-    qps_one, _ = _timed_search(index, queries[: config.timing_queries], 1, 1)
-    faiss.omp_set_num_threads(threads)
-    recall = round(recall_at_k(rows, exact_rows), 5)
-    if point is None:
-        point = {"params": params, "recall": recall, "qps_1_thread": 0.0, "qps_all_threads": 0.0}
-    point["qps_1_thread"] = round(max(point["qps_1_thread"], qps_one), 1)
-    point["qps_all_threads"] = round(max(point["qps_all_threads"], qps_all), 1)
-    _progress(
-        f"  {params}: recall@10 {recall:.4f}, {qps_one:,.0f} q/s (1 thread), "
-        f"{qps_all:,.0f} q/s ({_threads_label(threads)})"
-    )
-    return point
-
-
 def _sweeps(config: IndexBenchConfig, num_items: int, dim: int) -> list[tuple[str, str, list]]:
     nlist = default_nlist(num_items)
     m = dim // 2 if dim % 2 == 0 else dim
+    pq = [{"nprobe": p, "k_factor_rf": f} for f in config.pq_k_factor for p in config.pq_nprobe]
     families = {
         "flat": ("Flat", "Flat", [{}]),
         "hnsw": ("HNSW", "HNSW32,Flat", [{"efSearch": e} for e in config.ef_search]),
-        "ivf": (
-            "IVF-Flat",
-            f"IVF{nlist},Flat",
-            [{"nprobe": p} for p in config.nprobe if p <= nlist],
-        ),
-        "ivfpq": (
-            "IVF-PQ",
-            f"IVF{nlist},PQ{m}x4fs,RFlat",
-            [
-                {"nprobe": p, "k_factor_rf": f}
-                for f in config.pq_k_factor
-                for p in config.pq_nprobe
-                if p <= nlist
-            ],
-        ),
+        "ivf": ("IVF-Flat", f"IVF{nlist},Flat", [{"nprobe": p} for p in config.nprobe]),
+        "ivfpq": ("IVF-PQ", f"IVF{nlist},PQ{m}x4fs,RFlat", pq),
     }
-    return [families[name] for name in config.indexes]
+    return [
+        (name, factory, [g for g in grid if g.get("nprobe", 0) <= nlist])
+        for key, (name, factory, grid) in families.items()
+        if key in config.indexes or key == "flat"
+    ]
 
 
 def build_indexes(items: np.ndarray, config: IndexBenchConfig, threads: int) -> list[dict]:
@@ -266,36 +192,69 @@ def build_indexes(items: np.ndarray, config: IndexBenchConfig, threads: int) -> 
     entries = []
     for name, factory, grid in _sweeps(config, *items.shape):
         gc.collect()
-        rss_before = _rss_bytes()
+        rss_before = harness.rss_bytes()
         faiss.omp_set_num_threads(threads)
-        _progress(f"building {name} ({factory}) on {len(items):,} x {items.shape[1]}")
+        LOG.info("building %s (%s) on %s x %s", name, factory, f"{len(items):,}", items.shape[1])
         start = time.perf_counter()
-        index = create_index(items, factory, seed=config.seed, progress=True)
+        index = create_index(items, factory, seed=config.seed)
         build_seconds = time.perf_counter() - start
-        rss_delta = _rss_bytes() - rss_before
         size = int(faiss.serialize_index(index).nbytes)
-        _progress(f"built {name} in {build_seconds:.1f} s, {size / 2**20:.0f} MiB")
-        entries.append(
-            {
-                "name": name,
-                "factory": factory,
-                "build_seconds": round(build_seconds, 2),
-                "size_bytes": size,
-                "rss_delta_bytes": int(rss_delta),
-                "grid": grid,
-                "index": index,
-                "points": [],
-            }
-        )
+        LOG.info("built %s in %.1f s, %.0f MiB", name, build_seconds, size / 2**20)
+        entries.append({
+            "name": name, "factory": factory, "build_seconds": round(build_seconds, 2),
+            "size_bytes": size, "rss_delta_bytes": harness.rss_bytes() - rss_before,
+            "grid": grid, "index": index,
+        })  # fmt: skip
     return entries
 
 
-def load_average() -> list[float]:
-    """The 1-, 5- and 15-minute load averages (empty where the OS has none)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
+def _search_step(index: faiss.Index, params: dict, queries: np.ndarray, threads: int,
+                 found: dict, key: tuple) -> Callable[[], None]:  # fmt: skip
+    def step() -> None:
+        faiss.omp_set_num_threads(threads)
+        set_search_params(index, params)
+        found[key] = search(index, queries, RECALL_K).rows
+
+    return step
+
+
+def _tfrs_step(items: np.ndarray, queries: np.ndarray, batch: int, found: dict) -> Callable:
+    """One pass of TFRS ``BruteForce`` over ``queries`` (this process's TF threads)."""
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    layer = tfrs.layers.factorized_top_k.BruteForce(k=RECALL_K)
+    layer.index(tf.constant(items), tf.range(len(items)))
+    batches = [tf.constant(queries[i : i + batch]) for i in range(0, len(queries), batch)]
+
+    def step() -> None:
+        found["tfrs"] = np.concatenate([layer(b)[1].numpy() for b in batches])
+
+    return step
+
+
+def _tfrs_child(folder: str, items: np.ndarray, queries: np.ndarray, batch: int) -> float:
+    """TFRS queries/s with one intra-op thread, in a child process (TF's threads are fixed at
+    start-up)."""
+    if not Path(folder, "items.npy").exists():
+        np.save(Path(folder, "items.npy"), items)
+        np.save(Path(folder, "queries.npy"), queries)
+    command = [sys.executable, "-m", "pipelines.bench_index", "--tfrs-worker", folder,
+               "--tfrs-batch", str(batch)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _tfrs_worker(folder: str, batch: int) -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    items, queries = np.load(Path(folder, "items.npy")), np.load(Path(folder, "queries.npy"))
+    timings = harness.time_round_robin({"tfrs": _tfrs_step(items, queries, batch, {})}, repeats=1)
+    print(json.dumps(len(queries) / (timings.summary("tfrs")["min_ms"] / 1e3)))
 
 
 def bench_faiss(
@@ -304,132 +263,65 @@ def bench_faiss(
     exact_rows: np.ndarray,
     config: IndexBenchConfig,
     threads: int,
-    tfrs: TfrsTimer | None = None,
-    load: list[dict] | None = None,
-) -> list[dict]:
-    """Builds every index, then times every setting (and TFRS) in interleaved rounds."""
+) -> tuple[list[dict], dict | None, list]:
+    """Builds every index, then times every setting (and TFRS) in interleaved rounds.
+
+    Returns:
+        The index entries with their points, the TFRS result (or None) and the load record.
+    """
     entries = build_indexes(items, config, threads)
-    for round_ in range(config.repeats):
-        _progress(f"timing round {round_ + 1}/{config.repeats} (load {load_average()})")
-        for entry in entries:
-            _progress(f" {entry['name']}")
-            for number, params in enumerate(entry["grid"]):
-                earlier = entry["points"][number] if round_ else None
-                point = measure_point(
-                    entry["index"], params, queries, exact_rows, config, threads, earlier
-                )
-                if not round_:
-                    entry["points"].append(point)
-        if tfrs is not None:
-            tfrs.round()
-        if load is not None:
-            load.append({"after_round": round_ + 1, "load_average": load_average()})
-    for entry in entries:
-        del entry["index"], entry["grid"]
-    return entries
+    timing = queries[: config.timing_queries]
+    steps, found, load = {}, {}, [{"at": "start", "load_average": harness.load_average()}]
+    for e, entry in enumerate(entries):
+        for p, params in enumerate(entry["grid"]):
+            for key, threads_, rows in (
+                ("qps_all_threads", threads, queries),
+                ("qps_1_thread", 1, timing),
+            ):
+                step = _search_step(entry["index"], params, rows, threads_, found, (e, p, key))
+                steps[e, p, key] = step
+    if config.tfrs != "none":
+        steps["tfrs"] = _tfrs_step(items, timing, config.tfrs_batch, found)
+    child: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
 
+        def end_of_round(r: int) -> None:
+            if config.tfrs == "both":
+                child.append(_tfrs_child(folder, items, timing, config.tfrs_batch))
+            load.append({"after_round": r + 1, "load_average": harness.load_average()})
+            LOG.info("round %d/%d done (load %s)", r + 1, config.repeats, load[-1]["load_average"])
 
-def _tfrs_qps(items: np.ndarray, queries: np.ndarray, batch: int, repeats: int) -> dict:
-    """``BruteForce`` queries/s and recall@10 against FAISS exact search (this process's TF)."""
-    import tensorflow as tf
-    import tensorflow_recommenders as tfrs
-
-    layer = tfrs.layers.factorized_top_k.BruteForce(k=RECALL_K)
-    layer.index(tf.constant(items), tf.range(len(items)))
-    batches = [tf.constant(queries[i : i + batch]) for i in range(0, len(queries), batch)]
-    layer(batches[0])  # trace and warm up
-    best, rows = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        found = [layer(b)[1].numpy() for b in batches]
-        best = min(best, time.perf_counter() - start)
-        rows = np.concatenate(found)
-    return {"qps": len(queries) / best, "rows": rows}
-
-
-class TfrsTimer:
-    """TFRS ``BruteForce`` timed once per round: default threads in this process, one
-    intra-op thread in a child process (TensorFlow's threads are fixed at start-up)."""
-
-    def __init__(
-        self,
-        items: np.ndarray,
-        queries: np.ndarray,
-        exact_rows: np.ndarray,
-        config: IndexBenchConfig,
-    ):
-        self.config = config
-        self.items = items
-        self.timing = queries[: config.timing_queries]
-        self.exact_rows = exact_rows[: len(self.timing)]
-        self.result: dict | None = None
-        self._folder: tempfile.TemporaryDirectory | None = None
-
-    def round(self) -> None:
-        config = self.config
-        _progress(f" TFRS BruteForce on {len(self.timing)} queries, batches of {config.tfrs_batch}")
-        here = _tfrs_qps(self.items, self.timing, config.tfrs_batch, 1)
-        if self.result is None:
-            self.result = {
-                "name": "TFRS BruteForce",
-                "batch_size": config.tfrs_batch,
-                "num_queries": len(self.timing),
-                "recall": round(recall_at_k(here["rows"], self.exact_rows), 5),
-                "qps_all_threads": 0.0,
-                "qps_1_thread": None,
-            }
-        result = self.result
-        result["qps_all_threads"] = round(max(result["qps_all_threads"], here["qps"]), 1)
-        if config.tfrs == "both":
-            one = self._child()
-            result["qps_1_thread"] = round(max(result["qps_1_thread"] or 0.0, one), 1)
-        _progress(
-            f"  TFRS: {result['qps_1_thread']} q/s (1 thread), {result['qps_all_threads']} "
-            f"q/s (default threads), recall {result['recall']}"
+        timings = harness.time_round_robin(
+            steps, repeats=config.repeats, on_round_end=end_of_round, desc="search rounds"
         )
+    faiss.omp_set_num_threads(threads)
 
-    def _child(self) -> float:
-        if self._folder is None:
-            self._folder = tempfile.TemporaryDirectory()
-            np.save(Path(self._folder.name) / "items.npy", self.items)
-            np.save(Path(self._folder.name) / "queries.npy", self.timing)
-        command = [
-            sys.executable, "-m", "pipelines.bench_index",
-            "--tfrs-worker", self._folder.name,
-            "--tfrs-batch", str(self.config.tfrs_batch),
-            "--repeats", "1",
+    def qps(key: object, num: int) -> float:
+        return round(num / (timings.summary(key)["min_ms"] / 1e3), 1)
+
+    for e, entry in enumerate(entries):
+        entry["points"] = [
+            {"params": params,
+             "recall": round(recall_at_k(found[e, p, "qps_all_threads"], exact_rows), 5),
+             "qps_1_thread": qps((e, p, "qps_1_thread"), len(timing)),
+             "qps_all_threads": qps((e, p, "qps_all_threads"), len(queries))}
+            for p, params in enumerate(entry.pop("grid"))
         ]  # fmt: skip
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        return float(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    def close(self) -> None:
-        if self._folder is not None:
-            self._folder.cleanup()
-            self._folder = None
-
-
-def _tfrs_worker(folder: str, batch: int, repeats: int) -> None:
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    items = np.load(Path(folder) / "items.npy")
-    queries = np.load(Path(folder) / "queries.npy")
-    print(json.dumps(_tfrs_qps(items, queries, batch, repeats)["qps"]))
+        del entry["index"]
+    tfrs = None
+    if config.tfrs != "none":
+        tfrs = {"name": "TFRS BruteForce", "batch_size": config.tfrs_batch,
+                "num_queries": len(timing), "qps_all_threads": qps("tfrs", len(timing)),
+                "qps_1_thread": round(max(child), 1) if child else None,
+                "recall": round(recall_at_k(found["tfrs"], exact_rows[: len(timing)]), 5),
+                }  # fmt: skip
+    return entries, tfrs, load
 
 
 def evaluate_target(flat: dict, indexes: list[dict]) -> dict:
     """For 1 thread and all threads: the fastest ANN point with recall >= 0.95 and its speedup."""
-    out = {"recall": TARGET_RECALL, "speedup": TARGET_SPEEDUP}
-    for key in ("qps_1_thread", "qps_all_threads"):
+    out: dict = {"recall": TARGET_RECALL, "speedup": TARGET_SPEEDUP}
+    for key in QPS_KEYS:
         candidates = [
             (point[key], entry["name"], point)
             for entry in indexes
@@ -444,342 +336,151 @@ def evaluate_target(flat: dict, indexes: list[dict]) -> dict:
         speedup = qps / flat[key]
         out[key] = {
             "met": speedup >= TARGET_SPEEDUP,
-            "best": {
-                "index": name,
-                "params": point["params"],
-                "recall": point["recall"],
-                "qps": qps,
-                "speedup_vs_flat": round(speedup, 2),
-            },
-        }
-    out["met"] = all(out[k]["met"] for k in ("qps_1_thread", "qps_all_threads"))
+            "best": {"index": name, "params": point["params"], "recall": point["recall"],
+                     "qps": qps, "speedup_vs_flat": round(speedup, 2)},
+        }  # fmt: skip
+    out["met"] = all(out[k]["met"] for k in QPS_KEYS)
     return out
 
 
-def machine_info(threads: int) -> dict:
-    import tensorflow as tf
-
+def run_dataset(config: IndexBenchConfig, threads: int) -> dict:
+    """Loads one data set, builds, sweeps (interleaved rounds) and checks."""
+    started = time.perf_counter()
+    items, queries, source, metric = load_data(config)
+    LOG.info("data: %s x %s, %s queries (%s)", f"{len(items):,}", items.shape[1],
+             f"{len(queries):,}", source)  # fmt: skip
+    start = time.perf_counter()
+    exact_rows = exact_search(items, queries, RECALL_K).rows
+    exact_seconds = time.perf_counter() - start
+    indexes, tfrs, load = bench_faiss(items, queries, exact_rows, config, threads)
+    load.append({"at": "end", "load_average": harness.load_average()})
+    flat = {k: indexes[0]["points"][0][k] for k in QPS_KEYS}
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "faiss_threads": threads,
-        "python": platform.python_version(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "tensorflow": tf.__version__,
-        "recsampled": recsampled.__version__,
-    }
+        "data": {"num_items": int(items.shape[0]), "dim": int(items.shape[1]),
+                 "num_queries": int(len(queries)), "metric": metric, "source": source},
+        "faiss_threads": threads, "load": load, "exact_seconds": round(exact_seconds, 2),
+        "flat": flat, "indexes": indexes, "tfrs": tfrs,
+        "target": evaluate_target(flat, indexes),
+        "dataset_wall_s": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
 
 
 def _params(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
 
 
-def _load_line(report: dict) -> str:
-    load = report.get("load") or []
-    if not load:
-        return ""
-    parts = [
-        f"{entry.get('at') or 'round ' + str(entry.get('after_round'))}: "
-        f"{' / '.join(f'{x:.1f}' for x in entry['load_average'])}"
-        for entry in load
-        if entry["load_average"]
-    ]
-    return (
-        "Load average (1 / 5 / 15 min) during the run, which shared the machine with other "
-        f"jobs: {'; '.join(parts)}."
-    )
-
-
-def markdown_report(report: dict) -> str:
-    """The tables of each data set (synthetic, then ``report["real"]``), with target checks."""
-    text = markdown_dataset(report, "#")
-    if report.get("real"):
-        text += "\n" + markdown_dataset(report["real"], "##")
-    return text
-
-
 def markdown_dataset(report: dict, heading: str = "#") -> str:
-    """The table (one row per index and setting), the TFRS row and the target check."""
-    data, flat = report["data"], report["flat"]
-    threads = report["machine"]["faiss_threads"]
+    """The table of one data set (one row per index and setting, and TFRS), the target check
+    and the load average during the run."""
+    data, flat, target = report["data"], report["flat"], report["target"]
+    rows = [
+        [entry["name"], _params(point["params"]), f"{point['recall']:.4f}",
+         *[v for key in QPS_KEYS for v in (point[key], point[key] / flat[key])],
+         entry["build_seconds"], entry["size_bytes"] / 2**20]
+        for entry in report["indexes"] for point in entry["points"]
+    ]  # fmt: skip
+    if tfrs := report.get("tfrs"):
+        ratios = [v for key in QPS_KEYS for v in (tfrs[key], (tfrs[key] or 0) / flat[key])]
+        rows.append(["TFRS BruteForce", f"batch {tfrs['batch_size']}", f"{tfrs['recall']:.4f}",
+                     *ratios, "", ""])  # fmt: skip
+    all_threads = f"q/s {report['faiss_threads']} threads"
+    headers = ["index", "search params", f"recall@{RECALL_K}", "q/s 1 thread", "x Flat",
+               all_threads, "x Flat", "build s", "size MiB"]  # fmt: skip
     lines = [
         f"{heading} Top-{RECALL_K} search: {data['num_items']:,} items x D={data['dim']}, "
-        f"{data['num_queries']:,} queries, {data['metric']}",
-        "",
-        f"Data: {data['source']}. Machine: {report['machine']['cpu_count']} CPUs "
-        f"({threads} FAISS threads for 'all'), FAISS {report['machine']['faiss']}. "
-        f"Recall@{RECALL_K} against exact search over all queries; queries/s (best of "
-        f"{report['config']['repeats']} interleaved rounds) with one thread on the first "
-        f"{report['config']['timing_queries']:,} queries, with {_threads_label(threads)} on all.",
-        "",
-        f"| index | search params | recall@{RECALL_K} | q/s 1 thread | × Flat | "
-        f"q/s {_threads_label(threads)} | × Flat | build s | size MiB | RSS Δ MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for entry in report["indexes"]:
-        for i, point in enumerate(entry["points"]):
-            first = i == 0
-            lines.append(
-                f"| {entry['name'] if first else ''} | {_params(point['params'])} | "
-                f"{point['recall']:.4f} | {point['qps_1_thread']:,.0f} | "
-                f"{point['qps_1_thread'] / flat['qps_1_thread']:.1f} | "
-                f"{point['qps_all_threads']:,.0f} | "
-                f"{point['qps_all_threads'] / flat['qps_all_threads']:.1f} | "
-                + (
-                    f"{entry['build_seconds']:.1f} | {entry['size_bytes'] / 2**20:,.0f} | "
-                    f"{entry['rss_delta_bytes'] / 2**20:,.0f} |"
-                    if first
-                    else "| | |"
-                )
-            )
-    tfrs = report.get("tfrs")
-    if tfrs:
-        one = tfrs["qps_1_thread"]
-        lines.append(
-            f"| TFRS BruteForce | batch {tfrs['batch_size']} | {tfrs['recall']:.4f} | "
-            f"{one:,.0f} | {one / flat['qps_1_thread']:.1f} | "
-            if one
-            else f"| TFRS BruteForce | batch {tfrs['batch_size']} | {tfrs['recall']:.4f} | — | — | "
-        )
-        lines[-1] += (
-            f"{tfrs['qps_all_threads']:,.0f} | "
-            f"{tfrs['qps_all_threads'] / flat['qps_all_threads']:.1f} | | | |"
-        )
-    target = report["target"]
-    lines += [
-        "",
-        f"**Target**: recall@{RECALL_K} >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:g}x "
-        f"Flat's queries/s: **{'met' if target['met'] else 'NOT met'}**.",
-    ]
-    for key, label in (("qps_1_thread", "1 thread"), ("qps_all_threads", _threads_label(threads))):
+        f"{data['num_queries']:,} queries, {data['metric']}", "",
+        f"Data: {data['source']}.", "", harness.markdown_table(headers, rows), "",
+        f"**Target**: recall@{RECALL_K} >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:g}x Flat's "
+        f"queries/s: **{'met' if target['met'] else 'NOT met'}**.",
+    ]  # fmt: skip
+    for key, label in QPS_KEYS.items():
         best = target[key]["best"]
         if best is None:
             lines.append(f"- {label}: no ANN setting reached recall {TARGET_RECALL}.")
         else:
             lines.append(
                 f"- {label}: {best['index']} ({_params(best['params'])}), recall "
-                f"{best['recall']:.4f}, {best['qps']:,.0f} q/s = {best['speedup_vs_flat']}x Flat "
-                f"({'met' if target[key]['met'] else 'not met'})."
+                f"{best['recall']:.4f}, {best['qps']:,.0f} q/s = {best['speedup_vs_flat']}x Flat."
             )
-    lines += [
-        "",
-        f"Wall time {report['wall_seconds']:.0f} s; exact ground truth "
-        f"{report['exact_seconds']:.1f} s.",
-    ]
-    if _load_line(report):
-        lines += ["", _load_line(report)]
-    return "\n".join(lines) + "\n"
+    load = "; ".join(
+        f"{e.get('at') or 'round ' + str(e.get('after_round'))}: "
+        + " / ".join(f"{x:.1f}" for x in e["load_average"])
+        for e in report["load"]
+    )
+    return "\n".join([*lines, "", f"Load average (1 / 5 / 15 min) during the run: {load}.", ""])
 
 
 def plot(report: dict, path: Path) -> None:
-    """Recall@10 vs queries/s (log x), one panel per thread setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Recall@10 vs queries/s (log x), one panel per thread setting and data set."""
     reports = [report] + ([report["real"]] if report.get("real") else [])
-    fig, grid = plt.subplots(
+    fig, grid = harness.pyplot().subplots(
         len(reports), 2, figsize=(12, 4.8 * len(reports)), sharey=True, squeeze=False
     )
-    for axes, report in zip(grid, reports, strict=True):
-        _plot_dataset(axes, report)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    for axes, r in zip(grid, reports, strict=True):
+        data = r["data"]
+        for ax, key in zip(axes, QPS_KEYS, strict=True):
+            for color, entry in enumerate(r["indexes"]):
+                series: dict[str, list[dict]] = {}
+                for point in entry["points"]:  # one line per value of k_factor_rf
+                    extra = {k: v for k, v in point["params"].items() if k == "k_factor_rf"}
+                    label = entry["name"] + (f" ({_params(extra)})" if extra else "")
+                    series.setdefault(label, []).append(point)
+                for number, (label, points) in enumerate(series.items()):
+                    ax.plot([p[key] for p in points], [p["recall"] for p in points],
+                            "s" if entry["name"] == "Flat" else "o-", color=f"C{color}",
+                            alpha=1.0 - 0.25 * number, label=label, markersize=5)  # fmt: skip
+            if (tfrs := r.get("tfrs")) and tfrs[key]:
+                ax.plot([tfrs[key]], [tfrs["recall"]], "kx", markersize=9, label="TFRS BruteForce")
+            ax.axhline(TARGET_RECALL, color="grey", linestyle=":", linewidth=1)
+            ax.axvline(TARGET_SPEEDUP * r["flat"][key], color="grey", linestyle="--",
+                       linewidth=1, label=f"{TARGET_SPEEDUP:g}x Flat")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("queries per second (log)")
+            ax.set_title(f"{data['num_items']:,} x {data['dim']} ({data['metric']}), "
+                         f"{data['num_queries']:,} q: {QPS_KEYS[key]}", fontsize=10)  # fmt: skip
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel(f"recall@{RECALL_K} vs exact")
+        axes[1].legend(loc="lower left", fontsize=8)
+    harness.save_figure(fig, path, dpi=120)
 
 
-def _plot_dataset(axes: Sequence, report: dict) -> None:
-    threads = report["machine"]["faiss_threads"]
-    data = report["data"]
-    title = f"{data['num_items']:,} x {data['dim']} ({data['metric']}), {data['num_queries']:,} q"
-    for ax, key, threads_text in zip(
-        axes,
-        ("qps_1_thread", "qps_all_threads"),
-        ("1 thread", _threads_label(threads)),
-        strict=True,
-    ):
-        for color, entry in enumerate(report["indexes"]):
-            series: dict[str, list[dict]] = {}
-            for point in entry["points"]:  # one line per value of a secondary parameter
-                extra = {k: v for k, v in point["params"].items() if k == "k_factor_rf"}
-                label = entry["name"] + (f" ({_params(extra)})" if extra else "")
-                series.setdefault(label, []).append(point)
-            for number, (label, points) in enumerate(series.items()):
-                ax.plot(
-                    [p[key] for p in points],
-                    [p["recall"] for p in points],
-                    "s" if entry["name"] == "Flat" else "o-",
-                    color=f"C{color}",
-                    alpha=1.0 - 0.25 * number,
-                    label=label,
-                    markersize=5,
-                )
-        tfrs = report.get("tfrs")
-        if tfrs and tfrs[key]:
-            ax.plot([tfrs[key]], [tfrs["recall"]], "kx", markersize=9, label="TFRS BruteForce")
-        ax.axhline(TARGET_RECALL, color="grey", linestyle=":", linewidth=1)
-        ax.axvline(
-            TARGET_SPEEDUP * report["flat"][key],
-            color="grey",
-            linestyle="--",
-            linewidth=1,
-            label=f"{TARGET_SPEEDUP:g}x Flat",
-        )
-        ax.set_xscale("log")
-        ax.set_xlabel("queries per second (log)")
-        ax.set_title(f"{title}: {threads_text}", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel(f"recall@{RECALL_K} vs exact")
-    axes[1].legend(loc="lower left", fontsize=8)
-
-
-def run_benchmark(config: IndexBenchConfig) -> dict:
-    """Builds, sweeps (interleaved rounds) and checks; returns the report."""
-    started = time.perf_counter()
-    if "flat" not in config.indexes:  # the baseline of every speedup
-        config = dataclasses.replace(config, indexes=("flat", *config.indexes))
-    threads = config.threads or faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    load = [{"at": "start", "load_average": load_average()}]
-    items, queries, source, metric = load_data(config)
-    _progress(f"data: {len(items):,} x {items.shape[1]}, {len(queries):,} queries ({source})")
-
-    _progress("exact ground truth (IndexFlatIP, all queries)")
-    start = time.perf_counter()
-    exact_rows = exact_search(items, queries, RECALL_K).rows
-    exact_seconds = time.perf_counter() - start
-
-    tfrs = TfrsTimer(items, queries, exact_rows, config) if config.tfrs != "none" else None
-    try:
-        indexes = bench_faiss(items, queries, exact_rows, config, threads, tfrs, load)
-    finally:
-        if tfrs is not None:
-            tfrs.close()
-    load.append({"at": "end", "load_average": load_average()})
-    flat_point = indexes[0]["points"][0]
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "config": dataclasses.asdict(config),
-        "machine": machine_info(threads),
-        "load": load,
-        "data": {
-            "num_items": int(items.shape[0]),
-            "dim": int(items.shape[1]),
-            "num_queries": int(len(queries)),
-            "metric": metric,
-            "source": source,
-        },
-        "exact_seconds": round(exact_seconds, 2),
-        "flat": {k: flat_point[k] for k in ("qps_1_thread", "qps_all_threads")},
-        "indexes": indexes,
-        "tfrs": tfrs.result if tfrs is not None else None,
-        "target": evaluate_target(flat_point, indexes),
-    }
-    report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    return report
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def parse_args(
-    argv: Sequence[str] | None = None,
-) -> tuple[IndexBenchConfig, Path, argparse.Namespace]:
-    d = IndexBenchConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.bench_index",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/index.json"))
-    parser.add_argument("--num-items", type=int, default=d.num_items)
-    parser.add_argument("--dim", type=int, default=d.dim)
-    parser.add_argument("--num-queries", type=int, default=d.num_queries)
-    parser.add_argument("--num-clusters", type=int, default=d.num_clusters)
-    parser.add_argument("--metric", choices=("cosine", "dot"), default=d.metric)
-    parser.add_argument("--item-embeddings", help="[N, D] .npy of real item embeddings")
-    parser.add_argument("--query-embeddings", help="[Q, D] .npy of real query embeddings")
-    parser.add_argument("--timing-queries", type=int, default=d.timing_queries)
-    parser.add_argument("--threads", type=int, default=None, help="FAISS threads for 'all'")
-    parser.add_argument("--repeats", type=int, default=d.repeats)
-    parser.add_argument("--ef-search", type=_int_list, default=d.ef_search)
-    parser.add_argument("--nprobe", type=_int_list, default=d.nprobe)
-    parser.add_argument("--pq-nprobe", type=_int_list, default=d.pq_nprobe)
-    parser.add_argument("--pq-k-factor", type=_int_list, default=d.pq_k_factor)
-    parser.add_argument(
-        "--indexes",
-        default=",".join(d.indexes),
-        help="comma-separated subset of flat,hnsw,ivf,ivfpq",
-    )
-    parser.add_argument("--tfrs", choices=("both", "all", "none"), default=d.tfrs)
-    parser.add_argument("--tfrs-batch", type=int, default=d.tfrs_batch)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument(
-        "--run",
-        default=None,
-        metavar="RUN_DIR",
-        help="also benchmark a trained run's catalogue and users (report['real'])",
-    )
+def _worker_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tfrs-worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if bool(args.item_embeddings) != bool(args.query_embeddings):
-        parser.error("--item-embeddings and --query-embeddings go together")
-    indexes = tuple(name for name in args.indexes.split(",") if name)
-    unknown = set(indexes) - {"flat", "hnsw", "ivf", "ivfpq"}
-    if unknown:
-        parser.error(f"--indexes: unknown {sorted(unknown)}")
-    config = IndexBenchConfig(
-        num_items=args.num_items,
-        dim=args.dim,
-        num_queries=args.num_queries,
-        num_clusters=args.num_clusters,
-        metric=args.metric,
-        item_embeddings=args.item_embeddings,
-        query_embeddings=args.query_embeddings,
-        timing_queries=args.timing_queries,
-        threads=args.threads,
-        repeats=args.repeats,
-        ef_search=args.ef_search,
-        nprobe=args.nprobe,
-        pq_nprobe=args.pq_nprobe,
-        pq_k_factor=args.pq_k_factor,
-        indexes=indexes,
-        tfrs=args.tfrs,
-        tfrs_batch=args.tfrs_batch,
-        seed=args.seed,
-    )
-    return config, args.output, args
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Runs the benchmark; writes JSON, Markdown and PNG side by side; prints the table."""
-    config, output, args = parse_args(argv)
+    harness.configure_logging()
+    config, args = harness.parse_options(
+        IndexBenchConfig, argv, prog="python -m pipelines.bench_index", description=__doc__,
+        output="benchmarks/index.json", extra=_worker_flag,
+    )  # fmt: skip
     if args.tfrs_worker:
-        _tfrs_worker(args.tfrs_worker, config.tfrs_batch, config.repeats)
+        _tfrs_worker(args.tfrs_worker, config.tfrs_batch)
         return None
-    report = run_benchmark(config)
-    if args.run:
-        _progress(f"trained model: {args.run}")
-        report["real"] = run_benchmark(dataclasses.replace(config, run=str(args.run)))
-        report["wall_seconds"] = round(report["wall_seconds"] + report["real"]["wall_seconds"], 1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    markdown = markdown_report(report)
-    output.with_suffix(".md").write_text(markdown)
-    plot(report, output.with_suffix(".png"))
+    if bool(config.item_embeddings) != bool(config.query_embeddings):
+        raise SystemExit("--item-embeddings and --query-embeddings go together")
+    if unknown := set(config.indexes) - {"flat", "hnsw", "ivf", "ivfpq"}:
+        raise SystemExit(f"--indexes: unknown {sorted(unknown)}")
+    threads = config.threads or faiss.omp_get_max_threads()
+    bench = harness.Benchmark("pipelines.bench_index", config, schema_version=SCHEMA_VERSION,
+                              machine={"faiss_threads": threads})  # fmt: skip
+    report = bench.report(**run_dataset(dataclasses.replace(config, run=None), threads))
+    if config.run:
+        LOG.info("trained model: %s", config.run)
+        report["real"] = run_dataset(config, threads)
+        report["wall_s"] = bench.report()["wall_s"]
+    harness.write_json(args.output, report)
+    markdown = markdown_dataset(report, "#")
+    if report.get("real"):
+        markdown += "\n" + markdown_dataset(report["real"], "##")
+    harness.write_text(args.output.with_suffix(".md"), markdown)
+    plot(report, args.output.with_suffix(".png"))
     print(markdown)
-    _progress(f"wrote {output}, {output.with_suffix('.md')}, {output.with_suffix('.png')}")
     return report
 
 

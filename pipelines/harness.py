@@ -299,11 +299,19 @@ class Benchmark:
         settings: the options dataclass (or a dict) of the run.
         schema_version: of the benchmark's own sections.
         argv: the command-line arguments (default ``sys.argv[1:]``).
+        machine: facts added to :func:`machine_info` (e.g. the threads a benchmark uses).
     """
 
     def __init__(
-        self, name: str, settings: object, *, schema_version: int, argv: Sequence[str] | None = None
+        self,
+        name: str,
+        settings: object,
+        *,
+        schema_version: int,
+        argv: Sequence[str] | None = None,
+        machine: Mapping[str, object] | None = None,
     ):
+        self.machine = dict(machine or {})
         self.name, self.schema_version = name, schema_version
         self.settings = (
             dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings
@@ -320,7 +328,7 @@ class Benchmark:
             "benchmark": self.name,
             "created": self.created,
             "command": self.command,
-            "machine": machine_info(),
+            "machine": machine_info(**self.machine),
             "settings": self.settings,
             **sections,
             "load_average": {"start": self.load_start, "end": load_average()},
@@ -390,7 +398,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     """A Markdown table; numbers are right-aligned and formatted with :func:`fmt`."""
     rows = [list(row) for row in rows]
     numeric = [
-        bool(rows) and all(_is_number(row[i]) or row[i] is None for row in rows)
+        bool(rows) and all(_is_number(row[i]) or row[i] in (None, "") for row in rows)
         for i in range(len(headers))
     ]
     cells = [[_cell(v) for v in row] for row in rows]
