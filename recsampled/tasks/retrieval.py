@@ -100,6 +100,14 @@ def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
     return tf.gather(first, index) < positions
 
 
+def _dot(query_embeddings: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """``[B, C]`` scores of ``[B, D]`` queries (max over heads for ``[B, H, D]``) and ``[C, D]``
+    columns, as in TFRS."""
+    if len(tf.shape(query_embeddings)) == 3:
+        return tf.math.reduce_max(tf.einsum("qne,ce->qnc", query_embeddings, columns), axis=1)
+    return tf.linalg.matmul(query_embeddings, columns, transpose_b=True)
+
+
 def _remove_accidental_hits_per_row(
     labels: tf.Tensor, scores: tf.Tensor, column_ids: tf.Tensor
 ) -> tf.Tensor:
@@ -298,6 +306,44 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             Scalar loss.
         """
         num_queries = tf.shape(query_embeddings)[0]
+        candidate_ids = self._check_candidates(candidate_ids, candidate_sampling_probability)
+        sampled = self._sample_catalogue(query_embeddings, candidate_ids)
+        scores, column_ids = self._scores(
+            query_embeddings, candidate_embeddings, candidate_ids, sampled
+        )
+        labels = tf.eye(num_queries, tf.shape(scores)[1])
+        if self._temperature is not None:
+            scores = scores / self._temperature
+        scores = self._sampling_correction(
+            scores, candidate_sampling_probability, candidate_ids, sampled, training
+        )
+        scores = self._remove_hits(labels, scores, column_ids)
+        if self._by_id:
+            scores = tf.where(self._negative_mask(column_ids, labels), MIN_FLOAT, scores)
+        scores = self._apply_score_mask(scores, score_mask, sampled)
+        if self._hard_negatives is not None:
+            scores, labels = self._hard_negatives(scores, labels)
+        loss = self._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)
+        return self._update_metrics(
+            loss,
+            query_embeddings,
+            candidate_embeddings,
+            candidate_ids,
+            labels,
+            scores,
+            sample_weight=sample_weight,
+            compute_metrics=compute_metrics,
+            compute_batch_metrics=compute_batch_metrics,
+        )
+
+    # -- the steps of call, in order ------------------------------------------------------
+
+    def _check_candidates(
+        self,
+        candidate_ids: tf.Tensor | None,
+        candidate_sampling_probability: tf.Tensor | None,
+    ) -> tf.Tensor | None:
+        """``candidate_ids`` as a tensor, checked against what the options need."""
         if candidate_ids is not None:
             candidate_ids = tf.convert_to_tensor(candidate_ids)
         if self._by_id and candidate_ids is None:
@@ -320,102 +366,94 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
                 "`in_batch_negatives=False` (in-batch columns are then not negatives). "
                 "Received: a candidate_sampling_probability tensor."
             )
-        column_ids = candidate_ids
-        columns = candidate_embeddings
-        sampled = None
-        per_example = self._num_sampled > 0 and self.sampler.per_query
-        if per_example:
-            # [B, B_c + S]: the in-batch columns, then each row's own S sampled columns.
-            if query_embeddings.shape.rank != 2:
-                raise ValueError(
-                    "`query_embeddings` must have shape [batch_size, embedding_dim] with a "
-                    "per-example sampler (one query per row). Received: query_embeddings with "
-                    f"shape {query_embeddings.shape}."
-                )
-            sampled = self._draw(candidate_ids, query_embeddings)
-            ids = sampled.sampled_candidates
-            embedded = tf.cast(self.candidate_model(tf.reshape(ids, [-1])), columns.dtype)
-            embedded = tf.reshape(embedded, [tf.shape(ids)[0], self._num_sampled, -1])
-            scores = tf.concat(
-                [
-                    tf.linalg.matmul(query_embeddings, columns, transpose_b=True),
-                    tf.einsum("bd,bsd->bs", query_embeddings, embedded),
-                ],
-                axis=1,
-            )
-            column_ids = tf.concat(
-                [
-                    tf.tile(candidate_ids[tf.newaxis], [num_queries, 1]),
-                    tf.cast(ids, candidate_ids.dtype),
-                ],
-                axis=1,
-            )
-        elif self._num_sampled:
-            sampled = self._draw(candidate_ids, query_embeddings)
-            columns = tf.concat(
-                [
-                    candidate_embeddings,
-                    tf.cast(self.candidate_model(sampled.sampled_candidates), columns.dtype),
-                ],
-                axis=0,
-            )
-            column_ids = tf.concat(
-                [candidate_ids, tf.cast(sampled.sampled_candidates, candidate_ids.dtype)], axis=0
-            )
+        return candidate_ids
 
-        if not per_example:
-            if len(tf.shape(query_embeddings)) == 3:
-                scores = tf.math.reduce_max(
-                    tf.einsum("qne,ce->qnc", query_embeddings, columns), axis=1
-                )
-            else:
-                scores = tf.linalg.matmul(query_embeddings, columns, transpose_b=True)
-        labels = tf.eye(num_queries, tf.shape(scores)[1])
+    def _sample_catalogue(
+        self, query_embeddings: tf.Tensor, candidate_ids: tf.Tensor | None
+    ) -> SampledValues | None:
+        """The catalogue negatives of the step (None without catalogue sampling)."""
+        if not self._num_sampled:
+            return None
+        if self.sampler.per_query and query_embeddings.shape.rank != 2:
+            raise ValueError(
+                "`query_embeddings` must have shape [batch_size, embedding_dim] with a "
+                "per-example sampler (one query per row). Received: query_embeddings with "
+                f"shape {query_embeddings.shape}."
+            )
+        return self._draw(candidate_ids, query_embeddings)
 
-        if self._temperature is not None:
-            scores = scores / self._temperature
+    def _scores(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        candidate_ids: tf.Tensor | None,
+        sampled: SampledValues | None,
+    ) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """``[B, num_columns]`` scores and the ids of the columns.
 
+        Columns: the candidates, then the shared sampled ids (ids ``[num_columns]``), or per
+        query the row's own sampled ids (ids ``[B, num_columns]``).
+        """
+        if sampled is None:
+            return _dot(query_embeddings, candidate_embeddings), candidate_ids
+        ids = sampled.sampled_candidates
+        embedded = tf.cast(self.candidate_model(tf.reshape(ids, [-1])), candidate_embeddings.dtype)
+        sampled_ids = tf.cast(ids, candidate_ids.dtype)
+        if ids.shape.rank == 1:
+            columns = tf.concat([candidate_embeddings, embedded], axis=0)
+            column_ids = tf.concat([candidate_ids, sampled_ids], axis=0)
+            return _dot(query_embeddings, columns), column_ids
+        # [B, B_c + S]: the in-batch columns, then each row's own S sampled columns.
+        embedded = tf.reshape(embedded, [tf.shape(ids)[0], self._num_sampled, -1])
+        scores = tf.concat(
+            [
+                tf.linalg.matmul(query_embeddings, candidate_embeddings, transpose_b=True),
+                tf.einsum("bd,bsd->bs", query_embeddings, embedded),
+            ],
+            axis=1,
+        )
+        in_batch = tf.tile(candidate_ids[tf.newaxis], [tf.shape(ids)[0], 1])
+        return scores, tf.concat([in_batch, sampled_ids], axis=1)
+
+    def _sampling_correction(
+        self,
+        scores: tf.Tensor,
+        candidate_sampling_probability: tf.Tensor | None,
+        candidate_ids: tf.Tensor | None,
+        sampled: SampledValues | None,
+        training: bool | None,
+    ) -> tf.Tensor:
+        """``scores - log q`` of every column (module docstring), if any ``q`` is known."""
         probability = self._column_probability(
-            candidate_sampling_probability, candidate_ids, sampled, num_queries, training
+            candidate_sampling_probability, candidate_ids, sampled, tf.shape(scores)[0], training
         )
-        if probability is not None:
-            scores = self._correction(scores, probability)
+        return scores if probability is None else self._correction(scores, probability)
 
-        if self._remove_accidental_hits:
-            if column_ids is None:
-                raise ValueError(
-                    "When accidental hit removal is enabled, `candidate_ids` must be supplied. "
-                    "Received: candidate_ids=None."
-                )
-            if per_example:
-                scores = _remove_accidental_hits_per_row(labels, scores, column_ids)
-            else:
-                scores = self._accidental_hits(labels, scores, column_ids)
+    def _remove_hits(
+        self, labels: tf.Tensor, scores: tf.Tensor, column_ids: tf.Tensor | None
+    ) -> tf.Tensor:
+        """Masks the columns holding the row's positive id, other than the label."""
+        if not self._remove_accidental_hits:
+            return scores
+        if column_ids is None:
+            raise ValueError(
+                "When accidental hit removal is enabled, `candidate_ids` must be supplied. "
+                "Received: candidate_ids=None."
+            )
+        if column_ids.shape.rank == 2:
+            return _remove_accidental_hits_per_row(labels, scores, column_ids)
+        return self._accidental_hits(labels, scores, column_ids)
 
-        if self._by_id:
-            scores = tf.where(self._negative_mask(column_ids, labels), MIN_FLOAT, scores)
-
-        if score_mask is not None:
-            if sampled is not None:
-                catalogue = tf.ones([num_queries, self._num_sampled], tf.bool)
-                score_mask = tf.concat([tf.cast(score_mask, tf.bool), catalogue], axis=1)
-            scores = tf.where(score_mask, scores, MIN_FLOAT)
-
-        if self._hard_negatives is not None:
-            scores, labels = self._hard_negatives(scores, labels)
-
-        loss = self._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)
-        return self._update_metrics(
-            loss,
-            query_embeddings,
-            candidate_embeddings,
-            candidate_ids,
-            labels,
-            scores,
-            sample_weight=sample_weight,
-            compute_metrics=compute_metrics,
-            compute_batch_metrics=compute_batch_metrics,
-        )
+    def _apply_score_mask(
+        self, scores: tf.Tensor, score_mask: tf.Tensor | None, sampled: SampledValues | None
+    ) -> tf.Tensor:
+        """TFRS's ``score_mask`` over the candidates; catalogue columns are always kept."""
+        if score_mask is None:
+            return scores
+        if sampled is not None:
+            catalogue = tf.ones([tf.shape(scores)[0], self._num_sampled], tf.bool)
+            score_mask = tf.concat([tf.cast(score_mask, tf.bool), catalogue], axis=1)
+        return tf.where(score_mask, scores, MIN_FLOAT)
 
     def _draw(self, candidate_ids: tf.Tensor, query_embeddings: tf.Tensor) -> SampledValues:
         """``S`` unique catalogue ids with expected counts, for the batch's candidates.
