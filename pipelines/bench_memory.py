@@ -18,7 +18,8 @@ memory never counts towards another's:
    evaluate on the full catalogue. Its peak is reported against the same raw id columns.
 
 **Memory.** After its imports, each stage resets the kernel's high-water mark of its resident
-set (``/proc/self/clear_refs``), which restarts at the current resident set (``baseline``), runs,
+set (``pipelines.harness.reset_peak_rss``), which restarts at the current resident set
+(``baseline``), runs,
 and reports ``peak - baseline``: the memory the stage itself needed. Where the reset is not
 permitted (``peak_reset: false``), the baseline is the resident set and the peak the high-water
 mark since the process started: an upper bound. ``arrow_peak_bytes`` is the peak of Arrow's
@@ -31,47 +32,57 @@ too, inside the same budget.
 
 from __future__ import annotations
 
-import argparse
-import datetime
+import dataclasses
 import gc
-import json
+import logging
 import multiprocessing
-import os
-import platform
-import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from pipelines import harness
+
+LOG = logging.getLogger("pipelines.bench_memory")
+SCHEMA_VERSION = 2
 RATIO_TARGET = 3.0
 LOAD_STAGES = ("load_parquet", "load_csv")
+STAGES = ("generate", *LOAD_STAGES, "dataset_pass", "train")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "configs" / "large-catalogue.yaml"
 
 
-def _status_kib(field: str) -> int | None:
-    """A ``VmRSS``/``VmHWM`` field of ``/proc/self/status`` in KiB (None off Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+@dataclasses.dataclass(frozen=True)
+class MemoryBenchConfig:
+    """Settings of one run (the defaults, ``SIZES["large"]``, are those of the published table).
 
+    Attributes:
+        num_interactions: rows of the synthetic log.
+        num_users: users of the synthetic log.
+        num_items: items of the synthetic log.
+        num_clusters: taste clusters of the synthetic log.
+        seed: seed of the synthetic log.
+        stages: the stages after ``generate`` (which always runs first).
+        train_steps: steps of the train stage (0: one epoch).
+        train_overrides: ``key=value`` overrides of the train stage's config.
+        workdir: where to write the log (default: a temporary folder).
+    """
 
-def _reset_peak() -> bool:
-    """Resets the kernel's peak-RSS mark of this process; False when not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
+    num_interactions: int = dataclasses.field(default=10_000_000, metadata={"flag": "--rows"})
+    num_users: int = dataclasses.field(default=200_000, metadata={"flag": "--users"})
+    num_items: int = dataclasses.field(default=1_000_000, metadata={"flag": "--items"})
+    num_clusters: int = dataclasses.field(default=100, metadata={"flag": "--clusters"})
+    seed: int = 0
+    stages: tuple[str, ...] = STAGES[1:]
+    train_steps: int = 300
+    train_overrides: tuple[str, ...] = ()
+    workdir: str | None = None
+
+    @property
+    def log(self) -> dict:
+        """The arguments of ``recsampled.data.synthetic.generate``."""
+        names = ("num_users", "num_items", "num_interactions", "num_clusters", "seed")
+        return {name: getattr(self, name) for name in names}
 
 
 def _measure(work: Callable[[], dict]) -> dict:
@@ -79,25 +90,42 @@ def _measure(work: Callable[[], dict]) -> dict:
     import pyarrow as pa
 
     gc.collect()
-    reset = _reset_peak()  # the high-water mark restarts at the current resident set
-    baseline = _status_kib("VmHWM" if reset else "VmRSS") or 0
+    reset = harness.reset_peak_rss()  # the high-water mark restarts at the current resident set
+    baseline = harness.peak_rss_bytes() if reset else harness.rss_bytes()
     start = time.perf_counter()
     result = work()
-    seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        **result,
-        "seconds": round(seconds, 2),
-        "baseline_rss_bytes": baseline * 1024,
-        "peak_rss_bytes": peak * 1024,
-        "peak_above_baseline_bytes": max(peak - baseline, 0) * 1024,
-        "peak_reset": reset,
+    seconds, peak = time.perf_counter() - start, harness.peak_rss_bytes()
+    return result | {
+        "seconds": round(seconds, 2), "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
+        "peak_above_baseline_bytes": max(peak - baseline, 0), "peak_reset": reset,
         "arrow_peak_bytes": pa.default_memory_pool().max_memory(),
+    }  # fmt: skip
+
+
+def _train(config: MemoryBenchConfig, parquet: Path, workdir: str) -> dict:
+    import yaml
+
+    from recsampled.config import Config, apply_override
+    from recsampled.training import train
+
+    values = yaml.safe_load(TRAIN_CONFIG.read_text(encoding="utf-8"))
+    values["data"].pop("synthetic", None)
+    values["data"] |= {"source": "file", "path": str(parquet), "timestamp_col": "timestamp"}
+    values["training"] |= {"epochs": 1, "steps_per_epoch": config.train_steps or None}
+    for override in config.train_overrides:
+        apply_override(values, override)
+    result = train(Config.from_dict(values), Path(workdir, "run"), force=True)
+    return {
+        "config": str(TRAIN_CONFIG.relative_to(REPO)),
+        "steps_per_epoch": values["training"]["steps_per_epoch"],
+        "steps": sum(epoch["steps"] for epoch in result.history),
+        "recall": {str(k): v for k, v in result.metrics.recall.items()},
+        "popularity_recall": {str(k): v for k, v in result.popularity.recall.items()},
     }
 
 
-def _stage(name: str, config: dict, workdir: str) -> dict:
-    """One stage, in a fresh process (the target of ``multiprocessing``)."""
+def _stage(name: str, config: MemoryBenchConfig, workdir: str) -> dict:
+    """One stage, measured (the target of the fresh process of :func:`_run_stage`)."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -107,52 +135,18 @@ def _stage(name: str, config: dict, workdir: str) -> dict:
     parquet, csv = Path(workdir, "log.parquet"), Path(workdir, "log.csv")
 
     def generate_and_write() -> dict:
-        log = generate(**config)
-        table = log.to_table()
-        del log
+        table = generate(**config.log).to_table()
         pq.write_table(table, parquet)
         pcsv.write_csv(table, csv)
-        return {
-            "rows": table.num_rows,
-            "parquet_bytes": parquet.stat().st_size,
-            "csv_bytes": csv.stat().st_size,
-        }
+        sizes = {"parquet_bytes": parquet.stat().st_size, "csv_bytes": csv.stat().st_size}
+        return {"rows": table.num_rows, **sizes}
 
-    def load(path: Path) -> Callable[[], dict]:
-        def run() -> dict:
-            log = read_interactions(path, timestamp_col="timestamp")
-            arrays = (log.user_ids, log.item_ids, log.timestamps)
-            return {
-                "rows_kept": len(log),
-                "duplicates_removed": log.report.duplicates_removed,
-                "num_users": log.num_users,
-                "num_items": log.num_items,
-                "result_array_bytes": sum(a.nbytes for a in arrays),
-            }
-
-        return run
-
-    def train_run() -> dict:
-        import yaml
-
-        from recsampled.config import Config, apply_override
-        from recsampled.training import train
-
-        values = yaml.safe_load(TRAIN_CONFIG.read_text(encoding="utf-8"))
-        values["data"].pop("synthetic", None)
-        values["data"] |= {"source": "file", "path": str(parquet), "timestamp_col": "timestamp"}
-        values["training"]["epochs"] = 1
-        values["training"]["steps_per_epoch"] = config.get("train_steps")
-        for override in config.get("train_overrides", ()):
-            apply_override(values, override)
-        result = train(Config.from_dict(values), Path(workdir, "run"), force=True)
-        return {
-            "config": str(TRAIN_CONFIG.relative_to(REPO)),
-            "steps_per_epoch": values["training"]["steps_per_epoch"],
-            "steps": sum(epoch["steps"] for epoch in result.history),
-            "recall": {str(k): v for k, v in result.metrics.recall.items()},
-            "popularity_recall": {str(k): v for k, v in result.popularity.recall.items()},
-        }
+    def load(path: Path) -> dict:
+        log = read_interactions(path, timestamp_col="timestamp")
+        arrays = (log.user_ids, log.item_ids, log.timestamps)
+        return {"rows_kept": len(log), "duplicates_removed": log.report.duplicates_removed,
+                "num_users": log.num_users, "num_items": log.num_items,
+                "result_array_bytes": sum(a.nbytes for a in arrays)}  # fmt: skip
 
     def dataset_pass() -> dict:
         from recsampled.data.dataset import make_dataset
@@ -163,131 +157,85 @@ def _stage(name: str, config: dict, workdir: str) -> dict:
 
     work = {
         "generate": generate_and_write,
-        "load_parquet": load(parquet),
-        "load_csv": load(csv),
+        "load_parquet": lambda: load(parquet),
+        "load_csv": lambda: load(csv),
         "dataset_pass": dataset_pass,
-        "train": train_run,
+        "train": lambda: _train(config, parquet, workdir),
     }[name]
     return _measure(work)
 
 
-def _run_stage(name: str, config: dict, workdir: str) -> dict:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
+def _run_stage(name: str, config: MemoryBenchConfig, workdir: str) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_stage, (name, config, workdir))
 
 
-def _machine() -> dict:
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "pyarrow": pa.__version__,
-    }
-
-
 def run(
-    config: dict,
+    config: MemoryBenchConfig,
     workdir: str,
-    stages: Sequence[str],
-    run_stage: Callable[[str, dict, str], dict] = _run_stage,
+    run_stage: Callable[[str, MemoryBenchConfig, str], dict] = _run_stage,
 ) -> dict:
-    """Runs the stages (``generate`` first, always) and returns the report.
+    """Runs ``generate`` and then ``config.stages`` and returns the report.
 
     ``run_stage(name, config, workdir)`` runs one stage; by default in a fresh process.
     """
+    bench = harness.Benchmark("pipelines.bench_memory", config, schema_version=SCHEMA_VERSION)
     results = {}
-    log_config = {k: v for k, v in config.items() if not k.startswith("train_")}
-    for name in ("generate", *[s for s in stages if s != "generate"]):
-        print(f"[bench_memory] {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_stage(name, log_config if name == "generate" else config, workdir)
-    rows = config["num_interactions"]
-    raw = 2 * rows * 8
+    for name in ("generate", *[s for s in config.stages if s != "generate"]):
+        LOG.info("%s ...", name)
+        results[name] = run_stage(name, config, workdir)
+    raw = 2 * config.num_interactions * 8
     for name in (*LOAD_STAGES, "train"):
         if name in results:
-            results[name]["ratio_to_raw_id_columns"] = round(
-                results[name]["peak_above_baseline_bytes"] / raw, 3
-            )
+            ratio = results[name]["peak_above_baseline_bytes"] / raw
+            results[name]["ratio_to_raw_id_columns"] = round(ratio, 3)
     ratios = [results[n]["ratio_to_raw_id_columns"] for n in LOAD_STAGES if n in results]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "config": config,
-        "raw_id_columns": {"dtype": "int64", "columns": 2, "rows": rows, "bytes": raw},
-        "target": {"max_ratio_to_raw_id_columns": RATIO_TARGET},
-        "passed": bool(ratios) and max(ratios) <= RATIO_TARGET,
-        "stages": results,
-    }
+    return bench.report(
+        raw_id_columns={"dtype": "int64", "columns": 2, "rows": config.num_interactions,
+                        "bytes": raw},
+        target={"max_ratio_to_raw_id_columns": RATIO_TARGET},
+        passed=bool(ratios) and max(ratios) <= RATIO_TARGET,
+        stages=results,
+    )  # fmt: skip
 
 
 def table(report: dict) -> str:
-    """The report as a Markdown table."""
-    mb = 1e6
-    raw = report["raw_id_columns"]["bytes"]
-    lines = [
-        f"Rows: {report['config']['num_interactions']:,}; items: "
-        f"{report['config']['num_items']:,}; raw id columns (2 x int64): {raw / mb:.0f} MB; "
-        f"target: loading <= {RATIO_TARGET:g}x raw ({'passed' if report['passed'] else 'FAILED'}).",
-        "",
-        "| stage | seconds | peak above baseline (MB) | x raw id columns | Arrow peak (MB) |",
-        "|---|---:|---:|---:|---:|",
+    """The report as Markdown: the target line and one row per stage."""
+    mb, raw = 1e6, report["raw_id_columns"]["bytes"]
+    rows = [
+        [name, stage["seconds"], stage["peak_above_baseline_bytes"] / mb,
+         stage["peak_above_baseline_bytes"] / raw, stage["arrow_peak_bytes"] / mb]
+        for name, stage in report["stages"].items()
+    ]  # fmt: skip
+    headers = [
+        "stage",
+        "seconds",
+        "peak above baseline (MB)",
+        "x raw id columns",
+        "Arrow peak (MB)",
     ]
-    for name, stage in report["stages"].items():
-        if "peak_above_baseline_bytes" not in stage:
-            lines.append(f"| {name} | {stage.get('status', '')} | | | |")
-            continue
-        peak = stage["peak_above_baseline_bytes"]
-        lines.append(
-            f"| {name} | {stage['seconds']:.1f} | {peak / mb:.0f} | {peak / raw:.2f} | "
-            f"{stage['arrow_peak_bytes'] / mb:.0f} |"
-        )
-    return "\n".join(lines)
+    return (
+        f"Rows: {report['raw_id_columns']['rows']:,}; raw id columns (2 x int64): {raw / mb:.0f} "
+        f"MB; target: loading <= {RATIO_TARGET:g}x raw "
+        f"({'passed' if report['passed'] else 'FAILED'}).\n\n"
+        + harness.markdown_table(headers, rows)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from recsampled.data.synthetic import SIZES
-
-    defaults = {**SIZES["large"], "seed": 0}
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_memory", description=__doc__)
-    parser.add_argument("--rows", type=int, default=defaults["num_interactions"])
-    parser.add_argument("--users", type=int, default=defaults["num_users"])
-    parser.add_argument("--items", type=int, default=defaults["num_items"])
-    parser.add_argument("--clusters", type=int, default=defaults["num_clusters"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--stages",
-        default="load_parquet,load_csv,dataset_pass,train",
-        help="comma-separated stages",
-    )
-    parser.add_argument(
-        "--train-steps", type=int, default=300, help="steps of the train stage (0: one epoch)"
-    )
-    parser.add_argument("--workdir", default=None, help="where to write the log (default: temp)")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/memory.json"))
-    args = parser.parse_args(argv)
-    config = {
-        "num_users": args.users,
-        "num_items": args.items,
-        "num_interactions": args.rows,
-        "num_clusters": args.clusters,
-        "seed": args.seed,
-        "train_steps": args.train_steps or None,
-    }
-    stages = [s for s in args.stages.split(",") if s]
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        report = run(config, workdir, stages)
-    report["command"] = "python -m pipelines.bench_memory " + " ".join(argv or sys.argv[1:])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    harness.configure_logging()
+    config, args = harness.parse_options(
+        MemoryBenchConfig, argv, prog="python -m pipelines.bench_memory", description=__doc__,
+        output="benchmarks/memory.json",
+    )  # fmt: skip
+    unknown = set(config.stages) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; expected some of {STAGES}")
+    with tempfile.TemporaryDirectory(dir=config.workdir) as workdir:
+        report = run(config, workdir)
+    harness.write_json(args.output, report)
     markdown = table(report)
-    args.output.with_suffix(".md").write_text(markdown + "\n")
+    harness.write_text(args.output.with_suffix(".md"), markdown + "\n")
     print(markdown)
     return report
 

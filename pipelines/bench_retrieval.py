@@ -1,46 +1,45 @@
 """Benchmark: retrieval quality and training speed of sampled-softmax variants on the same towers.
 
 Run ``python -m pipelines.bench_retrieval`` (or ``make bench-retrieval``); it writes
-``benchmarks/retrieval.json`` and a Markdown report beside it (``benchmarks/retrieval.md``, ending
-with the proposed README section) and prints the report. ``--quick`` runs tiny settings (a smoke
-test, seconds); ``--datasets``, ``--epochs``, ``--seeds`` and ``--movielens`` override defaults.
+``benchmarks/retrieval.json``, a Markdown report (``.md``) and a plot (``.png``) beside it.
+``--quick`` runs tiny settings (a smoke test); ``--render`` recomputes the checks from the JSON;
+``--throughput-only`` re-measures the ``fit`` throughput into an existing JSON.
 
 **Data.** MovieLens 100K from ``../shared/datasets/movielens-100k`` (skipped, and recorded as
-skipped, when absent): every rating is an interaction (``recsampled.data.read_interactions``),
-genres per movie and age, gender and occupation per user as tower features. And the synthetic
-log of ``recsampled.data.synthetic`` (Zipf popularity, planted taste clusters), ids only. Both
-are split by ``recsampled.data.random_holdout`` (20% of each user's interactions, seed 0); item
-indices are ordered by decreasing popularity (what ``LogUniformSampler`` assumes).
+skipped, when absent): every rating is an interaction, genres per movie and age, gender and
+occupation per user as tower features. And the synthetic log of ``recsampled.data.synthetic``
+(the embedded default of ``make demo``), ids only. Both are split by
+``recsampled.data.random_holdout`` (20% of each user's interactions, seed 0); item indices are
+ordered by decreasing popularity (what ``LogUniformSampler`` assumes).
 
-**Variants**, all on the same towers (L2-normalised, so scores are cosines / τ), the same initial
-weights and data order per seed, Adam, and the *same* epochs, learning rate, batch size and
-temperature for every variant (those of ``configs/movielens-100k.yaml``, not tuned here), and
-6 epochs instead of its 10 to fit three seeds in the time: in a check on MovieLens (seed 0,
-Recall@20 after each epoch) the full softmax, in-batch logQ and sampled-uniform runs were within
-about 1.5% of their epoch-10 values from epoch 6 on, which is the epoch-to-epoch noise:
+**Variants.** Every model comes from the library's builder (``recsampled.runs.build_model``) with
+a ``Config`` per variant: the same towers (L2-normalised, so scores are cosines / τ), initial
+weights and data order per seed (``recsampled.data.training_batches``), Adam, and the same
+epochs, learning rate, batch size and temperature for every variant (those of
+``configs/movielens-100k.yaml``, 6 epochs instead of 10: within about 1.5% of their epoch-10
+Recall@20 on MovieLens, the epoch-to-epoch noise):
 
 - ``full_softmax``: every item a column every step (``recsampled.full_softmax_loss``);
 - ``in_batch``: ``tfrs.tasks.Retrieval`` itself, no correction (as TFRS users train);
-- ``in_batch_logq_counts``: our task, ``π`` from the training counts (``FixedFrequency``);
-- ``in_batch_logq_streaming``: our task, Yi et al.'s streaming estimator (``FrequencyEstimator``);
+- ``in_batch_logq_counts``: our task, ``π`` from the training counts (``task.logq: counts``);
+- ``in_batch_logq_streaming``: our task, Yi et al.'s streaming estimator (``task.logq: streaming``);
 - ``mixed_logq``: in-batch plus ``S`` uniform catalogue negatives, union correction (Yang et al.);
 - ``sampled_<sampler>``: positive plus ``S`` catalogue negatives only (TF's sampled softmax over
   the candidate tower) with the uniform, log-uniform and unigram samplers.
 
-**Evaluation**: ``recsampled.evaluation.ranking_metrics`` (DESIGN.md's protocol: the whole
-catalogue for every test user, the user's training items removed), and its popularity baseline.
-Every metric is a mean ± standard deviation over seeds. Checks are computed from those numbers,
-never written by hand: each logQ variant beats ``in_batch`` on mean Recall@20; the best
-non-full variant is within 3% (relative) of ``full_softmax``'s Recall@20.
+**Evaluation**: ``recsampled.evaluation.evaluate`` (DESIGN.md's protocol: the whole catalogue for
+every test user, the user's training items removed) and its popularity baseline; mean ± standard
+deviation over seeds. Checks are computed from those numbers: each logQ variant beats
+``in_batch`` on mean Recall@20; the best non-full variant is within 3% of ``full_softmax``.
 
 **Throughput.** Each quality run reports examples/s in ``fit`` (median epoch, the first, which
-traces, left out). The head-to-head (issue 3, item 6) trains ``tfrs.tasks.Retrieval`` and our
-``Retrieval`` (same arguments) on the same towers and batch, one ``fit`` epoch each in
-alternation (the order flipped every round) in one process, and reports medians and the load
-average (the machine is shared). The step breakdown times, in ``tf.function``s on one fixed
-batch: the whole train step, the towers' forward pass, the task's forward and backward on fixed
-embeddings, and a bare score matmul ``[B, D]·[D, B+S]`` with its two gradient matmuls, i.e.
-``3·B·(B+S)·D`` multiply-adds, also converted to time at the machine's measured peak matmul rate.
+traces, left out). The head-to-head trains ``tfrs.tasks.Retrieval`` and our ``Retrieval`` (same
+arguments) on the same towers and cached batches, one ``fit`` epoch each, alternated round-robin
+(``pipelines.harness.time_round_robin``), and reports medians and the per-round ratio ± SE. The
+step breakdown times, on one fixed batch: the whole train step, the towers' forward pass, the
+task's forward and backward on fixed embeddings, and a bare score matmul ``[B, D]·[D, B+S]`` with
+its two gradient matmuls (``3·B·(B+S)·D`` multiply-adds), also converted to time at the machine's
+measured peak matmul rate.
 """
 
 from __future__ import annotations
@@ -48,11 +47,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
+import functools
+import logging
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,25 +64,25 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
+from pipelines import harness  # noqa: E402
+from recsampled.config import Config  # noqa: E402
 from recsampled.data import Interactions, random_holdout, read_interactions, synthetic  # noqa: E402
-from recsampled.evaluation import embedding_scores, popularity_scores, ranking_metrics  # noqa: E402
-from recsampled.models import Tower, TwoTowerModel  # noqa: E402
-from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator  # noqa: E402
-from recsampled.tasks import Retrieval  # noqa: E402
+from recsampled.data.dataset import training_batches  # noqa: E402
+from recsampled.evaluation import embedding_scores, evaluate  # noqa: E402
+from recsampled.models import TwoTowerModel  # noqa: E402
+from recsampled.runs.build import TowerFeatures, build_model  # noqa: E402
 
-SCHEMA_VERSION = 2
+LOG = logging.getLogger("pipelines.bench_retrieval")
+SCHEMA_VERSION = 3
 MOVIELENS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "movielens-100k"
 KS = (10, 20, 50)
 METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10")
 LOGQ_VARIANTS = ("in_batch_logq_counts", "in_batch_logq_streaming", "mixed_logq")
 SAMPLERS = ("uniform", "log_uniform", "unigram")
-VARIANTS = (
-    "full_softmax",
-    "in_batch",
-    *LOGQ_VARIANTS,
-    *(f"sampled_{name}" for name in SAMPLERS),
-)
+VARIANTS = ("full_softmax", "in_batch", *LOGQ_VARIANTS, *(f"sampled_{s}" for s in SAMPLERS))
 THROUGHPUT_TASKS = ("tfrs", "ours")
+BREAKDOWN_TASKS = ("tfrs", "ours", "mixed_logq")
+COMPONENTS = ("train_step", "towers_forward", "task_forward_backward", "score_matmuls")
 RELATIVE_GAP = 0.03  # best sampled variant vs full softmax, Recall@20
 
 
@@ -93,7 +91,7 @@ class RetrievalBenchConfig:
     """Settings of one run (the defaults are those of the published table).
 
     Attributes:
-        datasets: among ``"movielens-100k"`` and ``"synthetic"``.
+        datasets: among ``movielens-100k`` and ``synthetic``.
         movielens: the MovieLens 100K folder.
         embedding_dim: D.
         batch_size: B.
@@ -114,19 +112,14 @@ class RetrievalBenchConfig:
     num_sampled: int = 256
     temperature: float = 0.1
     learning_rate: float = 0.01
-    epochs: int = 6
+    epochs: int = dataclasses.field(default=6, metadata={"min": 1})
     seeds: tuple[int, ...] = (0, 1, 2)
-    throughput_rounds: int = 10
-    step_repeats: int = 60
-    synthetic: dict = dataclasses.field(
-        default_factory=lambda: {  # the embedded default log of `make demo` (configs/default.yaml)
-            "num_users": 1_000,
-            "num_items": 2_000,
-            "num_interactions": 50_000,
-            "num_clusters": 20,
-            "seed": 0,
-        }
-    )
+    throughput_rounds: int = dataclasses.field(default=10, metadata={"flag": "--rounds", "min": 1})
+    step_repeats: int = dataclasses.field(default=60, metadata={"min": 1})
+    synthetic: dict = dataclasses.field(  # the embedded default log (configs/default.yaml)
+        default_factory=lambda: {"num_users": 1_000, "num_items": 2_000,
+                                 "num_interactions": 50_000, "num_clusters": 20, "seed": 0}
+    )  # fmt: skip
 
 
 QUICK = RetrievalBenchConfig(
@@ -135,24 +128,19 @@ QUICK = RetrievalBenchConfig(
 )  # fmt: skip
 
 
-def _progress(message: str) -> None:
-    print(f"[bench_retrieval {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
-# Data
+# Data and models
 
 
 @dataclasses.dataclass
 class BenchData:
-    """A split log with indices in ``[0, num_users)``, ``[0, num_items)`` and per-id features."""
+    """A split log with indices in ``[0, num_users)``, ``[0, num_items)`` and tower features."""
 
     name: str
     train: Interactions
     test: Interactions
-    user_categorical: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    user_numeric: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    item_categorical: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    user_features: TowerFeatures | None = None
+    item_features: TowerFeatures | None = None
 
     @property
     def num_users(self) -> int:
@@ -162,77 +150,57 @@ class BenchData:
     def num_items(self) -> int:
         return self.train.num_items
 
-    @property
-    def item_counts(self) -> np.ndarray:
-        """``[num_items]`` training interactions per item."""
-        return self.train.item_counts
-
 
 def load_movielens(path: Path) -> BenchData:
     """MovieLens 100K: ratings as interactions; genres per movie, age/gender/job per user."""
     split = random_holdout(read_interactions(path), test_fraction=0.2, seed=0)
-    with open(path / "u.item", encoding="latin-1") as f:
-        movies = {int(r[0]): r[5:] for r in (line.rstrip("\n").split("|") for line in f if line)}
-    with open(path / "u.user", encoding="latin-1") as f:
-        people = {int(r[0]): r[1:4] for r in (line.rstrip("\n").split("|") for line in f if line)}
-    users = [people[int(u)] for u in split.train.users.original_ids]
-    occupations = sorted({job for _, _, job in people.values()})
-    genres = [[int(g) for g in movies[int(i)]] for i in split.train.items.original_ids]
+
+    def rows(name: str) -> dict[int, list[str]]:
+        with open(path / name, encoding="latin-1") as f:
+            return {int(r[0]): r[1:] for r in (line.rstrip("\n").split("|") for line in f if line)}
+
+    movies, people = rows("u.item"), rows("u.user")
+    users = [people[int(u)][:3] for u in split.train.users.original_ids]
+    jobs = sorted({job for _, _, job in people.values()})
+    genres = [[int(g) for g in movies[int(i)][4:]] for i in split.train.items.original_ids]
     return BenchData(
-        name="movielens-100k",
-        train=split.train,
-        test=split.test,
-        user_categorical={
-            "gender": np.array([gender == "F" for _, gender, _ in users], np.int64),
-            "occupation": np.array([occupations.index(job) for _, _, job in users], np.int64),
+        "movielens-100k", split.train, split.test,
+        user_features={
+            "categorical": {
+                "gender": np.array([gender == "F" for _, gender, _ in users], np.int64),
+                "occupation": np.array([jobs.index(job) for _, _, job in users], np.int64),
+            },
+            "numeric": {"age": np.array([float(age) for age, _, _ in users])},
         },
-        user_numeric={"age": np.array([float(age) for age, _, _ in users])},
-        item_categorical={"genres": np.array(genres, np.float32)},
-    )
+        item_features={"categorical": {"genres": np.array(genres, np.float32)}},
+    )  # fmt: skip
 
 
-def load_synthetic(arguments: dict) -> BenchData:
-    """``recsampled.data.synthetic.generate(**arguments)``, split at random per user."""
-    log = synthetic.generate(**arguments).to_interactions()
-    split = random_holdout(log, test_fraction=0.2, seed=0)
-    return BenchData(name="synthetic", train=split.train, test=split.test)
-
-
-def train_dataset(data: BenchData, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Shuffled (reshuffled each epoch) full batches of ``{"user_id", "item_id"}``."""
-    features = {
-        "user_id": data.train.user_ids.astype(np.int64),
-        "item_id": data.train.item_ids.astype(np.int64),
-    }
-    return (
-        tf.data.Dataset.from_tensor_slices(features)
-        .shuffle(len(data.train), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(2)
-    )
-
-
-def examples_per_epoch(data: BenchData, batch_size: int) -> int:
-    return (len(data.train) // batch_size) * batch_size
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
+def load(name: str, config: RetrievalBenchConfig) -> BenchData | str:
+    """The dataset, or the reason it was skipped."""
+    if name == "movielens-100k":
+        path = Path(config.movielens)
+        if not (path / "u.data").exists():
+            return f"MovieLens 100K not found at {path}"
+        return load_movielens(path)
+    if name == "synthetic":
+        split = random_holdout(synthetic.generate(**config.synthetic).to_interactions(),
+                               test_fraction=0.2, seed=0)  # fmt: skip
+        return BenchData("synthetic", split.train, split.test)
+    raise ValueError(f"Unknown dataset {name!r}; expected 'movielens-100k' or 'synthetic'.")
 
 
 class FullSoftmax(tf.keras.layers.Layer, tfrs.tasks.base.Task):
     """Softmax over every item each step, with the retrieval task's call signature."""
 
-    def __init__(self, candidate_model: Tower, num_items: int, temperature: float):
+    def __init__(self, candidate_model: tf.keras.layers.Layer, num_items: int, temperature: float):
         super().__init__()
-        self.candidate_model = candidate_model
-        self.num_items = num_items
+        self.candidate_model, self.num_items = candidate_model, num_items
         self.temperature = temperature
 
     def call(self, query_embeddings, candidate_embeddings, candidate_ids=None, **_):
-        every_item = self.candidate_model(tf.range(self.num_items))
         losses = rs.full_softmax_loss(
-            weights=every_item,
+            weights=self.candidate_model(tf.range(self.num_items)),
             biases=tf.zeros([self.num_items]),
             labels=candidate_ids[:, tf.newaxis],
             inputs=query_embeddings / self.temperature,
@@ -241,98 +209,70 @@ class FullSoftmax(tf.keras.layers.Layer, tfrs.tasks.base.Task):
         return tf.reduce_sum(losses)  # SUM over the batch, as TFRS's task
 
 
-def make_sampler(name: str, data: BenchData) -> rs.CandidateSampler:
-    if name == "uniform":
-        return rs.UniformSampler(num_classes=data.num_items)
-    if name == "log_uniform":
-        return rs.LogUniformSampler(num_classes=data.num_items)
-    if name == "unigram":  # +1: items without a training interaction can still be negatives
-        return rs.UnigramSampler(counts=data.item_counts + 1, distortion=1.0)
-    raise ValueError(f"`name` must be one of {SAMPLERS}. Received: name={name!r}.")
-
-
-def build_towers(data: BenchData, config: RetrievalBenchConfig, seed: int) -> tuple[Tower, Tower]:
-    """The query and candidate towers; the same initial weights for every variant of a seed."""
-    tf.keras.utils.set_random_seed(seed)
-    query = Tower(
-        data.num_users,
-        config.embedding_dim,
-        categorical_features=data.user_categorical,
-        numeric_features=data.user_numeric,
-        normalize=True,
-        name="query",
-    )
-    candidate = Tower(
-        data.num_items,
-        config.embedding_dim,
-        categorical_features=data.item_categorical,
-        normalize=True,
-        name="candidate",
-    )
-    return query, candidate
-
-
-def build_task(
-    variant: str, candidate: Tower, data: BenchData, config: RetrievalBenchConfig, seed: int
-) -> tf.keras.layers.Layer:
-    """The loss of ``variant`` (in :data:`VARIANTS`, or ``"tfrs"`` / ``"ours"``: plain tasks)."""
-    base = dict(temperature=config.temperature, remove_accidental_hits=True)
-    counts = FixedFrequency(counts=data.item_counts, batch_size=config.batch_size)
-    catalogue = dict(num_sampled=config.num_sampled, candidate_model=candidate, seed=seed)
-    if variant == "full_softmax":
-        return FullSoftmax(candidate, data.num_items, config.temperature)
-    if variant in ("in_batch", "tfrs"):
-        return tfrs.tasks.Retrieval(**base)
-    if variant == "ours":
-        return Retrieval(**base)
-    if variant == "in_batch_logq_counts":
-        return Retrieval(**base, candidate_frequency=counts)
-    if variant == "in_batch_logq_streaming":
-        # Yi et al.'s α; buckets several times the catalogue; two hashes against collisions.
+def variant_config(
+    variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
+) -> Config:
+    """The library config of ``variant`` (in :data:`VARIANTS`, or ``"tfrs"`` / ``"ours"``)."""
+    task: dict = {"temperature": config.temperature, "remove_accidental_hits": True}
+    if variant in ("in_batch_logq_counts", "mixed_logq"):
+        task["logq"] = "counts"
+    if variant == "in_batch_logq_streaming":  # α of Yi et al.; buckets 8x the catalogue, 2 hashes
         buckets = 1 << max(10, int(np.ceil(np.log2(8 * data.num_items))))
-        estimator = FrequencyEstimator(num_buckets=buckets, num_hashes=2, alpha=0.01)
-        return Retrieval(**base, candidate_frequency=estimator)
+        task |= {"logq": "streaming", "estimator": {"num_buckets": buckets, "num_hashes": 2}}
     if variant == "mixed_logq":
-        sampler = make_sampler("uniform", data)
-        return Retrieval(**base, candidate_frequency=counts, sampler=sampler, **catalogue)
+        task |= {"negatives": "mixed", "sampler": "uniform", "num_sampled": config.num_sampled}
     if variant.startswith("sampled_"):
-        sampler = make_sampler(variant.removeprefix("sampled_"), data)
-        return Retrieval(**base, sampler=sampler, in_batch_negatives=False, **catalogue)
-    raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}.")
+        task |= {"negatives": "sampled", "sampler": variant.removeprefix("sampled_"),
+                 "num_sampled": config.num_sampled}  # fmt: skip
+    return Config.from_dict({
+        "model": {"embedding_dim": config.embedding_dim, "normalize": True},
+        "task": task,
+        "training": {"batch_size": config.batch_size, "optimizer": "adam",
+                     "learning_rate": config.learning_rate, "seed": seed, "drop_remainder": True},
+    })  # fmt: skip
 
 
-def build_model(
+def build_variant(
     variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
 ) -> TwoTowerModel:
-    query, candidate = build_towers(data, config, seed)
-    model = TwoTowerModel(query, candidate, build_task(variant, candidate, data, config, seed))
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    return model
+    """The compiled model of ``variant``, from the library's builder."""
+    if variant not in (*VARIANTS, *THROUGHPUT_TASKS):
+        raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}.")
+    task = None
+    if variant in ("in_batch", "tfrs"):
+        task = tfrs.tasks.Retrieval(temperature=config.temperature, remove_accidental_hits=True)
+    elif variant == "full_softmax":
+        task = functools.partial(
+            FullSoftmax, num_items=data.num_items, temperature=config.temperature
+        )
+    features = {"user_features": data.user_features, "item_features": data.item_features}
+    return build_model(
+        variant_config(variant, data, config, seed), data.train, task=task, **features
+    )
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation
+def batches(
+    data: BenchData, config: RetrievalBenchConfig, seed: int, epochs: int = 1
+) -> tf.data.Dataset:
+    """Full batches of every epoch in a new seeded order (the library's tf.data builder)."""
+    return training_batches(data.train, batch_size=config.batch_size, seed=seed,
+                            end_epoch=epochs, drop_remainder=True)  # fmt: skip
 
 
-def evaluate(score_fn: Callable[[np.ndarray], np.ndarray], data: BenchData) -> dict[str, float]:
-    """The :data:`METRICS` of ``recsampled.evaluation.ranking_metrics`` (DESIGN.md protocol)."""
-    result = ranking_metrics(
-        score_fn,
-        num_users=data.num_users,
-        num_items=data.num_items,
-        train_user_ids=data.train.user_ids,
-        train_item_ids=data.train.item_ids,
-        test_user_ids=data.test.user_ids,
-        test_item_ids=data.test.item_ids,
-        ks=KS,
-    ).as_dict()
-    return {name: float(result[name]) for name in METRICS}
+def examples_per_epoch(data: BenchData, batch_size: int) -> int:
+    return (len(data.train) // batch_size) * batch_size
 
 
-def model_score_fn(model: TwoTowerModel, data: BenchData) -> Callable[[np.ndarray], np.ndarray]:
-    queries = model.query_model(tf.range(data.num_users)).numpy()
-    candidates = model.candidate_model(tf.range(data.num_items)).numpy()
-    return embedding_scores(queries, candidates)
+def evaluate_model(model: TwoTowerModel | None, data: BenchData) -> dict[str, float]:
+    """The :data:`METRICS` of ``model`` (None: of popularity), by ``recsampled.evaluation``."""
+    scorers = {}
+    if model is not None:
+        queries = model.query_model(tf.range(data.num_users)).numpy()
+        scorers["model"] = embedding_scores(
+            queries, model.candidate_model(tf.range(data.num_items)).numpy()
+        )
+    result = evaluate(scorers, data.train, data.test, ks=KS, popularity=model is None)
+    return {m: float(v) for m, v in next(iter(result.values())).as_dict().items() if m in METRICS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,19 +294,15 @@ class EpochTimer(tf.keras.callbacks.Callback):
 
 def train_and_evaluate(
     variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
-) -> dict[str, float]:
+) -> dict:
     """Trains ``variant`` for ``config.epochs`` and evaluates it on the whole catalogue."""
-    model = build_model(variant, data, config, seed)
-    timer = EpochTimer()
-    history = model.fit(
-        train_dataset(data, config.batch_size, seed),
-        epochs=config.epochs,
-        verbose=0,
-        callbacks=[timer],
-    )
+    model, timer = build_variant(variant, data, config, seed), EpochTimer()
+    history = model.fit(batches(data, config, seed, config.epochs), epochs=config.epochs,
+                        steps_per_epoch=len(data.train) // config.batch_size, verbose=0,
+                        callbacks=[timer])  # fmt: skip
     steady = timer.seconds[1:] or timer.seconds  # the first epoch traces
     return {
-        **evaluate(model_score_fn(model, data), data),
+        **evaluate_model(model, data),
         "final_loss": float(history.history["loss"][-1]),
         "train_seconds": float(sum(timer.seconds)),
         "examples_per_second": examples_per_epoch(data, config.batch_size)
@@ -384,137 +320,93 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
     return out
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # not available on this platform
-        return None
-
-
 def compare_fit_throughput(data: BenchData, config: RetrievalBenchConfig) -> dict:
     """Examples/s in ``fit``: ``tfrs.tasks.Retrieval`` vs ours, same towers, epochs alternated.
 
-    Both fit the same cached batches (one shuffled order, so that no shuffle buffer is refilled
-    inside the timings); the order of the two flips every round. Reported: examples over the
-    median epoch of each, and the median over rounds of the per-round ratio (the two epochs of a
-    round run back to back, so a change of load between rounds cancels in it).
+    Both fit the same cached batches (one order, so that no shuffle runs inside the timings),
+    one epoch per call, round-robin (the order flips every round). Reported: examples over the
+    median epoch of each, and the per-round ratio ``tfrs_seconds / ours_seconds``.
     """
-    models = {name: build_model(name, data, config, seed=0) for name in THROUGHPUT_TASKS}
-    order = np.random.default_rng(0).permutation(len(data.train))
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(
-            {
-                "user_id": data.train.user_ids[order].astype(np.int64),
-                "item_id": data.train.item_ids[order].astype(np.int64),
-            }
-        )
-        .batch(config.batch_size, drop_remainder=True)
-        .cache()
-        .prefetch(2)
-    )
+    models = {name: build_variant(name, data, config, seed=0) for name in THROUGHPUT_TASKS}
+    dataset = batches(data, config, seed=0).cache()
+    steps = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
+    load_before = harness.load_average()
+    timings = harness.time_round_robin(steps, repeats=config.throughput_rounds, desc="fit epochs")
     examples = examples_per_epoch(data, config.batch_size)
-    for model in models.values():  # traces, fills the cache, warms up
-        model.fit(dataset, epochs=1, verbose=0)
-    load_before = _load_average()
-    seconds: dict[str, list[float]] = {name: [] for name in THROUGHPUT_TASKS}
-    for round_ in range(config.throughput_rounds):
-        for name in THROUGHPUT_TASKS if round_ % 2 == 0 else THROUGHPUT_TASKS[::-1]:
-            start = time.perf_counter()
-            models[name].fit(dataset, epochs=1, verbose=0)
-            seconds[name].append(time.perf_counter() - start)
+    seconds = {name: [ms / 1e3 for ms in timings.wall_ms[name]] for name in THROUGHPUT_TASKS}
     speed = {name: examples / statistics.median(s) for name, s in seconds.items()}
-    per_round = [t / o for t, o in zip(seconds["tfrs"], seconds["ours"], strict=True)]
+    per_round = timings.ratio("tfrs", "ours")
     return {
-        "rounds": config.throughput_rounds,
-        "examples_per_epoch": examples,
-        "epoch_seconds": seconds,
-        "examples_per_second": speed,
+        "rounds": config.throughput_rounds, "examples_per_epoch": examples,
+        "epoch_seconds": seconds, "examples_per_second": speed,
         "ours_over_tfrs": speed["ours"] / speed["tfrs"],
-        "ours_over_tfrs_per_round": per_round,
-        "ours_over_tfrs_median_of_rounds": statistics.median(per_round),
-        "load_average_before": load_before,
-        "load_average_after": _load_average(),
-    }
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # traces
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        "ours_over_tfrs_per_round": per_round["per_round"],
+        "ours_over_tfrs_median_of_rounds": per_round["median"],
+        "ours_over_tfrs_cpu_per_round": timings.ratio("tfrs", "ours", cpu=True)["per_round"],
+        "load_average_before": load_before, "load_average_after": harness.load_average(),
+    }  # fmt: skip
 
 
 def peak_matmul_rate(repeats: int) -> float:
     """Multiply-adds per millisecond of a 1024³ float32 matmul (the machine's practical peak)."""
     big = tf.random.stateless_normal([1024, 1024], seed=[0, 1])
-    return 1024**3 / _median_ms(tf.function(lambda: tf.matmul(big, big)), max(5, repeats // 5))
+    step = tf.function(lambda: tf.matmul(big, big))
+    timings = harness.time_round_robin({"matmul": step}, repeats=max(5, repeats // 5))
+    return 1024**3 / timings.summary("matmul")["median_ms"]
 
 
-BREAKDOWN_TASKS = ("tfrs", "ours", "mixed_logq")
-COMPONENTS = ("train_step", "towers_forward", "task_forward_backward", "score_matmuls")
+def _breakdown_steps(
+    variant: str, data: BenchData, config: RetrievalBenchConfig, batch: dict
+) -> dict:
+    """The timed components of one task (see the module docstring)."""
+    model = build_variant(variant, data, config, seed=0)
+    s = config.num_sampled if variant == "mixed_logq" else 0
+    query, candidate = model(batch)
+    columns = tf.random.stateless_normal([config.batch_size + s, config.embedding_dim], seed=[0, 2])
+
+    def task_step() -> list:
+        with tf.GradientTape() as tape:
+            tape.watch([query, candidate])
+            loss = model.task(query, candidate, candidate_ids=batch["item_id"], training=True)
+        return tape.gradient(loss, [query, candidate])
+
+    def matmul_step() -> list:
+        with tf.GradientTape() as tape:
+            tape.watch([query, columns])
+            scores = tf.matmul(query, columns, transpose_b=True)
+        return tape.gradient(scores, [query, columns])  # two more B·(B+S)·D matmuls
+
+    train_step = tf.function(model.train_step)
+    return {
+        (variant, "train_step"): lambda: train_step(batch),
+        (variant, "towers_forward"): tf.function(lambda: model(batch)),
+        (variant, "task_forward_backward"): tf.function(task_step),
+        (variant, "score_matmuls"): tf.function(matmul_step),
+    }
 
 
 def step_breakdown(
     data: BenchData, config: RetrievalBenchConfig, multiply_adds_per_ms: float
 ) -> list[dict]:
-    """Where one training step's time goes, against the matmul floor ``3·B·(B+S)·D``.
-
-    Every component of every task is timed once per round, round after round, so that load
-    from other processes hits them alike; the medians are reported.
-    """
-    batch = next(iter(train_dataset(data, config.batch_size, seed=0)))
-    b, d = config.batch_size, config.embedding_dim
-    calls: dict[tuple[str, str], Callable[[], object]] = {}
-    for variant in BREAKDOWN_TASKS:
-        model = build_model(variant, data, config, seed=0)
-        s = config.num_sampled if variant == "mixed_logq" else 0
-        query, candidate = model(batch)  # builds the towers
-        model.optimizer.build(model.trainable_variables)
-        columns = tf.random.stateless_normal([b + s, d], seed=[0, 2])
-
-        def task_step(model=model, query=query, candidate=candidate):
-            with tf.GradientTape() as tape:
-                tape.watch([query, candidate])
-                loss = model.task(query, candidate, candidate_ids=batch["item_id"], training=True)
-            return tape.gradient(loss, [query, candidate])
-
-        def matmul_step(query=query, columns=columns):
-            with tf.GradientTape() as tape:
-                tape.watch([query, columns])
-                scores = tf.matmul(query, columns, transpose_b=True)
-            return tape.gradient(scores, [query, columns])  # two more B·(B+S)·D matmuls
-
-        train_step = tf.function(model.train_step)
-        towers = tf.function(lambda model=model: model(batch))
-        calls[variant, "train_step"] = lambda f=train_step: f(batch)
-        calls[variant, "towers_forward"] = towers
-        calls[variant, "task_forward_backward"] = tf.function(task_step)
-        calls[variant, "score_matmuls"] = tf.function(matmul_step)
-    for call in calls.values():  # traces
-        call()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-    for _ in range(config.step_repeats):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[key].append((time.perf_counter() - start) * 1e3)
-    results = []
+    """Where one training step's time goes, against the matmul floor ``3·B·(B+S)·D``: every
+    component of every task timed round-robin, medians reported."""
+    batch = next(iter(batches(data, config, seed=0)))
+    steps = {
+        k: v
+        for task in BREAKDOWN_TASKS
+        for k, v in _breakdown_steps(task, data, config, batch).items()
+    }
+    timings = harness.time_round_robin(steps, repeats=config.step_repeats).summaries()
+    b, d, results = config.batch_size, config.embedding_dim, []
     for variant in BREAKDOWN_TASKS:
         s = config.num_sampled if variant == "mixed_logq" else 0
         multiply_adds = 3 * b * (b + s) * d
         result = {
-            "variant": variant,
-            "batch_size": b,
-            "num_sampled": s,
-            "embedding_dim": d,
-            "multiply_adds": multiply_adds,
-            "peak_gflops": 2 * multiply_adds_per_ms / 1e6,
+            "variant": variant, "batch_size": b, "num_sampled": s, "embedding_dim": d,
+            "multiply_adds": multiply_adds, "peak_gflops": 2 * multiply_adds_per_ms / 1e6,
             "floor_ms_at_peak": multiply_adds / multiply_adds_per_ms,
-            **{f"{c}_ms": statistics.median(times[variant, c]) for c in COMPONENTS},
-        }
+            **{f"{c}_ms": timings[variant, c]["median_ms"] for c in COMPONENTS},
+        }  # fmt: skip
         result["matmuls_share_of_step"] = result["score_matmuls_ms"] / result["train_step_ms"]
         result["floor_share_of_step"] = result["floor_ms_at_peak"] / result["train_step_ms"]
         results.append(result)
@@ -527,7 +419,7 @@ def step_breakdown(
 
 def _paired(a: dict, b: dict, fn: Callable[[float, float], float]) -> dict | None:
     """``fn(a_s, b_s)`` per seed (variants share initial weights and data order per seed, so
-    seed-to-seed variation largely cancels in a paired comparison); None without ``per_seed``."""
+    seed-to-seed variation largely cancels); None without matching ``per_seed`` values."""
     x, y = a.get("per_seed"), b.get("per_seed")
     if not x or not y or len(x) != len(y):
         return None
@@ -537,445 +429,201 @@ def _paired(a: dict, b: dict, fn: Callable[[float, float], float]) -> dict | Non
 
 
 def quality_checks(variants: dict[str, dict]) -> dict:
-    """The two quality claims of issue 3, from the mean Recall@20 of each variant.
-
-    A claim passes on the means over seeds; the paired per-seed differences are reported beside
-    it (their mean / standard error says whether the difference stands out of seed noise).
+    """The quality claims, from the mean Recall@20 of each variant (paired per-seed differences
+    reported beside them).
 
     Args:
         variants: variant -> summary with ``["recall@20"]["mean"]`` (and ``"per_seed"``).
     """
     recall = {name: v["recall@20"]["mean"] for name, v in variants.items()}
     beats = {}
-    for name in LOGQ_VARIANTS:
-        if name in recall and "in_batch" in recall:
-            difference = recall[name] - recall["in_batch"]
-            paired = _paired(
-                variants[name]["recall@20"], variants["in_batch"]["recall@20"], lambda p, q: p - q
-            )
-            if paired is not None and paired["std"] > 0:
-                paired["t"] = paired["mean"] / (paired["std"] / np.sqrt(len(paired["per_seed"])))
-            beats[name] = {
-                "passed": bool(difference > 0),
-                "recall@20": recall[name],
-                "in_batch_recall@20": recall["in_batch"],
-                "difference": difference,
-                "paired_difference": paired,
-            }
+    for name in (n for n in LOGQ_VARIANTS if n in recall and "in_batch" in recall):
+        paired = _paired(variants[name]["recall@20"], variants["in_batch"]["recall@20"],
+                         lambda p, q: p - q)  # fmt: skip
+        if paired is not None and paired["std"] > 0:
+            paired["t"] = paired["mean"] / (paired["std"] / np.sqrt(len(paired["per_seed"])))
+        difference = recall[name] - recall["in_batch"]
+        beats[name] = {"passed": bool(difference > 0), "recall@20": recall[name],
+                       "in_batch_recall@20": recall["in_batch"], "difference": difference,
+                       "paired_difference": paired}  # fmt: skip
+    passed = bool(beats) and all(v["passed"] for v in beats.values())
+    result: dict = {"logq_beats_in_batch": {"passed": passed, "variants": beats}}
+    if "full_softmax" not in recall:
+        return result
+    full = recall["full_softmax"]
     candidates = {k: r for k, r in recall.items() if k != "full_softmax"}
-    result: dict = {
-        "logq_beats_in_batch": {
-            "passed": bool(beats) and all(v["passed"] for v in beats.values()),
-            "variants": beats,
-        }
-    }
-    if candidates and "full_softmax" in recall:
+    if candidates:
         best = max(candidates, key=candidates.get)
-        gap = 1.0 - candidates[best] / recall["full_softmax"]
+        gap = 1.0 - candidates[best] / full
         result["best_sampled_within_3_percent"] = {
-            "passed": bool(gap <= RELATIVE_GAP),
-            "best_variant": best,
-            "best_recall@20": candidates[best],
-            "full_softmax_recall@20": recall["full_softmax"],
+            "passed": bool(gap <= RELATIVE_GAP), "best_variant": best,
+            "best_recall@20": candidates[best], "full_softmax_recall@20": full,
             "relative_gap": gap,  # negative: the sampled variant beats the full softmax
-            "paired_relative_gap": _paired(
-                variants[best]["recall@20"],
-                variants["full_softmax"]["recall@20"],
-                lambda p, q: 1.0 - p / q,
-            ),
+            "paired_relative_gap": _paired(variants[best]["recall@20"],
+                                           variants["full_softmax"]["recall@20"],
+                                           lambda p, q: 1.0 - p / q),
             "threshold": RELATIVE_GAP,
-            "all_relative_gaps": {
-                k: 1.0 - r / recall["full_softmax"] for k, r in candidates.items()
-            },
-        }
-    samplers = {k: r for k, r in recall.items() if k.startswith("sampled_")}
-    if samplers and "full_softmax" in recall:  # information, not a check of issue 3
-        best = max(samplers, key=samplers.get)
-        result["best_catalogue_sampler"] = {
-            "variant": best,
-            "recall@20": samplers[best],
-            "relative_gap": 1.0 - samplers[best] / recall["full_softmax"],
-        }
+            "all_relative_gaps": {k: 1.0 - r / full for k, r in candidates.items()},
+        }  # fmt: skip
+    if samplers := {k: r for k, r in recall.items() if k.startswith("sampled_")}:
+        best = max(samplers, key=samplers.get)  # information, not a check
+        gap = 1.0 - samplers[best] / full
+        result["best_catalogue_sampler"] = {"variant": best, "recall@20": samplers[best],
+                                            "relative_gap": gap}  # fmt: skip
     return result
+
+
+def throughput_check(throughput: dict) -> dict:
+    """Ours is not slower than TFRS: the mean per-round speed ratio + 2 SE is >= 1 (the two run
+    the same graph without catalogue sampling, so this asks for parity up to noise); without
+    per-round times, the ratio of the median speeds must be >= 1."""
+    speed = throughput["examples_per_second"]
+    ratio = speed["ours"] / speed["tfrs"]
+    stats = harness.ratio_stats(throughput.get("ours_over_tfrs_per_round") or [])
+    if stats["se"] is None:
+        return {"passed": bool(ratio >= 1.0), "ours_over_tfrs": ratio, "rule": "median speeds"}
+    return {"passed": bool(stats["mean"] + 2 * stats["se"] >= 1.0), "ours_over_tfrs": ratio,
+            "per_round_mean": stats["mean"], "per_round_se": stats["se"],
+            "rule": "mean per-round ratio + 2 SE >= 1"}  # fmt: skip
 
 
 def all_checks(entry: dict) -> dict:
     """Every check of a dataset entry, from its ``variants`` and ``fit_throughput``."""
-    return {
-        **quality_checks(entry["variants"]),
-        "ours_at_least_tfrs_fit_throughput": throughput_check(entry["fit_throughput"]),
-    }
-
-
-def throughput_check(throughput: dict) -> dict:
-    """Ours is not slower than TFRS: the per-round speed ratio is >= 1 within 2 standard errors.
-
-    The two tasks run the same graph when catalogue sampling is off, so "at least TFRS's
-    throughput" can only mean parity up to measurement noise: each round times both back to back,
-    and the check asks that the mean of the per-round ratios ``tfrs_seconds / ours_seconds`` be
-    at least ``1 - 2·SE``. Without per-round times (hand-made inputs), the ratio of the median
-    speeds must be >= 1.
-    """
-    speed = throughput["examples_per_second"]
-    ratio = speed["ours"] / speed["tfrs"]
-    per_round = throughput.get("ours_over_tfrs_per_round") or []
-    if len(per_round) < 2:
-        return {"passed": bool(ratio >= 1.0), "ours_over_tfrs": ratio, "rule": "median speeds"}
-    mean = statistics.fmean(per_round)
-    se = statistics.stdev(per_round) / len(per_round) ** 0.5
-    return {
-        "passed": bool(mean + 2 * se >= 1.0),
-        "ours_over_tfrs": ratio,
-        "per_round_mean": mean,
-        "per_round_se": se,
-        "rule": "mean per-round ratio + 2 SE >= 1",
+    return quality_checks(entry["variants"]) | {
+        "ours_at_least_tfrs_fit_throughput": throughput_check(entry["fit_throughput"])
     }
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
-
-
-def load(name: str, config: RetrievalBenchConfig) -> BenchData | str:
-    """The dataset, or the reason it was skipped."""
-    if name == "movielens-100k":
-        path = Path(config.movielens)
-        if not (path / "u.data").exists():
-            return f"MovieLens 100K not found at {path}"
-        return load_movielens(path)
-    if name == "synthetic":
-        return load_synthetic(config.synthetic)
-    raise ValueError(f"Unknown dataset {name!r}; expected 'movielens-100k' or 'synthetic'.")
+# The run and its report
 
 
 def run_dataset(data: BenchData, config: RetrievalBenchConfig) -> dict:
     entry = {
-        "users": data.num_users,
-        "items": data.num_items,
-        "train": len(data.train),
-        "test": len(data.test),
-        "test_users": int(np.unique(data.test.user_ids).size),
-        "popularity": evaluate(popularity_scores(data.item_counts), data),
-        "variants": {},
-    }
+        "users": data.num_users, "items": data.num_items, "train": len(data.train),
+        "test": len(data.test), "test_users": int(np.unique(data.test.user_ids).size),
+        "popularity": evaluate_model(None, data), "variants": {},
+    }  # fmt: skip
     for variant in VARIANTS:
-        runs = []
-        for seed in config.seeds:
-            runs.append(train_and_evaluate(variant, data, config, seed))
-            _progress(
-                f"{data.name} {variant} seed {seed}: recall@20 {runs[-1]['recall@20']:.4f}, "
-                f"{runs[-1]['examples_per_second']:,.0f} examples/s"
-            )
+        runs = [train_and_evaluate(variant, data, config, seed) for seed in config.seeds]
         entry["variants"][variant] = summarise(runs)
-    _progress(f"{data.name} throughput: tfrs vs ours, alternated")
+        LOG.info("%s %s: recall@20 %.4f, %s examples/s", data.name, variant,
+                 entry["variants"][variant]["recall@20"]["mean"],
+                 f"{entry['variants'][variant]['examples_per_second']['mean']:,.0f}")  # fmt: skip
     entry["fit_throughput"] = compare_fit_throughput(data, config)
-    _progress(f"{data.name} step breakdown")
-    rate = peak_matmul_rate(config.step_repeats)
-    entry["step_breakdown"] = step_breakdown(data, config, rate)
-    speed = {**entry["fit_throughput"]["examples_per_second"]}
+    entry["step_breakdown"] = step_breakdown(data, config, peak_matmul_rate(config.step_repeats))
+    speed = entry["fit_throughput"]["examples_per_second"]
     speed["mixed_logq"] = entry["variants"]["mixed_logq"]["examples_per_second"]["mean"]
     for b in entry["step_breakdown"]:  # a step in `fit`, iterator and callbacks included
         b["fit_step_ms"] = 1e3 * config.batch_size / speed[b["variant"]]
+    del speed["mixed_logq"]
     entry["checks"] = all_checks(entry)
     return entry
 
 
-def run_benchmark(config: RetrievalBenchConfig) -> dict:
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__,
-            "tfrs": tfrs.__version__,
-            "load_average_start": _load_average(),
-        },
-        "config": dataclasses.asdict(config),
-        "datasets": {},
-        "skipped": {},
-    }
-    start = time.perf_counter()
-    for name in config.datasets:
-        data = load(name, config)
-        if isinstance(data, str):
-            _progress(f"{name}: skipped ({data})")
-            results["skipped"][name] = data
-            continue
-        results["datasets"][name] = run_dataset(data, config)
-    results["machine"]["load_average_end"] = _load_average()
-    results["wall_seconds"] = time.perf_counter() - start
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-LEGEND = (
-    "`full_softmax`: every item a column each step; `in_batch`: `tfrs.tasks.Retrieval` itself "
-    "(no correction); `in_batch_logq_counts` / `_streaming`: our `Retrieval` with logQ from "
-    "training counts / Yi et al.'s streaming estimator; `mixed_logq`: in-batch plus S uniform "
-    "catalogue negatives, corrected by their union inclusion probability; `sampled_<sampler>`: "
-    "positive plus S catalogue negatives (TF's sampled softmax over the candidate tower); "
-    "`popularity`: training counts."
-)
-
-
-def _pm(summary: dict, digits: int = 4) -> str:
-    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
-
-
-def quality_table(entry: dict) -> list[str]:
-    lines = [
-        "| variant | Recall@10 | Recall@20 | Recall@50 | NDCG@10 | train examples/s |",
-        "|---|---|---|---|---|---|",
-    ]
-    pop = entry["popularity"]
-    lines.append("| popularity | " + " | ".join(f"{pop[m]:.4f}" for m in METRICS) + " | - |")
-    for variant, v in entry["variants"].items():
-        speed = v["examples_per_second"]
-        lines.append(
-            f"| {variant} | "
-            + " | ".join(_pm(v[m]) for m in METRICS)
-            + f" | {speed['mean']:,.0f} ± {speed['std']:,.0f} |"
-        )
-    return lines
-
-
-def verdicts(entry: dict) -> list[str]:
-    checks = entry["checks"]
-    lines = []
-    beats = checks["logq_beats_in_batch"]
-    parts = []
-    for name, v in beats["variants"].items():
-        paired = v.get("paired_difference") or {}
-        noise = (
-            f", per seed {paired['mean']:+.4f} ± {paired['std']:.4f}, t = {paired['t']:.1f}"
-            if "t" in paired
-            else ""
-        )
-        parts.append(
-            f"`{name}` {v['recall@20']:.4f} ({'yes' if v['passed'] else 'NO'}, "
-            f"{v['difference']:+.4f}{noise})"
-        )
-    lines.append(
-        f"- **logQ beats uncorrected in-batch** (Recall@20, in-batch "
-        f"{next(iter(beats['variants'].values()))['in_batch_recall@20']:.4f}): "
-        f"{'PASS' if beats['passed'] else 'FAIL'}: " + "; ".join(parts) + "."
-    )
-    if "best_sampled_within_3_percent" in checks:
-        c = checks["best_sampled_within_3_percent"]
-        lines.append(
-            f"- **Best sampled variant within 3% of the full softmax** (Recall@20): "
-            f"{'PASS' if c['passed'] else 'FAIL'}: `{c['best_variant']}` "
-            f"{c['best_recall@20']:.4f} vs {c['full_softmax_recall@20']:.4f}, relative gap "
-            f"{100 * c['relative_gap']:+.2f}% (negative: above the full softmax)"
-            + (
-                f"; paired per seed {100 * c['paired_relative_gap']['mean']:+.2f} ± "
-                f"{100 * c['paired_relative_gap']['std']:.2f}%."
-                if c.get("paired_relative_gap") and len(c["paired_relative_gap"]["per_seed"]) > 1
-                else "."
-            )
-        )
-    if "best_catalogue_sampler" in checks:
-        c = checks["best_catalogue_sampler"]
-        lines.append(
-            f"- Best catalogue-only sampled softmax: `{c['variant']}` {c['recall@20']:.4f}, "
-            f"{100 * c['relative_gap']:+.2f}% relative to the full softmax."
-        )
-    t = entry["fit_throughput"]
-    c = checks["ours_at_least_tfrs_fit_throughput"]
-    lines.append(
-        f"- **Our task's `fit` throughput ≥ tfrs.tasks.Retrieval's**: "
-        f"{'PASS' if c['passed'] else 'FAIL'}: {t['examples_per_second']['ours']:,.0f} vs "
-        f"{t['examples_per_second']['tfrs']:,.0f} examples/s (ratio {c['ours_over_tfrs']:.3f}; "
-        f"medians of {t['rounds']} alternated epochs; per-round ratio "
-        f"{c.get('per_round_mean', float('nan')):.3f} ± {c.get('per_round_se', float('nan')):.3f} "
-        f"(mean ± SE; passes when mean + 2 SE >= 1: the two tasks run the same graph); "
-        f"load average "
-        f"{t['load_average_before']} → {t['load_average_after']})."
-    )
-    return lines
-
-
-def breakdown_table(entry: dict) -> list[str]:
-    lines = [
-        "| task | B | S | D | `fit` step ms | train step ms | towers fwd ms | task fwd+bwd ms | "
-        "score matmuls fwd+bwd ms (share of step) | 3·B·(B+S)·D MACs | at peak ms (share) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for b in entry["step_breakdown"]:
-        lines.append(
-            f"| {b['variant']} | {b['batch_size']} | {b['num_sampled']} | {b['embedding_dim']} | "
-            f"{b['fit_step_ms']:.2f} | {b['train_step_ms']:.2f} | {b['towers_forward_ms']:.2f} | "
-            f"{b['task_forward_backward_ms']:.2f} | {b['score_matmuls_ms']:.3f} "
-            f"({100 * b['matmuls_share_of_step']:.1f}%) | {b['multiply_adds'] / 1e6:.1f} M | "
-            f"{b['floor_ms_at_peak']:.3f} ({100 * b['floor_share_of_step']:.1f}%) |"
-        )
-    peak = entry["step_breakdown"][0]["peak_gflops"] if entry["step_breakdown"] else 0.0
-    lines += ["", f"Peak (1024³ float32 matmul): {peak:.1f} GFLOP/s."]
-    return lines
+def markdown(results: dict) -> str:
+    """Per dataset: the quality table, the checks and the step breakdown."""
+    lines = [f"Settings: {results['settings']}; load average {results['load_average']}."]
+    for name, reason in results["skipped"].items():
+        lines += ["", f"**{name}: skipped** ({reason})."]
+    for name, entry in results["datasets"].items():
+        pop = entry["popularity"]
+        quality = [["popularity", *(f"{pop[m]:.4f}" for m in METRICS), "-"]] + [
+            [variant, *(f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRICS),
+             v["examples_per_second"]["mean"]]
+            for variant, v in entry["variants"].items()
+        ]  # fmt: skip
+        checks = [f"- `{check}`: **{'PASS' if c.get('passed', True) else 'FAIL'}** "
+                  + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in c.items() if not isinstance(v, dict | list | bool))
+                  for check, c in entry["checks"].items()]  # fmt: skip
+        breakdown = [[b["variant"], b["num_sampled"], b["fit_step_ms"],
+                      *(b[f"{c}_ms"] for c in COMPONENTS), b["floor_ms_at_peak"]]
+                     for b in entry["step_breakdown"]]  # fmt: skip
+        lines += [
+            "", f"## {name} ({entry['users']} users, {entry['items']} items, {entry['train']} "
+            f"train / {entry['test']} test)", "",
+            harness.markdown_table(["variant", *METRICS, "examples/s"], quality), "", *checks, "",
+            harness.markdown_table(["task", "S", "`fit` step ms", *(f"{c} ms" for c in COMPONENTS),
+                                    "3·B·(B+S)·D at peak ms"], breakdown),
+        ]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: Path) -> None:
     """Recall@20 of every variant (mean ± std over seeds) and popularity, a panel per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(results["datasets"])
     if not names:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
+    fig, axes = harness.pyplot().subplots(
+        1, len(names), figsize=(6 * len(names), 4.2), squeeze=False
+    )
     for ax, name in zip(axes[0], names, strict=True):
         entry = results["datasets"][name]
         variants = list(entry["variants"])
-        means = [entry["variants"][v]["recall@20"]["mean"] for v in variants]
-        stds = [entry["variants"][v]["recall@20"]["std"] for v in variants]
+        recall = [entry["variants"][v]["recall@20"] for v in variants]
         colors = ["tab:red" if v == "in_batch" else "tab:gray" if v == "full_softmax"
                   else "tab:blue" for v in variants]  # fmt: skip
-        ax.barh(variants, means, xerr=stds, color=colors)
-        ax.axvline(entry["popularity"]["recall@20"], color="black", linestyle="--",
-                   label="popularity")  # fmt: skip
+        ax.barh(
+            variants, [r["mean"] for r in recall], xerr=[r["std"] for r in recall], color=colors
+        )
+        ax.axvline(
+            entry["popularity"]["recall@20"], color="black", linestyle="--", label="popularity"
+        )
         ax.invert_yaxis()
         ax.set_xlabel("Recall@20 (full catalogue, seen items removed)")
-        ax.set_title(f"{name}: mean ± std over {len(results['config']['seeds'])} seeds")
+        ax.set_title(f"{name}: mean ± std over {len(results['settings']['seeds'])} seeds")
         ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
 
 
-def markdown(results: dict) -> str:
-    config = results["config"]
-    settings = (
-        f"D={config['embedding_dim']}, B={config['batch_size']}, S={config['num_sampled']}, "
-        f"τ={config['temperature']}, Adam lr={config['learning_rate']}, "
-        f"{config['epochs']} epochs, seeds {list(config['seeds'])}"
-    )
-    lines = [
-        "# Retrieval benchmark",
-        "",
-        f"Generated by `python -m pipelines.bench_retrieval` on {results['date']} "
-        f"({results['machine']['cpus']} CPUs, shared; TF {results['machine']['tensorflow']}, "
-        f"TFRS {results['machine']['tfrs']}; {results['wall_seconds'] / 60:.1f} min; load average "
-        f"{results['machine']['load_average_start']} → {results['machine']['load_average_end']}).",
-        "",
-        f"Same towers and settings for every variant: {settings}. Metrics: full catalogue, the "
-        "user's training items removed (`recsampled.evaluation`), mean ± std over seeds.",
-        "",
-        LEGEND,
-    ]
-    for name, reason in results["skipped"].items():
-        lines += ["", f"**{name}: skipped** ({reason})."]
-    for name, entry in results["datasets"].items():
-        lines += [
-            "",
-            f"## {name} ({entry['users']} users, {entry['items']} items, "
-            f"{entry['train']} train / {entry['test']} test interactions)",
-            "",
-            *quality_table(entry),
-            "",
-            *verdicts(entry),
-            "",
-            "### Where a training step's time goes",
-            "",
-            *breakdown_table(entry),
-        ]
-    lines += ["", *readme_section(results)]
-    return "\n".join(lines) + "\n"
-
-
-def readme_section(results: dict) -> list[str]:
-    """The section proposed for README.md: the main table and the verdicts."""
-    lines = [
-        "## Proposed README section",
-        "",
-        "```markdown",
-        "### Retrieval quality (`make bench-retrieval`)",
-        "",
-        "Same towers, optimiser, epochs and temperature for every loss; full-catalogue metrics "
-        "with the user's training items removed; mean ± std over "
-        f"{len(results['config']['seeds'])} seeds. Full numbers, throughput and the step "
-        "breakdown: `benchmarks/retrieval.md`.",
-        "",
-        LEGEND,
-    ]
-    for name, entry in results["datasets"].items():
-        lines += ["", f"**{name}**", "", *quality_table(entry), "", *verdicts(entry)]
-    lines.append("```")
-    return lines
+def _modes(parser: argparse.ArgumentParser) -> None:
+    render = "only recompute the checks and rewrite the Markdown and plot from --output's JSON"
+    parser.add_argument("--render", action="store_true", help=render)
+    remeasure = "re-measure only the fit throughput (ours vs TFRS) into --output's JSON"
+    parser.add_argument("--throughput-only", action="store_true", help=remeasure)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.bench_retrieval",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/retrieval.json"))
-    parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
-    parser.add_argument("--datasets", default=None, help="comma-separated dataset names")
-    parser.add_argument("--movielens", default=None, help="the MovieLens 100K folder")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds")
-    parser.add_argument(
-        "--render", action="store_true", help="only rewrite the Markdown from --output's JSON"
-    )
-    parser.add_argument(
-        "--throughput-only",
-        action="store_true",
-        help="re-measure only the fit throughput (ours vs TFRS) into --output's JSON, e.g. on a "
-        "quieter machine, keeping its quality results",
-    )
-    parser.add_argument("--rounds", type=int, default=None, help="alternated throughput rounds")
-    args = parser.parse_args(argv)
+    harness.configure_logging()
+    config, args = harness.parse_options(
+        RetrievalBenchConfig, argv, prog="python -m pipelines.bench_retrieval",
+        description=__doc__, output="benchmarks/retrieval.json", quick=QUICK, extra=_modes,
+    )  # fmt: skip
     if args.throughput_only:
-        results = json.loads(args.output.read_text())
+        results = harness.read_json(args.output)
+        stored = {k: tuple(v) if isinstance(v, list) else v for k, v in results["settings"].items()}
         config = dataclasses.replace(
-            RetrievalBenchConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in results["config"].items()}),
-            throughput_rounds=args.rounds or RetrievalBenchConfig().throughput_rounds,
-        )  # fmt: skip
+            RetrievalBenchConfig(**stored), throughput_rounds=config.throughput_rounds
+        )
         for name, entry in results["datasets"].items():
-            data = load(name, config)
-            if isinstance(data, str):
-                continue
-            _progress(f"{name}: fit throughput, {config.throughput_rounds} rounds")
-            entry["fit_throughput"] = compare_fit_throughput(data, config)
-        results["config"]["throughput_rounds"] = config.throughput_rounds
+            if not isinstance(data := load(name, config), str):
+                entry["fit_throughput"] = compare_fit_throughput(data, config)
+        results["settings"]["throughput_rounds"] = config.throughput_rounds
         results["throughput_remeasured"] = datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds"
         )
-        args.render = True
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
-    if args.render:  # the checks are recomputed from the stored numbers
-        results = json.loads(args.output.read_text())
-        for entry in results["datasets"].values():
-            entry["checks"] = all_checks(entry)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
-        args.output.with_suffix(".md").write_text(markdown(results))
-        plot(results, args.output.with_suffix(".png"))
-        return results
-    config = QUICK if args.quick else RetrievalBenchConfig()
-    overrides: dict = {}
-    if args.datasets:
-        overrides["datasets"] = tuple(args.datasets.split(","))
-    if args.movielens:
-        overrides["movielens"] = args.movielens
-    if args.epochs:
-        overrides["epochs"] = args.epochs
-    if args.seeds:
-        overrides["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-    results = run_benchmark(dataclasses.replace(config, **overrides))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    report = markdown(results)
-    args.output.with_suffix(".md").write_text(report)
+    elif args.render:
+        results = harness.read_json(args.output)
+    else:
+        bench = harness.Benchmark(
+            "pipelines.bench_retrieval", config, schema_version=SCHEMA_VERSION
+        )
+        datasets, skipped = {}, {}
+        for name in config.datasets:
+            data = load(name, config)
+            if isinstance(data, str):
+                LOG.info("%s: skipped (%s)", name, data)
+                skipped[name] = data
+            else:
+                datasets[name] = run_dataset(data, config)
+        results = bench.report(datasets=datasets, skipped=skipped)
+    for entry in results["datasets"].values():  # the checks always follow the stored numbers
+        entry["checks"] = all_checks(entry)
+    harness.write_json(args.output, results)
+    harness.write_text(args.output.with_suffix(".md"), text := markdown(results))
     plot(results, args.output.with_suffix(".png"))
-    print(report)
+    print(text)
     return results
 
 
