@@ -49,12 +49,17 @@ count once. Positives never act as negatives: accidental hits (a column with the
 id, other than the label) are removed over both sources, which is why ``remove_accidental_hits``
 must be True in that mode. Masked logits get TFRS's ``MIN_FLOAT``.
 
-**Per-example catalogue negatives.** A sampler whose ``sample`` takes ``query_embeddings`` (an
-adaptive one, e.g. :class:`recsampled.samplers.QuadraticKernelSampler`) draws ``S`` ids *per
-query*: row ``r`` gets the ``B_c`` in-batch columns and its own ``S`` sampled columns, and
-``Q_c(i | u_r)`` depends on the row, so ``q`` is a ``[B, B_c + S]`` matrix (the sampler is asked
-for the expected count of every in-batch id under every row's proposal). Repeats and accidental
-hits are removed row by row, with the same rules.
+**Adaptive samplers.** A sampler with ``needs_queries`` (the
+:class:`recsampled.samplers.QuadraticKernelSampler`) gets the batch's ``query_embeddings``. In its
+batch-mixture mode it draws ``S`` ids shared by the batch from ``q̄ = (1/B)·Σ_b q(· | u_b)``, so
+its columns are shared catalogue columns like those of any other sampler and ``Q_c`` is the
+expected count under ``q̄``.
+
+**Per-example catalogue negatives.** A sampler with ``per_query`` (the kernel sampler with
+``mode="per_query"``) draws ``S`` ids *per query*: row ``r`` gets the ``B_c`` in-batch columns
+and its own ``S`` sampled columns, and ``Q_c(i | u_r)`` depends on the row, so ``q`` is a
+``[B, B_c + S]`` matrix (the sampler is asked for the expected count of every in-batch id under
+every row's proposal). Repeats and accidental hits are removed row by row, with the same rules.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from tensorflow_recommenders.tasks import base
 from recsampled._validation import check_num_sampled, check_optional_seed, received
 from recsampled.samplers.base import CandidateSampler, SampledValues, repeated_per_row
 from recsampled.samplers.frequency import CandidateFrequency
+from recsampled.tasks.topk import metric_candidate_ids
 
 MIN_FLOAT = tfrs_layers.loss.MIN_FLOAT
 
@@ -140,8 +146,8 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             :class:`recsampled.samplers.frequency.FrequencyEstimator`.
         sampler: catalogue sampler over ids ``[0, sampler.num_classes)`` (any
             :class:`recsampled.samplers.CandidateSampler`); draws ``num_sampled`` unique ids per
-            step, shared by the batch, or per query for a sampler whose ``sample`` takes
-            ``query_embeddings`` (module docstring).
+            step, shared by the batch, or per query for a sampler with ``per_query`` (module
+            docstring).
         num_sampled: S, catalogue negatives per step; 0 turns catalogue sampling off.
         candidate_model: maps ``[S]`` int ids to ``[S, embedding_dim]`` embeddings: the candidate
             tower, or any embedding function over ids. Needed when ``num_sampled > 0``.
@@ -566,7 +572,10 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
                         query_embeddings,
                         # The positives only, without extra negatives.
                         candidate_embeddings[: tf.shape(query_embeddings)[0]],
-                        true_candidate_ids=candidate_ids,
+                        # Ids the metric's index can match, or None to count hits by score.
+                        true_candidate_ids=metric_candidate_ids(
+                            metric, candidate_ids, num_queries=tf.shape(query_embeddings)[0]
+                        ),
                         sample_weight=sample_weight,
                     )
                 )

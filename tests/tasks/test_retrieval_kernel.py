@@ -1,4 +1,5 @@
-"""Retrieval with per-example catalogue negatives from the kernel sampler, against NumPy."""
+"""Retrieval with catalogue negatives from the kernel sampler (per query, and the batch mixture's
+shared columns), against NumPy."""
 
 from __future__ import annotations
 
@@ -29,10 +30,17 @@ def brute_q(queries: np.ndarray, table: np.ndarray, alpha: float) -> np.ndarray:
     return scores / scores.sum(axis=1, keepdims=True)
 
 
-def reference_loss(queries, candidates, ids, table, sampled, tries, pi, in_batch_negatives, tau):
+def reference_loss(
+    queries, candidates, ids, table, sampled, tries, pi, in_batch_negatives, tau, q_kernel=None
+):
     """Row by row: columns = in-batch then the row's own samples, q = 1 - (1 - π_b)(1 - Q_c)
-    with ``Q_c = 1 - (1 - q(i | u_r))^T_r``; repeats within the row and hits masked."""
-    q_kernel = brute_q(queries, table, 1.0)
+    with ``Q_c = 1 - (1 - q(i | u_r))^T_r``; repeats within the row and hits masked.
+
+    ``q_kernel``: ``[B, N]`` proposal of each row (default the per-query ``q(i | u_r)``); shared
+    columns are rows of ``sampled`` that are all equal, with ``q̄`` on every row.
+    """
+    if q_kernel is None:
+        q_kernel = brute_q(queries, table, 1.0)
     total = 0.0
     for r in range(len(queries)):
         column_ids = list(ids) + list(sampled[r])
@@ -91,10 +99,52 @@ def test_per_example_negatives_match_numpy_reference(seed, mode):
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
 
 
-def test_per_example_negatives_in_graph_mode_with_gradients():
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("mode", ["frequency", "sampled_softmax"])
+def test_batch_mixture_negatives_match_numpy_reference(seed, mode):
+    """Shared columns from q̄: Q_c = 1 - (1 - q̄(i))^T for every row, combined with π_b."""
+    rng = np.random.default_rng(seed + 10)
+    table = rng.normal(size=(NUM_IDS, DIM)).astype(np.float32)
+    queries = rng.normal(size=(6, DIM)).astype(np.float32)
+    ids = rng.integers(0, NUM_IDS, size=6)
+    sampler = RecordingKernelSampler(table, alpha=1.0, leaf_size=4, seed=seed)
+    frequency = FixedFrequency(counts=np.arange(NUM_IDS, 0, -1.0), batch_size=6)
+    task = Retrieval(
+        temperature=0.5,
+        remove_accidental_hits=True,
+        candidate_frequency=frequency if mode == "frequency" else None,
+        sampler=sampler,
+        num_sampled=NUM_SAMPLED,
+        candidate_model=lambda i: tf.gather(table, i),
+        in_batch_negatives=mode == "frequency",
+    )
+    loss = task(queries, table[ids], candidate_ids=tf.constant(ids), training=False)
+    shared = sampler.last.sampled_candidates.numpy()
+    assert shared.shape == (NUM_SAMPLED,) and len(set(shared.tolist())) == NUM_SAMPLED
+    q_bar = brute_q(queries, table, 1.0).mean(axis=0)
+    counts = sampler.last.sampled_expected_count.numpy()
+    tries = np.round(np.log1p(-counts[0]) / np.log1p(-q_bar[shared[0]]))
+    pi = frequency.probability(tf.range(NUM_IDS)).numpy() if mode == "frequency" else None
+    expected = reference_loss(
+        queries,
+        table[ids],
+        ids,
+        table,
+        np.tile(shared, (6, 1)),
+        np.full(6, tries),
+        pi,
+        mode == "frequency",
+        0.5,
+        q_kernel=np.tile(q_bar, (6, 1)),
+    )
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_mode", ["per_query", "batch_mixture"])
+def test_per_example_negatives_in_graph_mode_with_gradients(kernel_mode):
     rng = np.random.default_rng(3)
     table = tf.Variable(rng.normal(size=(NUM_IDS, DIM)).astype(np.float32))
-    sampler = QuadraticKernelSampler(table, alpha=10.0, leaf_size=4, seed=1, mode="per_query")
+    sampler = QuadraticKernelSampler(table, alpha=10.0, leaf_size=4, seed=1, mode=kernel_mode)
     task = Retrieval(
         remove_accidental_hits=True,
         sampler=sampler,
