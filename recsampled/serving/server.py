@@ -1,0 +1,69 @@
+"""Run the app on uvicorn; SIGHUP reloads the artifact.
+
+Example:
+    >>> serve("artifacts/movielens", port=8080)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import faiss
+import uvicorn
+
+from recsampled.index import Retriever
+from recsampled.serving.app import create_app
+from recsampled.serving.settings import ServingSettings
+
+logger = logging.getLogger("recsampled.serving")
+
+
+def serve(
+    artifacts: str | os.PathLike | Retriever,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    settings: ServingSettings | None = None,
+    faiss_threads: int | None = 1,
+    log_level: str = "info",
+) -> None:
+    """Loads the artifact, then serves it with uvicorn until SIGINT/SIGTERM.
+
+    SIGHUP reloads the artifact folder in the background (checked, then swapped in; a broken
+    folder is refused and logged, the old artifact keeps serving).
+
+    Args:
+        artifacts: the artifact folder (or a symlink to it), or a loaded Retriever.
+        host: the address to listen on (``0.0.0.0`` for all interfaces).
+        port: the TCP port.
+        settings: limits and micro-batching options.
+        faiss_threads: OpenMP threads per FAISS search (``None``: FAISS's default, one per
+            core). One is the default: a server answers many small searches at once, and
+            OpenMP threads spinning on a busy machine cost more than they bring.
+        log_level: uvicorn's log level.
+
+    Raises:
+        ArtifactError: if the folder is missing or fails a check.
+    """
+    if faiss_threads is not None:
+        faiss.omp_set_num_threads(faiss_threads)
+    app = create_app(artifacts, settings=settings)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+    )
+    asyncio.run(_serve(uvicorn.Server(config), app))
+
+
+async def _serve(server: uvicorn.Server, app) -> None:
+    service = app.state.service
+    if hasattr(signal, "SIGHUP"):
+
+        def on_sighup() -> None:
+            logger.info("SIGHUP: reloading %s", service.holder.path)
+            service.reload_in_background()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
+    await server.serve()
