@@ -1,7 +1,7 @@
 """Language model with a ``SampledSoftmax`` output: quality against the full softmax, and speed.
 
 Run ``python -m pipelines.lm_example --output benchmarks/lm.json`` (about 30 minutes on 2 CPU
-cores); it writes the JSON and a Markdown table beside it (``benchmarks/lm.md``).
+cores); it writes the JSON and Markdown tables beside it (``benchmarks/lm.md``).
 
 **Model** (the classic Keras question): ``Embedding(V, E)``, ``LSTM(H, return_sequences=True)``,
 then an output over ``V``: ``recsampled.layers.SampledSoftmax(V, S)`` in a
@@ -26,8 +26,9 @@ that the full softmax finishes in minutes on 2 CPU cores; with that little data 
 
 **Speed.** ``V = 200,000``, ``S = 1,000``, ``Embedding(V, 256)``, ``LSTM(1024)``, batches of 32
 sequences of 20 steps (target: the sampled model >= 20x faster than the full softmax). Per
-optimizer, three parts, each timed alternately in one process after a warm-up step (median
-wall and CPU seconds, load average recorded: the machine may be shared):
+optimizer, three parts, each timed round-robin in one process after a warm-up step
+(``pipelines.harness.time_round_robin``; median wall and CPU seconds, load average recorded:
+the machine may be shared):
 
 - *whole*: ``train_on_batch`` of the sampled and of the full language model;
 - *output layer*: ``SampledSoftmax`` vs ``Dense(V)`` + cross-entropy alone on fixed hidden
@@ -46,16 +47,12 @@ keeps momentum slots even at ``momentum=0`` and rewrites the whole table every s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import functools
 import gc
-import json
+import logging
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 from collections import Counter
@@ -67,10 +64,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import recsampled  # noqa: E402  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
+import recsampled  # noqa: E402, F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
+from pipelines import harness  # noqa: E402
 from recsampled.layers import LazyAdam, SampledSoftmax, SampledSoftmaxModel  # noqa: E402
 
-SCHEMA_VERSION = 2
+LOG = logging.getLogger("pipelines.lm_example")
+
+SCHEMA_VERSION = 3
 QUALITY_TARGET = 1.05  # held-out cross-entropy, sampled / full
 SPEEDUP_TARGET = 20.0  # step time, full / sampled
 
@@ -275,7 +275,7 @@ def compare_quality(
             vocab_size, embedding_dim, units, num_sampled=sampled, learning_rate=learning_rate
         )
         results[name] = train_and_evaluate(model, train, test, batch_size)
-        print(f"quality {name}: {results[name]}", flush=True)
+        LOG.info("quality %s: %s", name, results[name])
     ratio = results["sampled"]["heldout_cross_entropy"] / results["full"]["heldout_cross_entropy"]
     return results | {"ratio": ratio, "target": QUALITY_TARGET, "passed": ratio <= QUALITY_TARGET}
 
@@ -301,28 +301,24 @@ BODY_CLASSES = 16  # the body-only model's tiny output
 
 
 def time_alternately(steps: dict[str, Callable[[], object]], num_steps: int) -> dict:
-    """Median wall and CPU seconds per call of each step function, called alternately.
+    """Median wall and CPU seconds per call of each step function, called round-robin.
 
-    Each function is called once to warm up (tracing), then ``num_steps`` rounds call each once,
-    in turn, so that load from other processes hits all alike. CPU seconds are this process's
-    (all threads); the 1-minute load average is read before and after.
+    Each function is called once to warm up (tracing), then ``num_steps`` rounds call each once
+    (:func:`pipelines.harness.time_round_robin`); CPU seconds are this process's (all threads);
+    the 1-minute load average is read before and after.
     """
-    results: dict = {name: {"step_seconds": [], "cpu_seconds": []} for name in steps}
-    load_before = os.getloadavg()[0]
-    for name, step in steps.items():
-        start = time.perf_counter()
-        step()
-        results[name]["warmup_seconds"] = time.perf_counter() - start
-    for _ in range(num_steps):
-        for name, step in steps.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            step()
-            results[name]["step_seconds"].append(time.perf_counter() - wall)
-            results[name]["cpu_seconds"].append(time.process_time() - cpu)
-    for r in results.values():
-        r["median_step_seconds"] = statistics.median(r["step_seconds"])
-        r["median_cpu_seconds"] = statistics.median(r["cpu_seconds"])
-    return results | {"load_average": [load_before, os.getloadavg()[0]]}
+    load_before = harness.load_average()[:1]
+    timings = harness.time_round_robin(steps, repeats=num_steps)
+    results: dict = {}
+    for name in steps:
+        wall, cpu = timings.wall_ms[name], timings.cpu_ms[name]
+        results[name] = {
+            "step_seconds": [t / 1e3 for t in wall], "cpu_seconds": [t / 1e3 for t in cpu],
+            "warmup_seconds": timings.first_call_ms[name] / 1e3,
+            "median_step_seconds": statistics.median(wall) / 1e3,
+            "median_cpu_seconds": statistics.median(cpu) / 1e3,
+        }  # fmt: skip
+    return results | {"load_average": load_before + harness.load_average()[:1]}
 
 
 def _speed_batches(vocab_size: int, batch_size: int, length: int) -> tuple[np.ndarray, ...]:
@@ -426,10 +422,7 @@ def time_speed(
         del step_functions
         tf.keras.backend.clear_session()
         gc.collect()
-        summary = {k: (v["median_step_seconds"], v["median_cpu_seconds"])
-                   for k, v in results[part].items() if isinstance(v, dict)}  # fmt: skip
-        print(f"speed {optimizer} {part}: {summary} load {results[part]['load_average']}",
-              flush=True)  # fmt: skip
+        LOG.info("speed %s %s: load %s", optimizer, part, results[part]["load_average"])
     return judge_speed(results)
 
 
@@ -470,382 +463,195 @@ def judge_speed(speed: dict) -> dict:
 # -- report -------------------------------------------------------------------------------------
 
 
-def markdown(results: dict) -> str:
-    """The results as Markdown tables."""
-    lines = ["# Language model: SampledSoftmax vs full softmax", ""]
-    quality = results.get("quality")
-    if quality:
-        data, model = quality["data"], quality["model"]
-        lines += [
-            f"## Held-out cross-entropy (nats/token), {data['source']}",
-            "",
-            f"V={model['vocab_size']:,}, S={model['num_sampled']:,}, "
-            f"Embedding({model['embedding_dim']}), LSTM({model['units']}), "
-            f"{data['train_steps']} steps of {model['batch_size']}x{data['length']} tokens, "
-            f"Adam({model['learning_rate']}).",
-            "",
-            "| model | held-out CE | perplexity | train s | median step s |",
-            "|---|---|---|---|---|",
-        ]
-        for name in ("sampled", "full"):
-            r = quality[name]
-            lines.append(
-                f"| {name} | {r['heldout_cross_entropy']:.4f} | {r['heldout_perplexity']:.1f} | "
-                f"{r['train_seconds']:.1f} | {r['median_step_seconds']:.3f} |"
-            )
-        if data.get("entropy_rate") is not None:
-            lines.append(f"| chain entropy rate (best possible) | {data['entropy_rate']:.4f} | "
-                         f"{np.exp(data['entropy_rate']):.1f} | | |")  # fmt: skip
-            lines.append(f"| unigram entropy (no context) | {data['unigram_entropy']:.4f} | "
-                         f"{np.exp(data['unigram_entropy']):.1f} | | |")  # fmt: skip
-        lines += [
-            "",
-            f"Sampled / full: **{quality['ratio']:.4f}** (target <= {quality['target']}: "
-            f"{'passed' if quality['passed'] else 'FAILED'}).",
-            "",
-        ]
-        unigram = data.get("unigram_entropy")
-        if (
-            unigram is not None
-            and min(quality[name]["heldout_cross_entropy"] for name in ("sampled", "full"))
-            > unigram
-        ):
-            lines += [
-                "Caveat: with this little training both models are still above the unigram "
-                "entropy (a context-free model's best), so this compares early training, not "
-                "converged models.",
-                "",
-            ]
-    step_time = results.get("step_time", {})
-    if step_time:
-        config = next(iter(step_time.values()))["config"]
-        lines += [
-            "## Train step time",
-            "",
-            f"V={config['vocab_size']:,}, S={config['num_sampled']:,}, "
-            f"Embedding({config['embedding_dim']}), LSTM({config['units']}), batch "
-            f"{config['batch_size']}x{config['length']}; median seconds of {config['steps']} "
-            "steps after a warm-up, each part's models timed alternately in one process. "
-            "*Whole*: `train_on_batch`. *Output layer*: `SampledSoftmax` vs `Dense(V)` + "
-            "cross-entropy alone on fixed hidden states (forward, backward, update). *Body*: the "
-            f"same Embedding + LSTM with a {BODY_CLASSES}-way output, the part no output layer "
-            "can remove; *bound* = full whole step / body, the most any output layer can gain.",
-            "",
-            "Speed-ups are of wall time, and in brackets of CPU time (less sensitive to the "
-            "load from other processes, which gives each process a varying share of the cores).",
-            "",
-            "| optimizer | sparse update | whole sampled s | whole full s | **whole speed-up** | "
-            "output sampled s | output full s | **output speed-up** | body s | bound |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for optimizer, speed in step_time.items():
-            whole, head = speed["whole"], speed["output_layer"]
-            body = speed["body"]["default"]
-            lines.append(
-                f"| {optimizer} | {'yes' if speed['sparse_updates'] else 'no (dense)'} | "
-                f"{whole['sampled']['median_step_seconds']:.3f} | "
-                f"{whole['full']['median_step_seconds']:.3f} | **{speed['speedup']:.1f}x** "
-                f"({_cpu_ratio(whole['full'], whole['sampled']):.1f}x) | "
-                f"{head['sampled']['median_step_seconds']:.3f} | "
-                f"{head['full']['median_step_seconds']:.3f} | "
-                f"**{speed['output_layer_speedup']:.0f}x** "
-                f"({_cpu_ratio(head['full'], head['sampled']):.0f}x) | "
-                f"{body['median_step_seconds']:.3f} | {speed['speedup_bound_from_body']:.1f}x "
-                f"({_cpu_ratio(whole['full'], body):.1f}x) |"
-            )
-        lines += [
-            "",
-            "CPU seconds per step (this process, all threads) and the 1-minute load average "
-            "before / after each part (the machine is shared):",
-            "",
-            "| optimizer | part | model | median s | median CPU s | warm-up s | load avg |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for optimizer, speed in step_time.items():
-            for part in ("whole", "output_layer", "body"):
-                load = "{:.2f} / {:.2f}".format(*speed[part]["load_average"])
-                for name, r in speed[part].items():
-                    if isinstance(r, dict):
-                        lines.append(
-                            f"| {optimizer} | {part} | {name} | {r['median_step_seconds']:.3f} | "
-                            f"{r['median_cpu_seconds']:.3f} | {r['warmup_seconds']:.1f} | {load} |"
-                        )
-        best = max(step_time.values(), key=lambda speed: _cpu_ratio(*_whole(speed)))
-        lines += [
-            "",
-            f"Whole step, best optimizer by CPU time ({_name_of(step_time, best)}): "
-            f"**{best['speedup']:.1f}x** wall, **{_cpu_ratio(*_whole(best)):.1f}x** CPU "
-            f"(target >= {best['target']:.0f}x in both: "
-            f"{'passed' if best['passed'] else 'FAILED'}). Output layer alone: "
-            f"**{best['output_layer_speedup']:.0f}x** wall, "
-            f"**{_cpu_ratio(best['output_layer']['full'], best['output_layer']['sampled']):.0f}x** "
-            f"CPU ({'passed' if best['output_layer_passed'] else 'FAILED'}).",
-            "",
-            *_speed_analysis(step_time),
-        ]
-    lines += _readme_section(results)
-    return "\n".join(lines)
-
-
-def _name_of(step_time: dict, speed: dict) -> str:
-    return next(name for name, s in step_time.items() if s is speed)
-
-
-def _whole(speed: dict) -> tuple[dict, dict]:
-    return speed["whole"]["full"], speed["whole"]["sampled"]
-
-
 def _cpu_ratio(slow: dict, fast: dict) -> float:
     return slow["median_cpu_seconds"] / max(fast["median_cpu_seconds"], 1e-9)
 
 
-def _speed_analysis(step_time: dict) -> list[str]:
-    """Where the step time goes, from the numbers (Markdown lines)."""
-    sparse = [speed for speed in step_time.values() if speed["sparse_updates"]]
-    if not sparse:
-        return []
-    best = max(sparse, key=lambda speed: _cpu_ratio(*_whole(speed)))
-    full = best["whole"]["full"]["median_step_seconds"]
-    body = best["body"]["default"]
-    head = best["output_layer"]
-    lines = [
-        "### Where the time goes",
-        "",
-        f"- The output layer alone, what the sampled softmax replaces: "
-        f"{head['sampled']['median_step_seconds']:.3f} s sampled vs "
-        f"{head['full']['median_step_seconds']:.3f} s full, "
-        f"**{best['output_layer_speedup']:.0f}x** ({head['sampled']['median_cpu_seconds']:.3f} vs "
-        f"{head['full']['median_cpu_seconds']:.2f} CPU s, "
-        f"{_cpu_ratio(head['full'], head['sampled']):.0f}x).",
-        f"- The body (Embedding + LSTM, {BODY_CLASSES}-way output) takes "
-        f"{body['median_step_seconds']:.3f} s ({body['median_cpu_seconds']:.2f} CPU s) of every "
-        f"step, whatever the output layer. With the full step at {full:.2f} s "
-        f"({best['whole']['full']['median_cpu_seconds']:.2f} CPU s) no output layer can make the "
-        f"whole step more than **{full / body['median_step_seconds']:.1f}x** faster in wall time "
-        f"(**{_cpu_ratio(best['whole']['full'], body):.1f}x** in CPU time); 20x would need the "
-        f"body under {full / 20:.2f} s ({best['whole']['full']['median_cpu_seconds'] / 20:.2f} "
-        "CPU s).",
-    ]
-    variants = next((speed["body"] for speed in step_time.values() if len(speed["body"]) > 2), None)
-    if variants:
-        default = variants["default"]["median_step_seconds"]
-        tried = ", ".join(
-            f"`{name}` {r['median_step_seconds']:.3f} s, {r['median_cpu_seconds']:.2f} CPU s "
-            f"({default / r['median_step_seconds']:.2f}x)"
-            for name, r in variants.items()
-            if isinstance(r, dict) and name != "default"
-        )
-        lines.append(
-            f"- LSTM options that keep the model (body step, vs default {default:.3f} s, "
-            f"{variants['default']['median_cpu_seconds']:.2f} CPU s): {tried}."
-        )
-    dense = [(name, s) for name, s in step_time.items() if not s["sparse_updates"]]
-    for name, speed in dense:
-        lines.append(
-            f"- `{name}` updates every row of the [V, dim] tables at every step (dense moment "
-            f"decay): the sampled step takes {speed['whole']['sampled']['median_step_seconds']:.2f}"
-            f" s instead of {best['whole']['sampled']['median_step_seconds']:.2f} s, and the "
-            f"speed-up falls to {speed['speedup']:.1f}x. `recsampled.layers.LazyAdam` is Adam "
-            "with sparse updates."
-        )
-    return [*lines, ""]
-
-
-def _readme_section(results: dict) -> list[str]:
-    """The README section proposed for the Keras layer: usage and the LM table."""
-    lines = [
-        "---",
-        "",
-        "## Proposed README section",
-        "",
-        "### Keras: a sampled-softmax output layer",
-        "",
-        "```python",
-        "import recsampled  # sets TF_USE_LEGACY_KERAS=1 before tf.keras is used",
-        "import tensorflow as tf",
-        "from recsampled.layers import LazyAdam, SampledSoftmax, SampledSoftmaxModel",
-        "",
-        'inputs = tf.keras.Input([None], dtype="int32")',
-        "embedding = tf.keras.layers.Embedding(200_000, 256, mask_zero=True)",
-        "x = tf.keras.layers.LSTM(1024, return_sequences=True)(embedding(inputs))",
-        "x = tf.keras.layers.Dense(256)(x)  # to the embedding's dim, for weight tying",
-        "outputs = SampledSoftmax(200_000, num_sampled=1_000, tied_to=embedding)(x)",
-        "model = SampledSoftmaxModel(inputs, outputs)",
-        "model.compile(optimizer=LazyAdam(1e-3))  # sparse updates; tf-keras Adam/SGD are dense",
-        "model.fit(ids[:, :-1], ids[:, 1:])  # integer targets: no one-hot, no second input",
-        "model.evaluate(test[:, :-1], test[:, 1:])  # full-softmax cross-entropy and perplexity",
-        "probabilities = model.predict(test[:, :-1])  # [batch, time, 200_000]",
-        'model.save("lm.keras")  # or a SavedModel folder; load_model gives the same predictions',
-        "```",
-        "",
-        "Training uses the sampled softmax (ids sorted by decreasing frequency for the default "
-        "log-uniform sampler; any `recsampled` sampler plugs in); `evaluate` and `predict` use "
-        "the full softmax. Use an optimizer that updates only the sampled rows (`LazyAdam`, "
-        "`tf.keras.optimizers.Adagrad`, `tf.keras.optimizers.legacy.SGD`): tf-keras' `Adam` and "
-        "`SGD` rewrite the whole `[V, dim]` table every step, and `fit` warns about them.",
-        "",
-    ]
-    quality, step_time = results.get("quality"), results.get("step_time", {})
-    if quality or step_time:
+def markdown(results: dict) -> str:
+    """The results as Markdown tables: quality, then step time per optimizer and per part."""
+    lines = ["# Language model: SampledSoftmax vs full softmax", ""]
+    if quality := results.get("quality"):
+        data, model = quality["data"], quality["model"]
+        rows = [[name, quality[name]["heldout_cross_entropy"], quality[name]["heldout_perplexity"],
+                 quality[name]["train_seconds"], quality[name]["median_step_seconds"]]
+                for name in ("sampled", "full")]  # fmt: skip
+        for label in ("entropy_rate", "unigram_entropy"):
+            if data.get(label) is not None:
+                rows.append([label.replace("_", " "), data[label], np.exp(data[label]), "", ""])
         lines += [
-            "Language model benchmark (`make bench-lm`, 2 CPU cores, `benchmarks/lm.md`):",
-            "",
-            "| measure | sampled | full | ratio |",
-            "|---|---|---|---|",
-        ]
-    if quality:
-        model = quality["model"]
-        lines.append(
-            f"| held-out cross-entropy, V={model['vocab_size']:,} Markov chain | "
-            f"{quality['sampled']['heldout_cross_entropy']:.3f} | "
-            f"{quality['full']['heldout_cross_entropy']:.3f} | {quality['ratio']:.3f} |"
+            f"## Held-out cross-entropy (nats/token), {data['source']}", "",
+            f"V={model['vocab_size']:,}, S={model['num_sampled']:,}, Embedding("
+            f"{model['embedding_dim']}), LSTM({model['units']}), {data['train_steps']} steps of "
+            f"{model['batch_size']}x{data['length']} tokens, Adam({model['learning_rate']}).", "",
+            harness.markdown_table(["model", "held-out CE", "ppl", "train s", "step s"], rows),
+            "", f"Sampled / full: **{quality['ratio']:.4f}** (target <= {quality['target']}: "
+            f"{'passed' if quality['passed'] else 'FAILED'}).", "",
+        ]  # fmt: skip
+    if step_time := results.get("step_time"):
+        config = next(iter(step_time.values()))["config"]
+        rows, parts = [], []
+        for optimizer, speed in step_time.items():
+            whole, body = speed["whole"], speed["body"]["default"]
+            rows.append([
+                optimizer, speed["sparse_updates"], whole["sampled"]["median_step_seconds"],
+                whole["full"]["median_step_seconds"],
+                f"{speed['speedup']:.1f}x ({speed['speedup_cpu']:.1f}x)",
+                f"{speed['output_layer_speedup']:.0f}x ({speed['output_layer_speedup_cpu']:.0f}x)",
+                body["median_step_seconds"], f"{speed['speedup_bound_from_body']:.1f}x",
+            ])  # fmt: skip
+            for part in ("whole", "output_layer", "body"):
+                for name, r in speed[part].items():
+                    if isinstance(r, dict):
+                        parts.append([optimizer, part, name, r["median_step_seconds"],
+                                      r["median_cpu_seconds"], r["warmup_seconds"],
+                                      str(speed[part]["load_average"])])  # fmt: skip
+        lines += [
+            "## Train step time", "",
+            f"V={config['vocab_size']:,}, S={config['num_sampled']:,}, Embedding("
+            f"{config['embedding_dim']}), LSTM({config['units']}), batch {config['batch_size']}x"
+            f"{config['length']}; median seconds of {config['steps']} steps after a warm-up. "
+            "Speed-ups in wall time (CPU time in brackets); *bound*: full step / body step.", "",
+            harness.markdown_table(["optimizer", "sparse update", "whole sampled s", "whole full s",
+                                    "whole speed-up", "output speed-up", "body s", "bound"], rows),
+            "", harness.markdown_table(["optimizer", "part", "model", "median s", "median CPU s",
+                                        "warm-up s", "load avg before / after"], parts), "",
+        ]  # fmt: skip
+    return "\n".join(lines)
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Settings of one run (the defaults are those of the published tables).
+
+    Attributes:
+        text: a text file instead of the Markov chain (quality run).
+        vocab_size: V of the quality run.
+        num_clusters: clusters of the Markov chain.
+        num_sampled: S of the quality run.
+        embedding_dim: Embedding size of the quality run.
+        units: LSTM units of the quality run.
+        length: tokens per sequence of the quality run.
+        batch_size: sequences per step of the quality run.
+        learning_rate: Adam's, in the quality run.
+        quality_steps: training steps of the quality run (0 skips it).
+        test_sequences: held-out sequences.
+        seed: seeds the chain and its sequences.
+        speed_optimizers: optimizers of the step-time runs (sparse-update ones first; adam,
+            dense moment decay, for reference).
+        lstm_variants: LSTM options timed in the body-only model beside the default (with the
+            first optimizer).
+        speed_vocab_size: V of the step-time runs.
+        speed_num_sampled: S of the step-time runs.
+        speed_embedding_dim: Embedding size of the step-time runs.
+        speed_units: LSTM units of the step-time runs.
+        speed_batch_size: sequences per step of the step-time runs.
+        speed_length: tokens per sequence of the step-time runs.
+        speed_steps: timed steps per model.
+    """
+
+    text: str | None = None
+    vocab_size: int = 50_000
+    num_clusters: int = 64
+    num_sampled: int = 1_000
+    embedding_dim: int = 64
+    units: int = 64
+    length: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    quality_steps: int = 300
+    test_sequences: int = 2_000
+    seed: int = 0
+    speed_optimizers: tuple[str, ...] = ("adagrad", "legacy_sgd", "lazy_adam", "adam")
+    lstm_variants: tuple[str, ...] = tuple(LSTM_VARIANTS)
+    speed_vocab_size: int = 200_000
+    speed_num_sampled: int = 1_000
+    speed_embedding_dim: int = 256
+    speed_units: int = 1024
+    speed_batch_size: int = 32
+    speed_length: int = 20
+    speed_steps: int = dataclasses.field(default=5, metadata={"min": 1})
+
+
+def _quality_data(config: LMConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    num_train = config.quality_steps * config.batch_size
+    if config.text:
+        sequences = read_text(config.text, config.vocab_size, config.length)
+        test, train = sequences[: config.test_sequences], sequences[config.test_sequences :]
+        return train[:num_train], test, {"source": f"text file {config.text}", "entropy_rate": None}
+    chain = make_markov_chain(config.vocab_size, config.num_clusters, seed=config.seed)
+    train = sample_sequences(chain, num_train, config.length, seed=config.seed + 1)
+    test = sample_sequences(chain, config.test_sequences, config.length, seed=config.seed + 2)
+    return train, test, {
+        "source": f"Markov chain ({config.num_clusters} clusters, seed {config.seed})",
+        "entropy_rate": chain.entropy_rate, "unigram_entropy": chain.unigram_entropy,
+    }  # fmt: skip
+
+
+def run(config: LMConfig) -> dict:
+    """Runs the quality and speed comparisons that ``config`` asks for; returns the results."""
+    bench = harness.Benchmark("pipelines.lm_example", config, schema_version=SCHEMA_VERSION)
+    results: dict = {}
+    if config.quality_steps > 0:
+        train, test, data = _quality_data(config)
+        steps = int(np.ceil(len(train) / config.batch_size))
+        tokens = {"train_tokens": int(train[:, 1:].size), "test_tokens": int(test[:, 1:].size)}
+        data |= {"length": config.length, "train_steps": steps, **tokens}
+        names = (
+            "vocab_size",
+            "num_sampled",
+            "embedding_dim",
+            "units",
+            "batch_size",
+            "learning_rate",
         )
-    for name, speed in step_time.items():
-        config = speed["config"]
-        size = f"V={config['vocab_size']:,}, S={config['num_sampled']:,}, {name}"
-        for part, label, key in [
-            ("whole", "train step", "speedup"),
-            ("output_layer", "output layer step", "output_layer_speedup"),
-        ]:
-            cpu = _cpu_ratio(speed[part]["full"], speed[part]["sampled"])
-            lines.append(
-                f"| {label} s, {size} | {speed[part]['sampled']['median_step_seconds']:.3f} | "
-                f"{speed[part]['full']['median_step_seconds']:.3f} | {speed[key]:.1f}x "
-                f"({cpu:.1f}x in CPU time) |"
-            )
-    return lines
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Runs the quality and speed comparisons that ``args`` asks for; returns the results."""
-    results: dict = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m pipelines.lm_example", *sys.argv[1:]]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "gpus": len(tf.config.list_physical_devices("GPU")),
-            "tensorflow": tf.__version__,
-            "recsampled": recsampled.__version__,
-        },
-    }
-    if args.quality_steps > 0:
-        num_train = args.quality_steps * args.batch_size
-        if args.text:
-            sequences = read_text(args.text, args.vocab_size, args.length)
-            test, train = sequences[: args.test_sequences], sequences[args.test_sequences :]
-            train = train[:num_train]
-            data = {"source": f"text file {args.text}", "entropy_rate": None}
-        else:
-            chain = make_markov_chain(args.vocab_size, args.num_clusters, seed=args.seed)
-            train = sample_sequences(chain, num_train, args.length, seed=args.seed + 1)
-            test = sample_sequences(chain, args.test_sequences, args.length, seed=args.seed + 2)
-            data = {
-                "source": f"Markov chain ({args.num_clusters} clusters, seed {args.seed})",
-                "entropy_rate": chain.entropy_rate,
-                "unigram_entropy": chain.unigram_entropy,
-            }
-        data |= {
-            "length": args.length,
-            "train_steps": int(np.ceil(len(train) / args.batch_size)),
-            "train_tokens": int(train[:, 1:].size),
-            "test_tokens": int(test[:, 1:].size),
-        }
-        model = {
-            "vocab_size": args.vocab_size,
-            "num_sampled": args.num_sampled,
-            "embedding_dim": args.embedding_dim,
-            "units": args.units,
-            "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate,
-        }
+        model = {name: getattr(config, name) for name in names}
         results["quality"] = {"data": data, "model": model} | compare_quality(train, test, **model)
     results["step_time"] = {}
-    for i, optimizer in enumerate(args.speed_optimizers):
-        config = {
-            "vocab_size": args.speed_vocab_size,
-            "num_sampled": args.speed_num_sampled,
-            "embedding_dim": args.speed_embedding_dim,
-            "units": args.speed_units,
-            "batch_size": args.speed_batch_size,
-            "length": args.speed_length,
-            "steps": args.speed_steps,
-        }
-        # The LSTM variants do not depend on the optimizer: tried with the first one only.
-        variants = ["default"] + [v for v in args.lstm_variants if v != "default" and i == 0]
-        results["step_time"][optimizer] = {"config": config} | time_speed(
-            **config, optimizer=optimizer, lstm_variants=variants
+    for i, optimizer in enumerate(config.speed_optimizers):
+        names = (
+            "vocab_size",
+            "num_sampled",
+            "embedding_dim",
+            "units",
+            "batch_size",
+            "length",
+            "steps",
         )
-    return results
+        speed = {name: getattr(config, f"speed_{name}") for name in names}
+        # The LSTM variants do not depend on the optimizer: tried with the first one only.
+        variants = ["default"] + [v for v in config.lstm_variants if v != "default" and i == 0]
+        results["step_time"][optimizer] = {"config": speed} | time_speed(
+            **speed, optimizer=optimizer, lstm_variants=variants
+        )
+    return bench.report(**results)
 
 
-def write(results: dict, output: str | Path) -> None:
-    """Writes ``output`` (JSON) and the Markdown table beside it (``.md``)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    output.with_suffix(".md").write_text(markdown(results) + "\n", encoding="utf-8")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="benchmarks/lm.json")
-    parser.add_argument(
-        "--render-only",
-        action="store_true",
-        help="no runs: recompute the verdicts in --output's JSON and rewrite its Markdown",
-    )
-    quality = parser.add_argument_group("quality (sampled vs full, same steps)")
-    quality.add_argument("--text", help="a text file instead of the Markov chain")
-    quality.add_argument("--vocab-size", type=int, default=50_000)
-    quality.add_argument("--num-clusters", type=int, default=64)
-    quality.add_argument("--num-sampled", type=int, default=1_000)
-    quality.add_argument("--embedding-dim", type=int, default=64)
-    quality.add_argument("--units", type=int, default=64)
-    quality.add_argument("--length", type=int, default=20)
-    quality.add_argument("--batch-size", type=int, default=32)
-    quality.add_argument("--learning-rate", type=float, default=1e-2)
-    quality.add_argument("--quality-steps", type=int, default=300, help="0 skips the run")
-    quality.add_argument("--test-sequences", type=int, default=2_000)
-    quality.add_argument("--seed", type=int, default=0)
-    speed = parser.add_argument_group("step time")
-    speed.add_argument(
-        "--speed-optimizers",
-        nargs="*",
-        choices=sorted(OPTIMIZERS),
-        default=["adagrad", "legacy_sgd", "lazy_adam", "adam"],
-        help="sparse-update optimizers first; adam (dense moment decay) for reference",
-    )
-    speed.add_argument(
-        "--lstm-variants",
-        nargs="*",
-        choices=list(LSTM_VARIANTS),
-        default=list(LSTM_VARIANTS),
-        help="LSTM options timed in the body-only model beside the default (first optimizer)",
-    )
-    speed.add_argument("--speed-vocab-size", type=int, default=200_000)
-    speed.add_argument("--speed-num-sampled", type=int, default=1_000)
-    speed.add_argument("--speed-embedding-dim", type=int, default=256)
-    speed.add_argument("--speed-units", type=int, default=1024)
-    speed.add_argument("--speed-batch-size", type=int, default=32)
-    speed.add_argument("--speed-length", type=int, default=20)
-    speed.add_argument("--speed-steps", type=int, default=5)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> dict:
+    harness.configure_logging()
+    render = "no runs: recompute the verdicts in --output's JSON and rewrite its Markdown"
+    config, args = harness.parse_options(
+        LMConfig, argv, prog="python -m pipelines.lm_example", description=__doc__,
+        output="benchmarks/lm.json",
+        extra=lambda p: p.add_argument("--render-only", action="store_true", help=render),
+    )  # fmt: skip
+    for name, known in (("speed_optimizers", OPTIMIZERS), ("lstm_variants", LSTM_VARIANTS)):
+        if unknown := set(getattr(config, name)) - set(known):
+            raise SystemExit(
+                f"--{name.replace('_', '-')}: unknown {sorted(unknown)}; expected {sorted(known)}"
+            )
     if args.render_only:
-        results = json.loads(Path(args.output).read_text(encoding="utf-8"))
+        results = harness.read_json(args.output)
         for name, speed in results.get("step_time", {}).items():  # verdicts from measurements
             results["step_time"][name] = judge_speed(speed)
-        write(results, args.output)
-        print(markdown(results))
-        return
-    results = run(args)
-    write(results, args.output)
-    print(markdown(results))
+    else:
+        results = run(config)
+    harness.write_json(args.output, results)
+    harness.write_text(args.output.with_suffix(".md"), text := markdown(results) + "\n")
+    print(text)
+    return results
 
 
 if __name__ == "__main__":
