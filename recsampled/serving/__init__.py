@@ -15,36 +15,36 @@ Tests: ``tests/serving/`` (a real uvicorn server and HTTP client). Benchmark:
 ``pipelines/bench_serve.py``.
 """
 
-from recsampled.serving.app import create_app
-from recsampled.serving.batching import MicroBatcher
-from recsampled.serving.errors import ServiceError
-from recsampled.serving.metrics import ServiceMetrics
-from recsampled.serving.settings import ServingSettings
-from recsampled.serving.state import (
-    ArtifactHolder,
-    LoadedArtifact,
-    ReloadInProgressError,
-    ReloadRefusedError,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562), so that `recsampled.serving.cli` (the `serve` command's
+# arguments) imports neither FastAPI nor TensorFlow until the server runs.
+_EXPORTS = {
+    "ArtifactHolder": "recsampled.serving.state",
+    "LoadedArtifact": "recsampled.serving.state",
+    "MicroBatcher": "recsampled.serving.batching",
+    "ReloadInProgressError": "recsampled.serving.state",
+    "ReloadRefusedError": "recsampled.serving.state",
+    "ServiceError": "recsampled.serving.errors",
+    "ServiceMetrics": "recsampled.serving.metrics",
+    "ServingSettings": "recsampled.serving.settings",
+    "create_app": "recsampled.serving.app",
+    "serve": "recsampled.serving.server",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def serve(*args, **kwargs):  # noqa: D103 - documented in recsampled.serving.server
-    from recsampled.serving.server import serve as _serve
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'recsampled.serving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
 
-    return _serve(*args, **kwargs)
 
-
-serve.__doc__ = "Runs :func:`create_app` on uvicorn (see :func:`recsampled.serving.server.serve`)."
-
-__all__ = [
-    "ArtifactHolder",
-    "LoadedArtifact",
-    "MicroBatcher",
-    "ReloadInProgressError",
-    "ReloadRefusedError",
-    "ServiceError",
-    "ServiceMetrics",
-    "ServingSettings",
-    "create_app",
-    "serve",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

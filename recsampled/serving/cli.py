@@ -18,7 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-from recsampled.index import ArtifactError
 from recsampled.serving.settings import ServingSettings
 
 SERVE_HELP = """\
@@ -125,7 +124,8 @@ def serve_main(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:%(name)s: %(message)s")
-    from recsampled.serving.server import serve  # uvicorn only when serving
+    from recsampled.index import ArtifactError  # TensorFlow, FastAPI: only when serving
+    from recsampled.serving.server import serve
 
     try:
         serve(
