@@ -20,7 +20,8 @@ from recsampled.layers.model import (
     SampledSoftmaxSequential,
 )
 from recsampled.layers.optimizers import LazyAdam
-from recsampled.layers.sampled_softmax import SAMPLERS, SampledSoftmax, get_sampler
+from recsampled.layers.sampled_softmax import SampledSoftmax
+from recsampled.samplers.registry import SAMPLERS, get_sampler
 
 __all__ = [
     "LazyAdam",

@@ -24,7 +24,6 @@ frequency (id 0 the most frequent). With other orderings pass ``UnigramSampler(c
 
 from __future__ import annotations
 
-import inspect
 import types
 import warnings
 from typing import Any
@@ -38,64 +37,12 @@ from recsampled._validation import (
     received,
 )
 from recsampled.losses import full_logits, sampled_softmax_loss
-from recsampled.samplers import CandidateSampler, LogUniformSampler, UniformSampler, UnigramSampler
-
-SAMPLERS: dict[str, type[CandidateSampler]] = {
-    "log_uniform": LogUniformSampler,
-    "uniform": UniformSampler,
-    "unigram": UnigramSampler,
-}
-"""Sampler names a config may use; ``"unigram"`` needs a config with ``counts``."""
-
-SamplerLike = str | dict | CandidateSampler
-
-
-def get_sampler(sampler: SamplerLike, num_classes: int) -> CandidateSampler:
-    """Resolves a sampler name, a ``{"class_name", "config"}`` dict or an instance.
-
-    Names resolve through :data:`SAMPLERS`; a ``class_name`` not there through Keras'
-    ``custom_objects`` / ``register_keras_serializable`` (for your own ``CandidateSampler``).
-
-    Raises:
-        ValueError: for an unknown name, a sampler over another number of classes, or a config
-            the sampler class does not accept.
-    """
-    if isinstance(sampler, CandidateSampler):
-        if sampler.num_classes != num_classes:
-            raise ValueError(
-                f"`sampler` must draw from the layer's num_classes={num_classes} classes. "
-                f"Received: sampler={sampler!r} with num_classes={sampler.num_classes}."
-            )
-        return sampler
-    if isinstance(sampler, str):
-        class_name, config = sampler, {"num_classes": num_classes}
-    elif isinstance(sampler, dict) and set(sampler) == {"class_name", "config"}:
-        class_name, config = sampler["class_name"], dict(sampler["config"])
-    else:
-        raise ValueError(
-            f"`sampler` must be one of {sorted(SAMPLERS)}, a CandidateSampler, or a "
-            f'{{"class_name": ..., "config": ...}} dict. {received("sampler", sampler)}'
-        )
-    cls = SAMPLERS.get(class_name) or tf.keras.utils.get_registered_object(class_name)
-    if not (isinstance(cls, type) and issubclass(cls, CandidateSampler)):
-        raise ValueError(
-            f"`sampler` must be one of {sorted(SAMPLERS)} (or a CandidateSampler registered "
-            f"with Keras). Received: sampler={class_name!r}."
-        )
-    try:
-        return get_sampler(cls(**config), num_classes)
-    except TypeError as e:
-        raise ValueError(
-            f"`sampler` {class_name!r} cannot be built from the config {config} ({e}); pass a "
-            f"sampler instance instead, e.g. UnigramSampler(counts). {received('sampler', sampler)}"
-        ) from e
-
-
-def serialize_sampler(sampler: CandidateSampler) -> dict:
-    """``{"class_name": name, "config": sampler.get_config()}``, the inverse of ``get_sampler``."""
-    names = {cls: name for name, cls in SAMPLERS.items()}
-    class_name = names.get(type(sampler), tf.keras.utils.get_registered_name(type(sampler)))
-    return {"class_name": class_name, "config": sampler.get_config()}
+from recsampled.samplers.registry import (  # noqa: F401 (SAMPLERS: the old import path)
+    SAMPLERS,
+    SamplerLike,
+    get_sampler,
+    serialize_sampler,
+)
 
 
 def step_weights(sample_weight: tf.Tensor | None, targets: tf.Tensor) -> tf.Tensor:
@@ -142,8 +89,8 @@ class SampledSoftmax(tf.keras.layers.Layer):
         num_sampled: S, candidates drawn per training step (``unique=True``, so S <= N).
         sampler: ``"log_uniform"`` (default; assumes ids sorted by decreasing frequency),
             ``"uniform"``, or a :class:`recsampled.CandidateSampler` over ``num_classes``
-            (``UnigramSampler(counts)``, per-example samplers). A sampler whose ``sample``
-            takes ``query_embeddings`` gets the ``[steps, dim]`` hidden states.
+            (``UnigramSampler(counts)``, per-example samplers). A sampler with
+            ``needs_queries`` gets the ``[steps, dim]`` hidden states.
         tied_to: an ``Embedding(num_classes, dim)`` whose table serves as the output embeddings
             (weight tying); the layer then owns only the biases. ``dim`` must equal the last
             axis of this layer's inputs.
@@ -398,7 +345,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
             flat_inputs = tf.boolean_mask(flat_inputs, keep)
             flat_targets = tf.boolean_mask(flat_targets, keep)
             flat_weights = tf.boolean_mask(flat_weights, keep)
-        extra = {"query_embeddings": flat_inputs} if self._sampler_takes_queries() else {}
+        extra = {"query_embeddings": flat_inputs} if self.sampler.needs_queries else {}
         sampled_values = self.sampler.sample(
             flat_targets, self.num_sampled, unique=True, seed=self.seed, **extra
         )
@@ -413,9 +360,6 @@ class SampledSoftmax(tf.keras.layers.Layer):
             remove_accidental_hits=self.remove_accidental_hits,
         )
         return masked_mean(losses, sample_weight=flat_weights)[0]
-
-    def _sampler_takes_queries(self) -> bool:
-        return "query_embeddings" in inspect.signature(self.sampler.sample).parameters
 
     # -- config -------------------------------------------------------------------------------
 

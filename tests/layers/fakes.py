@@ -35,6 +35,9 @@ class PerExampleSampler(rs.CandidateSampler):
     It takes ``query_embeddings`` as an adaptive sampler does, and records their shape.
     """
 
+    needs_queries = True
+    per_query = True
+
     def __init__(self, num_classes: int):
         super().__init__(num_classes)
         self.query_shapes: list[tf.TensorShape] = []
@@ -42,11 +45,8 @@ class PerExampleSampler(rs.CandidateSampler):
     def probability(self, ids: tf.Tensor) -> tf.Tensor:
         return tf.ones_like(tf.cast(ids, tf.float32))
 
-    def sample(self, true_classes, num_sampled, unique=True, seed=None, query_embeddings=None):
+    def _sample(self, true_classes, num_sampled, unique, seed, *, query_embeddings):
         self.query_shapes.append(query_embeddings.shape)
-        return super().sample(true_classes, num_sampled, unique=unique, seed=seed)
-
-    def _sample(self, true_classes, num_sampled, unique, seed) -> rs.SampledValues:
         ids = (true_classes[:, :1] + tf.range(num_sampled, dtype=tf.int64)) % self.num_classes
         ones = tf.ones(tf.shape(ids), tf.float32)
         return rs.SampledValues(ids, tf.ones(tf.shape(true_classes), tf.float32), ones)
