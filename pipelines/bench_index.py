@@ -149,7 +149,7 @@ def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str, st
     """Prepared ``(items, queries, source, metric)``."""
     metric = config.metric
     if config.run:
-        from recsampled.index import load_run
+        from recsampled.runs import load_run
 
         run = load_run(config.run)
         items, queries = run.item_embeddings(), run.query_embeddings()

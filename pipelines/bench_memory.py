@@ -106,7 +106,7 @@ def _train(config: MemoryBenchConfig, parquet: Path, workdir: str) -> dict:
     import yaml
 
     from recsampled.config import Config, apply_override
-    from recsampled.training import train
+    from recsampled.runs import train
 
     values = yaml.safe_load(TRAIN_CONFIG.read_text(encoding="utf-8"))
     values["data"].pop("synthetic", None)

@@ -26,11 +26,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from recsampled.runs import RunEvaluation  # noqa: E402
 
 from recsampled.config import load_config  # noqa: E402
-from recsampled.index import Retriever, evaluate_run, export_run, load_run  # noqa: E402
-from recsampled.index.run import RunEvaluation  # noqa: E402
-from recsampled.training import RunDirectoryError, train  # noqa: E402
+from recsampled.index import Retriever  # noqa: E402
+from recsampled.runs import evaluate_run, export_run, load_run  # noqa: E402
+from recsampled.runs import RunDirectoryError, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "default.yaml"

@@ -2,40 +2,43 @@
 
 - ``recsampled train --config configs/NAME.yaml [--set section.key=value ...] --output RUN_DIR``
   trains a two-tower retrieval model as the config says, checkpoints it, and writes the run
-  directory (``recsampled.training.outputs``); run again on the same RUN_DIR, it resumes.
+  directory (``recsampled.runs.directory``); run again on the same RUN_DIR, it resumes.
 - ``recsampled export --run RUN_DIR --output ARTIFACT_DIR [--index flat|hnsw|ivf|ivfpq|auto]``
   embeds the catalogue with the run's candidate tower, builds and tunes the FAISS index and
-  writes the artifact folder atomically (:func:`recsampled.index.export_run`).
+  writes the artifact folder atomically (:func:`recsampled.runs.export_run`).
 - ``recsampled recommend --artifacts DIR --user U [-k 10] [--json]`` prints a user's top-k
   (:class:`recsampled.index.Retriever`), with titles when the run configured
   ``data.item_metadata``.
 - ``recsampled evaluate --run RUN_DIR [--artifacts DIR]`` prints Recall@K, NDCG@K, HitRate@K,
   MRR and coverage on the test split, exact, through the index and for popularity, and writes
-  them as JSON (:func:`recsampled.index.evaluate_run`).
+  them as JSON (:func:`recsampled.runs.evaluate_run`).
 
 The command only parses arguments, calls the library and prints. Errors (a bad config, run
-directory, artifact or user) exit with status 2 and one message on stderr naming the part at
-fault, without a traceback.
+directory, artifact or user: a :class:`~recsampled.errors.RecsampledError`; a missing file)
+exit with status 2 and one message on stderr naming the part at fault, without a traceback.
+
+Messages and progress of the library go to stderr through the ``recsampled`` logger: ``-q``
+shows warnings only, ``-v`` debug messages too. TensorFlow's C++ start-up lines (CUDA, cpu
+features, oneDNN) are hidden unless ``--tf-log`` or ``RECSAMPLED_TF_LOG=1``. ``--help`` imports
+neither TensorFlow nor FAISS: the subcommands import the library when they run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recsampled.config import load_config
-from recsampled.index import (
-    Retriever,
-    UnknownItemError,
-    UnknownUserError,
-    evaluate_run,
-    export_run,
-)
-from recsampled.index.build import INDEX_CHOICES
-from recsampled.training import RunDirectory, train, write_json
+from recsampled._progress import configure_logging
+from recsampled.errors import RecsampledError, UnknownUserError
+
+#: ``recsampled.index.build.INDEX_CHOICES``, spelled out so that ``--help`` needs no FAISS.
+INDEX_CHOICES = ("flat", "hnsw", "ivf", "ivfpq", "auto")
+#: Set to 1 to see TensorFlow's C++ log lines (as ``--tf-log``).
+TF_LOG_ENV = "RECSAMPLED_TF_LOG"
 
 _TRAIN_HELP = """\
 Train a two-tower retrieval model. The config is YAML with the sections data, model, task,
@@ -66,14 +69,37 @@ table (or the JSON with --json) and writes the JSON to --output (default RUN_DIR
 """
 
 
+def _output_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """``-v``, ``-q`` and ``--tf-log``, accepted before and after the subcommand."""
+    default = argparse.SUPPRESS if suppress else None
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+        help="also show debug messages",
+    )  # fmt: skip
+    options.add_argument(
+        "-q", "--quiet", action="store_true", default=default or False,
+        help="show warnings and errors only (no progress)",
+    )  # fmt: skip
+    options.add_argument(
+        "--tf-log", action="store_true", default=default or False,
+        help=f"show TensorFlow's C++ log lines (also {TF_LOG_ENV}=1)",
+    )  # fmt: skip
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="recsampled", description="Sampled-softmax retrieval for recommenders."
+        prog="recsampled",
+        description="Sampled-softmax retrieval for recommenders.",
+        parents=[_output_options(suppress=False)],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_output_options(suppress=True)]
     train_parser = commands.add_parser(
-        "train", help="train, checkpoint and evaluate a model", description=_TRAIN_HELP
-    )
+        "train", help="train, checkpoint and evaluate a model", description=_TRAIN_HELP,
+        parents=common,
+    )  # fmt: skip
     train_parser.add_argument(
         "--config", type=Path, default=None, help="YAML config (default: every key at its default)"
     )
@@ -95,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     export = commands.add_parser(
-        "export", help="build the FAISS artifact of a trained run", description=_EXPORT_HELP
-    )
+        "export", help="build the FAISS artifact of a trained run", description=_EXPORT_HELP,
+        parents=common,
+    )  # fmt: skip
     export.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
     export.add_argument("--output", type=Path, required=True, metavar="ARTIFACT_DIR")
     export.add_argument("--index", choices=INDEX_CHOICES, default="auto")
@@ -111,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     recommend = commands.add_parser(
-        "recommend", help="top-k items for users", description=_RECOMMEND_HELP
+        "recommend", help="top-k items for users", description=_RECOMMEND_HELP, parents=common
     )
     recommend.add_argument("--artifacts", type=Path, required=True, metavar="DIR")
     recommend.add_argument(
@@ -132,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate",
         help="test-split metrics, exact and through the index",
         description=_EVALUATE_HELP,
+        parents=common,
     )
     evaluate.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
     evaluate.add_argument("--artifacts", type=Path, default=None, metavar="DIR")
@@ -143,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from recsampled.config import load_config
+    from recsampled.runs import train
+
     config = load_config(args.config, overrides=args.overrides)
     result = train(config, args.output, force=args.force)
     print(result.table())
@@ -150,6 +181,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from recsampled.runs import export_run
+
     info = export_run(
         args.run,
         args.output,
@@ -171,6 +204,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _recommend(args: argparse.Namespace) -> None:
+    from recsampled.index import Retriever
+
     retriever = Retriever.load(
         args.artifacts, unknown_user="popular" if args.popular_fallback else "error"
     )
@@ -193,6 +228,9 @@ def _recommend(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from recsampled._io import write_json
+    from recsampled.runs import RunDirectory, evaluate_run
+
     result = evaluate_run(args.run, args.artifacts)
     data = result.as_dict()
     output = args.output or RunDirectory(result.run_dir).evaluation_file
@@ -211,6 +249,40 @@ def _json_value(value: object) -> object:
 _COMMANDS = {"train": _train, "export": _export, "recommend": _recommend, "evaluate": _evaluate}
 
 
+def _import_tensorflow(*, show_log: bool) -> None:
+    """Imports TensorFlow (and runs one op, which initialises the devices) with its C++ log
+    lines hidden, unless ``show_log``: they are written to file descriptor 2 while importing,
+    before any Python logging is set up, so they are hidden by pointing fd 2 at /dev/null."""
+    if "tensorflow" in sys.modules:
+        return
+    from recsampled._keras_env import prefer_legacy_keras
+
+    prefer_legacy_keras()
+    if show_log:
+        import tensorflow  # noqa: F401
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow as tf
+
+        tf.constant(0.0) + 1.0  # device initialisation (CUDA probing) logs here
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return -1 if getattr(args, "quiet", False) else int(getattr(args, "verbose", 0) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -221,16 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "k", 1) <= 0:
         parser.error(f"argument -k: must be a positive integer, got {args.k}")
+    configure_logging(_verbosity(args))
+    show_log = bool(getattr(args, "tf_log", False)) or os.environ.get(TF_LOG_ENV, "") == "1"
+    _import_tensorflow(show_log=show_log)
     try:
         _COMMANDS[args.command](args)
-    except (UnknownUserError, UnknownItemError) as e:
+    except RecsampledError as e:  # config, data, run, artifact, unknown ids
+        where = f"[{e.part}] " if e.part else ""
         hint = " (Here: --popular-fallback.)" if isinstance(e, UnknownUserError) else ""
-        print(f"recsampled {args.command}: error: {e}{hint}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:  # config, data, run, artifact errors; missing files
-        part = getattr(e, "part", None)
-        where = f"[{part}] " if part else ""
-        hint = " (Here: --overwrite.)" if isinstance(e, FileExistsError) else ""
         print(f"recsampled {args.command}: error: {where}{e}{hint}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # missing files, existing outputs, bad argument values
+        hint = " (Here: --overwrite.)" if isinstance(e, FileExistsError) else ""
+        print(f"recsampled {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
     return 0

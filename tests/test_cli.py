@@ -1,7 +1,7 @@
 """The ``recsampled`` command: parsing, error reporting, --set, --force.
 
 The command itself runs in a subprocess (``python -m recsampled``) and is killed with SIGKILL in
-``tests/training/test_resume.py``; here it runs in-process to keep the suite fast.
+``tests/runs/test_resume.py``; here it runs in-process to keep the suite fast.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from recsampled import cli
 from recsampled.config import Config
-from tests.training.conftest import TINY
+from tests.runs.conftest import TINY
 
 
 @pytest.fixture

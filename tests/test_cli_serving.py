@@ -7,7 +7,6 @@ MovieLens ``u.item`` as its item metadata; the artifacts are exported once and s
 from __future__ import annotations
 
 import copy
-import io
 import json
 import shutil
 from pathlib import Path
@@ -17,17 +16,11 @@ import pytest
 
 from recsampled import cli
 from recsampled.config import Config
+from recsampled.data import read_item_titles
 from recsampled.evaluation import retrieval_scores
-from recsampled.index import (
-    ArtifactError,
-    Retriever,
-    RunError,
-    evaluate_run,
-    load_run,
-    read_item_titles,
-)
-from recsampled.training import train
-from tests.training.conftest import TINY
+from recsampled.index import ArtifactError, Retriever
+from recsampled.runs import RunError, evaluate_run, load_run, train
+from tests.runs.conftest import TINY
 
 UNTITLED = 7  # the fake u.item leaves out the item with this original id
 
@@ -50,7 +43,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     values["training"]["epochs"] = 2
     values["data"]["item_metadata"] = str(fake_u_item(folder / "u.item", range(300)))
     path = folder / "run"
-    train(Config.from_dict(values), path, stream=io.StringIO())
+    train(Config.from_dict(values), path)
     return path
 
 
@@ -143,11 +136,10 @@ def _exact_top(run_dir: Path, user_id: int, k: int) -> list[int]:
     """Reference: every unseen item scored by the towers in float64, best first."""
     run = load_run(run_dir)
     user = int(run.users.lookup([user_id])[0])
-    items = run.item_embeddings(progress=False).astype(np.float64)
+    items = run.item_embeddings().astype(np.float64)
     query = run.query_embeddings([user]).astype(np.float64)[0]
     scores = items @ query
-    indptr, seen = run.seen()
-    scores[seen[indptr[user] : indptr[user + 1]]] = -np.inf
+    scores[run.seen()[user].indices] = -np.inf
     return run.items.original_ids[np.argsort(-scores, kind="stable")[:k]].tolist()
 
 
@@ -245,7 +237,7 @@ def test_evaluate_rejects_an_artifact_of_another_run(run_dir, tmp_path, capsys):
     from recsampled.index import export_artifact
 
     export_artifact(other, item_embeddings=items, item_ids=np.arange(300) + 1000,
-                    index="flat", progress=False)  # fmt: skip
+                    index="flat")  # fmt: skip
     assert cli.main(["evaluate", "--run", str(run_dir), "--artifacts", str(other)]) == 2
     err = _error(capsys, "evaluate")
     assert "[item_ids.npy]" in err and "was not exported from the run" in err

@@ -35,8 +35,12 @@ def test_tensorflow_imported_first_still_works_if_keras_not_touched():
 @pytest.mark.parametrize(
     ("code", "env", "message"),
     [
-        ("import tensorflow as tf; tf.keras.layers; import recsampled", {}, "Keras 3"),
-        ("import recsampled", {"TF_USE_LEGACY_KERAS": "0"}, "TF_USE_LEGACY_KERAS is set to '0'"),
+        ("import tensorflow as tf; tf.keras.layers; import recsampled.tasks", {}, "Keras 3"),
+        (
+            "import recsampled.layers",
+            {"TF_USE_LEGACY_KERAS": "0"},
+            "TF_USE_LEGACY_KERAS is set to '0'",
+        ),
     ],
 )
 def test_import_error_says_what_to_do(code, env, message):
@@ -55,3 +59,30 @@ def test_public_api_names_resolve():
     missing, modules = result.stdout.strip().splitlines()
     assert missing == "[]"
     assert modules == "recsampled.losses.sampled_softmax recsampled.tasks.retrieval"
+
+
+def test_import_recsampled_imports_no_tensorflow():
+    result = _run("import recsampled, sys; assert 'tensorflow' not in sys.modules, 'tensorflow'")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["train", "--help"], ["export", "--help"], ["evaluate", "--help"]]
+)
+def test_cli_help_imports_neither_tensorflow_nor_faiss(argv):
+    code = (
+        "import sys\n"
+        "from recsampled import cli\n"
+        "try:\n"
+        f"    cli.main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('tensorflow', 'faiss', 'pandas') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert "usage: recsampled" in result.stdout
+    assert "HEAVY ['pandas']" in result.stdout or "HEAVY []" in result.stdout
+    assert "HEAVY" in result.stdout and "tensorflow" not in result.stdout.split("HEAVY")[1]
+    assert "faiss" not in result.stdout.split("HEAVY")[1]

@@ -11,14 +11,21 @@
   :class:`SplitReport`. Test: ``tests/data/test_splits.py``.
 - ``synthetic.generate`` (``synthetic.py``): a seeded log with Zipf popularity and planted taste
   clusters, from a few hundred rows to 10^7. Test: ``tests/data/test_synthetic.py``.
-- :func:`make_dataset` (``dataset.py``): training batches as a ``tf.data.Dataset``. Test:
-  ``tests/data/test_dataset.py``.
+- The one ``tf.data`` builder (``dataset.py``): :func:`training_batches` addressed by
+  :class:`Position` ``(epoch, batch)`` (resumable), and :func:`make_dataset` (one pass for
+  ``fit``). Tests: ``tests/data/test_dataset.py``, ``test_batches.py``. Imported on first use,
+  so that ``import recsampled.data`` does not import TensorFlow.
+- :func:`read_item_titles` (``metadata.py``): item titles from MovieLens files or a CSV.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from recsampled.data import synthetic
-from recsampled.data.dataset import make_dataset
 from recsampled.data.errors import BadRow, DataError
 from recsampled.data.interactions import Interactions, LoadReport, read_interactions
+from recsampled.data.metadata import read_item_titles
 from recsampled.data.splits import (
     Split,
     SplitReport,
@@ -34,14 +41,33 @@ __all__ = [
     "DataError",
     "Interactions",
     "LoadReport",
+    "Position",
     "Split",
     "SplitReport",
     "Vocabulary",
     "leave_last_out",
     "make_dataset",
+    "read_item_titles",
     "random_holdout",
     "read_interactions",
     "read_split",
+    "steps_per_epoch",
     "synthetic",
     "time_cut",
+    "training_batches",
 ]
+
+_DATASET_NAMES = ("Position", "make_dataset", "steps_per_epoch", "training_batches")
+
+
+def __getattr__(name: str) -> Any:
+    """The ``tf.data`` names, imported (with TensorFlow) on first use."""
+    if name in _DATASET_NAMES:
+        from recsampled.data import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy import sparse
 
 from recsampled._validation import check_positive_int, received
 from recsampled.data import filters
@@ -30,6 +31,34 @@ from recsampled.data._columns import IdDtype, OnBadRows, release_memory
 from recsampled.data.errors import BadRow, DataError
 from recsampled.data.readers import Format, RawLog, read_log, resolve_columns, resolve_format
 from recsampled.data.vocab import Vocabulary
+
+
+def user_item_matrix(
+    user_ids: np.ndarray, item_ids: np.ndarray, num_users: int, num_items: int
+) -> sparse.csr_matrix:
+    """``[num_users, num_items]`` CSR matrix of ones, row ``u`` the items of ``u``'s rows.
+
+    Items keep their log order within a row and repeated pairs stay repeated (the matrix is not
+    summed into canonical form), so ``indptr[u + 1] - indptr[u]`` counts ``u``'s rows.
+
+    Args:
+        user_ids: ``[n]`` user indices in ``[0, num_users)``.
+        item_ids: ``[n]`` item indices in ``[0, num_items)``.
+        num_users: rows of the matrix.
+        num_items: columns of the matrix.
+
+    Example:
+        >>> user_item_matrix(np.array([1, 0, 1]), np.array([2, 0, 1]), 2, 3).toarray()
+        array([[1, 0, 0],
+               [0, 1, 1]], dtype=int8)
+    """
+    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
+    order = np.argsort(user_ids, kind="stable")
+    counts = np.bincount(user_ids, minlength=num_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = item_ids[order].astype(np.int64)
+    data = np.ones(len(indices), np.int8)
+    return sparse.csr_matrix((data, indices, indptr), shape=(num_users, num_items))
 
 
 @dataclass(frozen=True)
@@ -172,6 +201,29 @@ class Interactions:
     def user_counts(self) -> np.ndarray:
         """``[num_users]`` int64 interactions per user in these rows."""
         return np.bincount(self.user_ids, minlength=self.num_users).astype(np.int64)
+
+    def user_items(self, num_users: int | None = None) -> sparse.csr_matrix:
+        """The items of each user as a ``[num_users, num_items]`` CSR matrix of ones.
+
+        Row ``u`` lists, in log order, the items of ``u``'s rows (a repeated pair stays
+        repeated: the matrix is not summed into canonical form). Metrics remove training items
+        and count test items with it; an export stores it as the seen items.
+
+        Args:
+            num_users: rows of the matrix (default: the user vocabulary's size).
+
+        Returns:
+            A ``scipy.sparse.csr_matrix`` (see :func:`user_item_matrix`).
+
+        Example:
+            >>> log = read_interactions(pd.DataFrame({"user": [1, 2, 1], "item": [5, 5, 6]}),
+            ...                         user_col="user", item_col="item")
+            >>> log.user_items().toarray()
+            array([[1, 1],
+                   [1, 0]], dtype=int8)
+        """
+        num_users = self.num_users if num_users is None else num_users
+        return user_item_matrix(self.user_ids, self.item_ids, num_users, self.num_items)
 
     def select(self, rows: np.ndarray) -> Interactions:
         """The interactions at ``rows`` (indices or a bool mask), with the same vocabularies."""

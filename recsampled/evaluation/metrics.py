@@ -26,12 +26,18 @@ the result does not depend on the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 
 from recsampled._validation import check_positive_int, received
+from recsampled.data.interactions import user_item_matrix
+
+if TYPE_CHECKING:
+    from recsampled.data.interactions import Interactions
 
 ScoreFunction = Callable[[np.ndarray], np.ndarray]
 """Maps ``[batch]`` user indices to ``[batch, num_items]`` scores (higher is better)."""
@@ -73,25 +79,44 @@ class RankingMetrics:
         return result
 
 
-class _UserItems:
-    """Per-user item sets in compressed rows: ``items[indptr[u]:indptr[u + 1]]``."""
+def _sizes(matrix: sparse.csr_matrix, users: np.ndarray) -> np.ndarray:
+    """``[len(users)]`` stored entries of each user's row."""
+    return matrix.indptr[users + 1] - matrix.indptr[users]
 
-    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, num_users: int):
-        order = np.argsort(user_ids, kind="stable")
-        self.items = np.asarray(item_ids)[order].astype(np.int64)
-        counts = np.bincount(user_ids, minlength=num_users)
-        self.indptr = np.concatenate([[0], np.cumsum(counts)])
 
-    def sizes(self, users: np.ndarray) -> np.ndarray:
-        return self.indptr[users + 1] - self.indptr[users]
+def _pairs(matrix: sparse.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, item)`` of every entry of the rows ``users``; ``row`` indexes ``users``."""
+    sizes = _sizes(matrix, users)
+    rows = np.repeat(np.arange(users.size), sizes)
+    starts = np.repeat(matrix.indptr[users], sizes)
+    offsets = np.arange(rows.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return rows, matrix.indices[starts + offsets].astype(np.int64)
 
-    def pairs(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(row, item)`` of every item of ``users``; row indexes ``users``."""
-        sizes = self.sizes(users)
-        rows = np.repeat(np.arange(users.size), sizes)
-        starts = np.repeat(self.indptr[users], sizes)
-        offsets = np.arange(rows.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        return rows, self.items[starts + offsets]
+
+def _user_items(
+    log: Interactions | sparse.spmatrix | None,
+    user_ids: np.ndarray | None,
+    item_ids: np.ndarray | None,
+    num_users: int,
+    num_items: int,
+    name: str,
+) -> sparse.csr_matrix:
+    """The ``[num_users, num_items]`` CSR of ``log`` (interactions or a sparse matrix), or of
+    the arrays ``user_ids``/``item_ids``."""
+    if log is None:
+        if user_ids is None or item_ids is None:
+            raise ValueError(
+                f"`{name}` (interactions) or `{name}_user_ids` and `{name}_item_ids` are "
+                f"required. Received: {name}=None."
+            )
+        return user_item_matrix(user_ids, item_ids, num_users, num_items)
+    matrix = log.tocsr() if sparse.issparse(log) else log.user_items(num_users)
+    if matrix.shape != (num_users, num_items):
+        raise ValueError(
+            f"`{name}` must cover [num_users={num_users}, num_items={num_items}]. "
+            f"Received: {name} of shape {matrix.shape}."
+        )
+    return matrix
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -125,13 +150,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def ranking_metrics(
     score_fn: ScoreFunction,
+    train: Interactions | sparse.spmatrix | None = None,
+    test: Interactions | sparse.spmatrix | None = None,
     *,
-    num_users: int,
-    num_items: int,
-    train_user_ids: np.ndarray,
-    train_item_ids: np.ndarray,
-    test_user_ids: np.ndarray,
-    test_item_ids: np.ndarray,
+    num_users: int | None = None,
+    num_items: int | None = None,
+    train_user_ids: np.ndarray | None = None,
+    train_item_ids: np.ndarray | None = None,
+    test_user_ids: np.ndarray | None = None,
+    test_item_ids: np.ndarray | None = None,
     ks: Sequence[int] = (10, 20, 50),
     batch_size: int = 256,
     users: np.ndarray | None = None,
@@ -140,11 +167,14 @@ def ranking_metrics(
 
     Args:
         score_fn: ``[batch]`` user indices -> ``[batch, num_items]`` scores.
-        num_users: users lie in ``[0, num_users)``.
-        num_items: items lie in ``[0, num_items)``.
-        train_user_ids: ``[n_train]`` users of the training interactions (removed from ranking).
+        train: the training interactions (their items are removed from each ranking), or their
+            ``[num_users, num_items]`` sparse matrix (:meth:`Interactions.user_items`).
+        test: the test interactions (the held-out items), or their sparse matrix.
+        num_users: users lie in ``[0, num_users)`` (default: ``train``'s vocabulary).
+        num_items: items lie in ``[0, num_items)`` (default: ``train``'s vocabulary).
+        train_user_ids: ``[n_train]`` users of the training interactions, instead of ``train``.
         train_item_ids: ``[n_train]`` their items.
-        test_user_ids: ``[n_test]`` users of the test interactions.
+        test_user_ids: ``[n_test]`` users of the test interactions, instead of ``test``.
         test_item_ids: ``[n_test]`` their items.
         ks: cut-offs K.
         batch_size: users per batch (capped so that a batch holds at most
@@ -157,21 +187,26 @@ def ranking_metrics(
     Raises:
         ValueError: for bad arguments, or if ``score_fn`` returns the wrong shape or NaN.
     """
-    num_users = check_positive_int("num_users", num_users)
-    num_items = check_positive_int("num_items", num_items)
+    num_users = check_positive_int(
+        "num_users", num_users if num_users is not None else getattr(train, "num_users", None)
+    )
+    num_items = check_positive_int(
+        "num_items", num_items if num_items is not None else getattr(train, "num_items", None)
+    )
     batch_size = check_positive_int("batch_size", batch_size)
     ks = tuple(check_positive_int("ks", k) for k in ks)
     if not ks:
         raise ValueError(f"`ks` must hold at least one cut-off. {received('ks', ks)}")
     k_max = min(max(ks), num_items)
-    train = _UserItems(np.asarray(train_user_ids), np.asarray(train_item_ids), num_users)
-    test = _UserItems(np.asarray(test_user_ids), np.asarray(test_item_ids), num_users)
-    all_test_users = np.flatnonzero(test.sizes(np.arange(num_users)) > 0)
+    seen = _user_items(train, train_user_ids, train_item_ids, num_users, num_items, "train")
+    held_out = _user_items(test, test_user_ids, test_item_ids, num_users, num_items, "test")
+    all_test_users = np.flatnonzero(np.diff(held_out.indptr) > 0)
     users = all_test_users if users is None else np.asarray(users, np.int64)
-    if users.size == 0 or np.any(test.sizes(users) == 0):
+    if users.size == 0 or np.any(_sizes(held_out, users) == 0):
         raise ValueError(
             "`users` must be a non-empty set of users with test items. "
-            f"Received: {users.size} users, {int(np.sum(test.sizes(users) == 0))} without any."
+            f"Received: {users.size} users, "
+            f"{int(np.sum(_sizes(held_out, users) == 0))} without any."
         )
     batch_size = max(1, min(batch_size, MAX_SCORES_PER_BATCH // num_items))
     discount = 1.0 / np.log2(np.arange(2, k_max + 2))
@@ -191,14 +226,14 @@ def ranking_metrics(
         if np.isnan(scores).any():
             raise ValueError("`score_fn` returned NaN scores; the model diverged or is broken.")
         scores = scores.astype(np.result_type(scores.dtype, np.float32), copy=False)
-        rows, items = train.pairs(batch)
+        rows, items = _pairs(seen, batch)
         scores[rows, items] = -np.inf
 
         top = top_k(scores, k_max)
         valid = np.isfinite(np.take_along_axis(scores, top, axis=1))  # not a removed item
-        test_rows, test_items = test.pairs(batch)
+        test_rows, test_items = _pairs(held_out, batch)
         hits = _hits(top, test_rows, test_items, num_items) & valid
-        num_test = test.sizes(batch)
+        num_test = _sizes(held_out, batch)
         for k in ks:
             kk = min(k, k_max)
             found = hits[:, :kk]
@@ -335,3 +370,64 @@ def sample_users(test_user_ids: np.ndarray, max_users: int | None, seed: int = 0
         return users
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(users, size=max_users, replace=False))
+
+
+def evaluate(
+    scorers: Mapping[str, ScoreFunction],
+    train: Interactions,
+    test: Interactions,
+    *,
+    ks: Sequence[int] = (10, 20, 50),
+    batch_size: int = 256,
+    max_users: int | None = None,
+    seed: int = 0,
+    popularity: bool = True,
+    num_users: int | None = None,
+    num_items: int | None = None,
+) -> dict[str, RankingMetrics]:
+    """The evaluation protocol in one call: every scorer, and popularity, on the same users.
+
+    Training (``metrics.json``), ``recsampled evaluate`` and the benchmarks all call this, so
+    that their numbers are comparable: the same test users (the seeded sample of
+    :func:`sample_users`), the same removal of training items, the same cut-offs.
+
+    Args:
+        scorers: name -> score function (e.g. ``{"model": embedding_scores(Q, C)}``).
+        train: the training interactions (removed from each ranking; popularity counts).
+        test: the test interactions.
+        ks: cut-offs K.
+        batch_size: users per batch.
+        max_users: evaluate a seeded sample of this many test users (None: all of them).
+        seed: seeds the sample.
+        popularity: add the popularity baseline under ``"popularity"`` (last).
+        num_users: users of the score functions (default: ``train``'s vocabulary).
+        num_items: items (default: ``train``'s vocabulary).
+
+    Returns:
+        name -> :class:`RankingMetrics`, in the order of ``scorers`` (then ``"popularity"``).
+
+    Example:
+        >>> from recsampled.data import synthetic, random_holdout
+        >>> log = synthetic.generate(num_users=60, num_items=40, num_interactions=900,
+        ...                          seed=0).to_interactions()
+        >>> split = random_holdout(log, test_fraction=0.2, seed=0)
+        >>> rng = np.random.default_rng(0)
+        >>> scores = embedding_scores(rng.normal(size=(60, 4)), rng.normal(size=(40, 4)))
+        >>> result = evaluate({"model": scores}, split.train, split.test, ks=(10,))
+        >>> list(result), result["model"].num_users == result["popularity"].num_users
+        (['model', 'popularity'], True)
+    """
+    num_users = train.num_users if num_users is None else num_users
+    num_items = train.num_items if num_items is None else num_items
+    seen, held_out = train.user_items(num_users), test.user_items(num_users)
+    users = sample_users(test.user_ids, max_users, seed)
+    scorers = dict(scorers)
+    if popularity:
+        scorers["popularity"] = popularity_scores(train.item_counts)
+    return {
+        name: ranking_metrics(
+            score, seen, held_out, num_users=num_users, num_items=num_items, ks=ks,
+            batch_size=batch_size, users=users,
+        )  # fmt: skip
+        for name, score in scorers.items()
+    }

@@ -39,6 +39,7 @@ records it (:attr:`BuiltIndex.target_reached` is false): never silently worse th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import warnings
@@ -48,8 +49,10 @@ from typing import Any, Literal, NamedTuple
 import faiss
 import numpy as np
 
+from recsampled._progress import progress
 from recsampled._validation import check_positive_int, received
-from recsampled.index._progress import Progress, log
+
+logger = logging.getLogger(__name__)
 
 Metric = Literal["dot", "cosine"]
 IndexType = Literal["flat", "hnsw", "ivf", "ivfpq"]
@@ -321,7 +324,6 @@ def create_index(
     factory: str,
     *,
     seed: int = 0,
-    progress: bool = False,
 ) -> faiss.Index:
     """Builds ``faiss.index_factory(D, factory, METRIC_INNER_PRODUCT)``, trains it, adds rows.
 
@@ -334,7 +336,6 @@ def create_index(
             :func:`prepare_vectors`).
         factory: a FAISS factory string such as ``"HNSW32,Flat"``.
         seed: seeds the training sample.
-        progress: print progress to stderr.
 
     Returns:
         The index, with row ``i`` holding ``vectors[i]``.
@@ -357,12 +358,12 @@ def create_index(
         if train_size < num_items:
             rows = np.random.default_rng(seed).choice(num_items, train_size, replace=False)
             train = vectors[np.sort(rows)]
-        log(f"training {factory} on {len(train)} vectors", enabled=progress)
+        logger.info("training %s on %d vectors", factory, len(train))
         try:
             index.train(train)
         except RuntimeError as e:
             raise ValueError(f"FAISS could not train {factory!r} on {len(train)} rows: {e}") from e
-    with Progress(f"adding to {factory}", num_items, enabled=progress) as bar:
+    with progress(num_items, f"adding to {factory}", unit="vectors") as bar:
         for start in range(0, num_items, _ADD_CHUNK):
             chunk = vectors[start : start + _ADD_CHUNK]
             index.add(chunk)
@@ -396,7 +397,6 @@ def tune_search_params(
     exact_rows: np.ndarray,
     *,
     target_recall: float = DEFAULT_TARGET_RECALL,
-    progress: bool = False,
 ) -> tuple[dict[str, int], float, tuple[SearchTrial, ...]]:
     """Finds the fastest search parameters whose recall@k reaches ``target_recall``.
 
@@ -412,7 +412,6 @@ def tune_search_params(
         queries: ``[num_queries, embedding_dim]`` prepared float32 queries.
         exact_rows: ``[num_queries, k]`` exact top-k rows of the queries.
         target_recall: the recall@k to reach.
-        progress: print each trial to stderr.
 
     Returns:
         ``(params, recall, trials)``: the chosen parameters (the highest-recall ones if none
@@ -441,9 +440,7 @@ def tune_search_params(
             trial = SearchTrial(params, recall_at_k(result.rows, exact_rows), qps)
             trials.append(trial)
             history.append(trial.recall)
-            log(
-                f"  {params}: recall@{k}={trial.recall:.4f}, {qps:,.0f} queries/s", enabled=progress
-            )
+            logger.info("  %s: recall@%d=%.4f, %.0f queries/s", params, k, trial.recall, qps)
             if trial.recall >= target_recall:
                 reached.append(trial)
                 break
@@ -485,6 +482,63 @@ def _tuning_queries(
     return queries, "sample_queries"
 
 
+def _index_type(index: IndexChoice, num_items: int, factory: str | None) -> IndexType:
+    """The index type ``index`` stands for (``auto``: by catalogue size)."""
+    if factory is not None and index == "auto":
+        raise ValueError(
+            "`factory` needs an explicit `index` type (flat, hnsw, ivf or ivfpq), not 'auto'. "
+            f"Received: factory={factory!r}, index='auto'."
+        )
+    if index != "auto":
+        return index
+    index_type: IndexType = "flat" if num_items < AUTO_EXACT_MAX_ITEMS else AUTO_ANN_INDEX
+    logger.info("index=auto: %d items -> %s", num_items, index_type)
+    return index_type
+
+
+def _measure(
+    index: faiss.Index,
+    queries: np.ndarray,
+    exact_rows: np.ndarray,
+    *,
+    target_recall: float,
+    search_params: Mapping[str, int] | None,
+) -> tuple[dict[str, int], float, tuple[SearchTrial, ...]]:
+    """Tunes the search parameters, or measures the recall of the given ones."""
+    if search_params is None:
+        return tune_search_params(index, queries, exact_rows, target_recall=target_recall)
+    set_search_params(index, search_params)
+    result, qps = _time_search(index, queries, exact_rows.shape[1])
+    recall = recall_at_k(result.rows, exact_rows)
+    return dict(search_params), recall, (SearchTrial(dict(search_params), recall, qps),)
+
+
+def _below_target(
+    result: BuiltIndex, *, requested: IndexChoice, vectors: np.ndarray
+) -> BuiltIndex:
+    """``auto``: exact search instead, with a warning; otherwise the result, with a warning."""
+    k, recall, params = result.recall_k, result.recall, result.search_params
+    if requested == "auto":
+        warnings.warn(
+            f"index='auto': {result.factory} reached recall@{k}={recall:.4f} < target "
+            f"{result.target_recall} at best ({params}); building exact search (flat) instead.",
+            stacklevel=3,
+        )
+        exact = create_index(vectors, "Flat")  # prepared vectors: normalised for cosine
+        return dataclasses.replace(
+            result, index=exact, index_type="flat", factory="Flat", search_params={},
+            recall=1.0, num_queries=0, query_source="exact",
+        )  # fmt: skip
+    warnings.warn(
+        f"index={requested!r}: {result.factory} reached recall@{k}={recall:.4f} < target "
+        f"{result.target_recall} at best ({params}); the index keeps these parameters and "
+        "records the measured recall. Use index='flat' for exact search, or a lower "
+        "`target_recall`.",
+        stacklevel=3,
+    )
+    return result
+
+
 def build_index(
     item_embeddings: object,
     *,
@@ -496,7 +550,6 @@ def build_index(
     factory: str | None = None,
     search_params: Mapping[str, int] | None = None,
     seed: int = 0,
-    progress: bool = False,
 ) -> BuiltIndex:
     """Builds a FAISS index over item embeddings and tunes it to a target recall@k.
 
@@ -516,7 +569,6 @@ def build_index(
         search_params: fixed search parameters (e.g. ``{"nprobe": 32}``): skips tuning but
             still measures the recall.
         seed: seeds the training and query samples.
-        progress: print progress to stderr.
 
     Returns:
         A :class:`BuiltIndex`.
@@ -536,97 +588,36 @@ def build_index(
     recall_k = check_positive_int("recall_k", recall_k)
     vectors = prepare_vectors(item_embeddings, metric)
     num_items, dim = vectors.shape
-    if factory is not None and index == "auto":
-        raise ValueError(
-            "`factory` needs an explicit `index` type (flat, hnsw, ivf or ivfpq), not 'auto'. "
-            f"Received: factory={factory!r}, index='auto'."
-        )
-    index_type: IndexType
-    if index == "auto":
-        index_type = "flat" if num_items < AUTO_EXACT_MAX_ITEMS else AUTO_ANN_INDEX
-        log(f"index=auto: {num_items} items -> {index_type}", enabled=progress)
-    else:
-        index_type = index
+    index_type = _index_type(index, num_items, factory)
     factory = factory or factory_string(index_type, num_items, dim)
-
     start = time.perf_counter()
-    built = create_index(vectors, factory, seed=seed, progress=progress)
+    built = create_index(vectors, factory, seed=seed)
     build_seconds = time.perf_counter() - start
+    common = dict(
+        index=built, index_type=index_type, factory=factory, metric=metric, recall_k=recall_k,
+        target_recall=target_recall, build_seconds=build_seconds,
+    )  # fmt: skip
     if index_type == "flat" and factory == "Flat":
         return BuiltIndex(
-            built,
-            "flat",
-            factory,
-            metric,
-            {},
-            1.0,
-            recall_k,
-            0,
-            "exact",
-            target_recall,
-            (),
-            build_seconds,
-            0.0,
-        )
-
+            **common, search_params={}, recall=1.0, num_queries=0, query_source="exact",
+            trials=(), tune_seconds=0.0,
+        )  # fmt: skip
     start = time.perf_counter()
     queries, source = _tuning_queries(vectors, sample_queries, metric, seed)
     k = min(recall_k, num_items)
     exact_rows = exact_search(vectors, queries, k).rows
-    log(
-        f"tuning {factory} on {len(queries)} queries to recall@{k} >= {target_recall}",
-        enabled=progress,
+    logger.info("tuning %s on %d queries to recall@%d >= %s", factory, len(queries), k,
+                target_recall)  # fmt: skip
+    params, recall, trials = _measure(
+        built, queries, exact_rows, target_recall=target_recall, search_params=search_params
     )
-    if search_params is not None:
-        set_search_params(built, search_params)
-        result, qps = _time_search(built, queries, k)
-        recall = recall_at_k(result.rows, exact_rows)
-        params, trials = dict(search_params), (SearchTrial(dict(search_params), recall, qps),)
-    else:
-        params, recall, trials = tune_search_params(
-            built, queries, exact_rows, target_recall=target_recall, progress=progress
-        )
-    tune_seconds = time.perf_counter() - start
     result = BuiltIndex(
-        built,
-        index_type,
-        factory,
-        metric,
-        params,
-        recall,
-        recall_k,
-        len(queries),
-        source,
-        target_recall,
-        trials,
-        build_seconds,
-        tune_seconds,
-    )
+        **common, search_params=params, recall=recall, num_queries=len(queries),
+        query_source=source, trials=trials, tune_seconds=time.perf_counter() - start,
+    )  # fmt: skip
     if result.target_reached:
         return result
-    if index == "auto":
-        warnings.warn(
-            f"index='auto': {factory} reached recall@{k}={recall:.4f} < target {target_recall} "
-            f"at best ({params}); building exact search (flat) instead.",
-            stacklevel=2,
-        )
-        fallback = build_index(
-            vectors, index="flat", metric="dot", target_recall=target_recall, recall_k=recall_k
-        )  # already normalised: "dot" keeps the vectors as they are
-        return dataclasses.replace(
-            fallback,
-            metric=metric,
-            trials=trials,
-            build_seconds=build_seconds,
-            tune_seconds=tune_seconds,
-        )
-    warnings.warn(
-        f"index={index!r}: {factory} reached recall@{k}={recall:.4f} < target {target_recall} "
-        f"at best ({params}); the index keeps these parameters and records the measured recall. "
-        "Use index='flat' for exact search, or a lower `target_recall`.",
-        stacklevel=2,
-    )
-    return result
+    return _below_target(result, requested=index, vectors=vectors)
 
 
 def describe_params(params: Mapping[str, Any]) -> str:

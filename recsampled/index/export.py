@@ -2,16 +2,20 @@
 
 :func:`embed_catalogue` embeds every item index with the candidate tower, in batches.
 :func:`export_artifact` builds and tunes the index (:func:`recsampled.index.build_index`), saves
-the query tower as a SavedModel, and writes the artifact folder atomically
-(:mod:`recsampled.index.artifact`). Its interface is explicit arrays and models, not a training
-run directory, so that any training code can call it.
+the query tower as a SavedModel (or copies a saved one: a run's ``towers/query``), and writes the
+artifact folder atomically (:mod:`recsampled.index.artifact`). Its interface is explicit arrays
+and models, not a training run directory, so that any training code can call it; the steps are
+:func:`check_inputs`, :func:`tuning_queries`, ``build_index``, :func:`write_parts` and
+:func:`make_manifest`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,6 @@ import tensorflow as tf
 from recsampled import _io
 from recsampled._validation import check_positive_int, received
 from recsampled.index import artifact
-from recsampled.index._progress import Progress, log
 from recsampled.index.artifact import (
     INDEX_FILE,
     ITEM_IDS_FILE,
@@ -41,6 +44,7 @@ from recsampled.index.build import (
     DEFAULT_TARGET_RECALL,
     MAX_TUNING_QUERIES,
     RECALL_K,
+    BuiltIndex,
     IndexChoice,
     Metric,
     build_index,
@@ -48,8 +52,12 @@ from recsampled.index.build import (
     check_metric,
     prepare_vectors,
 )
+from recsampled.models import embed_ids, load_tower, save_tower
 
-QUERY_INPUT_SIGNATURE = tf.TensorSpec([None], tf.int64, name="user_indices")
+logger = logging.getLogger(__name__)
+
+QueryModel = Callable[[tf.Tensor], tf.Tensor] | str | os.PathLike
+"""A query tower: a callable of ``[batch]`` int64 user indices, or a saved tower's folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,56 +73,8 @@ class ArtifactInfo:
     manifest: Manifest
 
 
-def embed_ids(
-    model: Callable[[tf.Tensor], tf.Tensor],
-    ids: np.ndarray,
-    *,
-    batch_size: int = 4096,
-    progress: bool = False,
-    label: str = "embedding",
-) -> np.ndarray:
-    """Runs ``model`` on int64 ``ids`` in batches and stacks the outputs.
-
-    Args:
-        model: maps ``[batch]`` int64 ids to ``[batch, embedding_dim]`` embeddings (a Keras tower
-            or a loaded SavedModel).
-        ids: ``[n]`` integer ids.
-        batch_size: ids per call.
-        progress: show a progress line on stderr.
-        label: what the progress line says.
-
-    Returns:
-        ``[n, embedding_dim]`` float32 embeddings.
-
-    Raises:
-        ValueError: if the model's output is not ``[batch, embedding_dim]``.
-    """
-    batch_size = check_positive_int("batch_size", batch_size)
-    ids = np.asarray(ids, dtype=np.int64)
-    parts = []
-    with Progress(label, len(ids), enabled=progress) as bar:
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
-            kwargs = {"training": False} if isinstance(model, tf.keras.layers.Layer) else {}
-            output = np.asarray(model(tf.constant(batch), **kwargs), dtype=np.float32)
-            if output.ndim != 2 or output.shape[0] != len(batch):
-                raise ValueError(
-                    f"The model must map [batch] ids to [batch, embedding_dim] embeddings. "
-                    f"Received: output of shape {output.shape} for {len(batch)} ids."
-                )
-            parts.append(output)
-            bar.update(len(batch))
-    if not parts:
-        return np.zeros((0, 0), np.float32)
-    return np.concatenate(parts, axis=0)
-
-
 def embed_catalogue(
-    candidate_model: Callable[[tf.Tensor], tf.Tensor],
-    num_items: int,
-    *,
-    batch_size: int = 4096,
-    progress: bool = True,
+    candidate_model: Callable[[tf.Tensor], tf.Tensor], num_items: int, *, batch_size: int = 4096
 ) -> np.ndarray:
     """Embeds item indices ``0 .. num_items - 1`` with the candidate tower, in batches.
 
@@ -122,54 +82,36 @@ def embed_catalogue(
         candidate_model: maps ``[batch]`` int64 item indices to ``[batch, embedding_dim]``.
         num_items: N, the catalogue size.
         batch_size: items per call.
-        progress: show a progress line on stderr.
 
     Returns:
         ``[num_items, embedding_dim]`` float32 item embeddings, row ``i`` for item index ``i``.
 
     Example:
         >>> tower = tf.keras.Sequential([tf.keras.layers.Embedding(100, 8)])
-        >>> embed_catalogue(tower, 100, batch_size=32, progress=False).shape
+        >>> embed_catalogue(tower, 100, batch_size=32).shape
         (100, 8)
     """
     num_items = check_positive_int("num_items", num_items)
-    return embed_ids(
-        candidate_model,
-        np.arange(num_items),
-        batch_size=batch_size,
-        progress=progress,
-        label="embedding items",
-    )
+    return embed_ids(candidate_model, num_items, batch_size=batch_size, desc="embedding items")
 
 
-class _ServingQueryTower(tf.Module):
-    """The query tower with a fixed serving signature: int64 user indices -> float32 [B, D]."""
+@dataclasses.dataclass(frozen=True)
+class ExportInputs:
+    """The validated inputs of an export (see :func:`export_artifact` for each)."""
 
-    def __init__(self, query_model: Callable[[tf.Tensor], tf.Tensor]):
-        super().__init__(name="query_tower")
-        self.query_model = query_model
+    embeddings: np.ndarray
+    item_ids: np.ndarray
+    user_ids: np.ndarray | None
+    query_model: Callable[[tf.Tensor], tf.Tensor] | None
+    query_model_dir: Path | None
+    seen: tuple[np.ndarray, np.ndarray] | None
+    popularity: np.ndarray | None
+    titles: np.ndarray | None
+    config: dict[str, Any]
 
-    @tf.function(input_signature=[QUERY_INPUT_SIGNATURE])
-    def __call__(self, user_indices: tf.Tensor) -> tf.Tensor:
-        if isinstance(self.query_model, tf.keras.layers.Layer):
-            output = self.query_model(user_indices, training=False)
-        else:
-            output = self.query_model(user_indices)
-        return tf.cast(output, tf.float32)
-
-
-def save_query_model(query_model: Callable[[tf.Tensor], tf.Tensor], path: Path) -> None:
-    """Saves ``query_model`` as a SavedModel whose call (and ``serving_default``) maps
-    ``[batch]`` int64 user indices to ``[batch, embedding_dim]`` float32 query embeddings."""
-    module = _ServingQueryTower(query_model)
-    signature = module.__call__.get_concrete_function()
-    try:
-        tf.saved_model.save(module, str(path), signatures={"serving_default": signature})
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"`query_model` could not be saved as a SavedModel with the input signature "
-            f"{QUERY_INPUT_SIGNATURE}: {e}"
-        ) from e
+    @property
+    def num_users(self) -> int:
+        return 0 if self.user_ids is None else len(self.user_ids)
 
 
 def _as_ids(values: object, name: str) -> np.ndarray:
@@ -292,12 +234,170 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _query_model(query_model: QueryModel | None) -> tuple[Any, Path | None]:
+    """The callable query tower and, for a saved tower, its folder (copied as is)."""
+    if query_model is None:
+        return None, None
+    if isinstance(query_model, str | os.PathLike):
+        folder = Path(query_model)
+        if not folder.is_dir():
+            raise ValueError(
+                "`query_model` must be a callable or a tower SavedModel folder. "
+                f"Received: query_model={str(folder)!r} (not a folder)."
+            )
+        return load_tower(folder), folder
+    if not callable(query_model):
+        raise ValueError(f"`query_model` must be callable. {received('query_model', query_model)}")
+    return query_model, None
+
+
+def check_inputs(
+    *,
+    item_embeddings: object,
+    item_ids: object,
+    query_model: QueryModel | None,
+    user_ids: object | None,
+    seen: object | None,
+    item_popularity: object | None,
+    item_titles: object | None,
+    training_config: object | None,
+) -> ExportInputs:
+    """Validates the inputs of :func:`export_artifact`; raises ``ValueError`` naming the one at
+    fault."""
+    embeddings = prepare_vectors(item_embeddings, "dot")  # validated float32, not normalised
+    num_items, dim = embeddings.shape
+    items = _as_ids(item_ids, "item_ids")
+    if len(items) != num_items:
+        raise ValueError(
+            f"`item_ids` must have one id per row of `item_embeddings` ({num_items}). "
+            f"Received: {len(items)} ids."
+        )
+    if (query_model is not None or seen is not None) and user_ids is None:
+        raise ValueError(
+            "`user_ids` (the user vocabulary, in index order) is required with `query_model` or "
+            "`seen`. Received: user_ids=None."
+        )
+    users = _as_ids(user_ids, "user_ids") if user_ids is not None else None
+    num_users = 0 if users is None else len(users)
+    model, folder = _query_model(query_model)
+    if model is not None and num_users:
+        probe = embed_ids(model, np.arange(min(num_users, 2)))
+        if probe.shape[1] != dim:
+            raise ValueError(
+                f"`query_model` must output embeddings of the items' dimension ({dim}). "
+                f"Received: query embeddings of dimension {probe.shape[1]}."
+            )
+    return ExportInputs(
+        embeddings=embeddings,
+        item_ids=items,
+        user_ids=users,
+        query_model=model,
+        query_model_dir=folder,
+        seen=as_csr(seen, num_users, num_items) if seen is not None else None,
+        popularity=_popularity(item_popularity, num_items) if item_popularity is not None else None,
+        titles=_titles(item_titles, num_items) if item_titles is not None else None,
+        config=artifact.as_json_config(training_config),
+    )
+
+
+def tuning_queries(
+    inputs: ExportInputs, index: IndexChoice, sample_queries: object | None, seed: int
+) -> tuple[object | None, str | None]:
+    """The queries that tune an ANN index, and where they came from.
+
+    Given queries are used as they are (``"sample_queries"``); otherwise, when the index is
+    approximate and there is a query tower, up to :data:`MAX_TUNING_QUERIES` random users
+    through it (``"query_model"``); else None (``build_index`` then uses item embeddings).
+    """
+    if sample_queries is not None:
+        return sample_queries, "sample_queries"
+    num_items = len(inputs.item_ids)
+    wants_ann = index != "flat" and not (index == "auto" and num_items < AUTO_EXACT_MAX_ITEMS)
+    if inputs.query_model is None or not inputs.num_users or not wants_ann:
+        return None, None
+    rng = np.random.default_rng(seed)
+    users = inputs.num_users
+    chosen = np.sort(rng.choice(users, min(users, MAX_TUNING_QUERIES), replace=False))
+    queries = embed_ids(inputs.query_model, chosen, desc="embedding sample queries")
+    return queries, "query_model"
+
+
+def write_parts(folder: Path, inputs: ExportInputs, built: BuiltIndex) -> None:
+    """Writes the index, the id maps, the optional parts and the query tower into ``folder``."""
+    faiss.write_index(built.index, str(folder / INDEX_FILE))
+    artifact.save_npy(folder / ITEM_IDS_FILE, inputs.item_ids)
+    if inputs.user_ids is not None:
+        artifact.save_npy(folder / USER_IDS_FILE, inputs.user_ids)
+    if inputs.seen is not None:
+        artifact.save_csr(folder / SEEN_FILE, *inputs.seen)
+    if inputs.popularity is not None:
+        artifact.save_npy(folder / POPULARITY_FILE, inputs.popularity)
+    if inputs.titles is not None:
+        artifact.save_npy(folder / ITEM_TITLES_FILE, inputs.titles)
+    if inputs.query_model_dir is not None:
+        logger.info("copying the query tower (SavedModel) from %s", inputs.query_model_dir)
+        shutil.copytree(inputs.query_model_dir, folder / QUERY_MODEL_DIR)
+    elif inputs.query_model is not None:
+        logger.info("saving the query tower (SavedModel)")
+        try:
+            save_tower(inputs.query_model, folder / QUERY_MODEL_DIR, name="query_tower")
+        except ValueError as e:
+            raise ValueError(f"`query_model` could not be saved: {e}") from e
+    _io.fsync_tree(folder)
+
+
+def make_manifest(
+    folder: Path,
+    inputs: ExportInputs,
+    built: BuiltIndex,
+    *,
+    requested: IndexChoice,
+    query_source: str | None,
+) -> Manifest:
+    """The manifest of the parts written into ``folder`` (their checksums included)."""
+    source = built.query_source
+    if source == "sample_queries" and query_source is not None:
+        source = query_source
+    parts = [p for p in artifact.KNOWN_PARTS if (folder / p).exists()]
+    num_items, dim = inputs.embeddings.shape
+    return Manifest(
+        schema_version=artifact.SCHEMA_VERSION,
+        format=artifact.FORMAT_NAME,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        num_items=int(num_items),
+        num_users=int(inputs.num_users),
+        embedding_dim=int(dim),
+        metric=built.metric,
+        index=IndexInfo(
+            type=built.index_type,
+            factory=built.factory,
+            search_params=dict(built.search_params),
+            requested=requested,
+            build_seconds=round(built.build_seconds, 3),
+            size_bytes=(folder / INDEX_FILE).stat().st_size,
+        ),
+        recall=RecallInfo(
+            k=built.recall_k,
+            value=built.recall,
+            target=built.target_recall,
+            reached=built.target_reached,
+            num_queries=built.num_queries,
+            query_source=source,
+            trials=[dataclasses.asdict(t) for t in built.trials],
+        ),
+        embeddings_sha256=_io.sha256_array(inputs.embeddings),
+        files={part: _io.sha256_part(folder / part) for part in parts},
+        training_config=inputs.config,
+        versions=_versions(),
+    )
+
+
 def export_artifact(
     output_dir: str | os.PathLike,
     *,
     item_embeddings: object,
     item_ids: Sequence[Any] | np.ndarray,
-    query_model: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    query_model: QueryModel | None = None,
     user_ids: Sequence[Any] | np.ndarray | None = None,
     metric: Metric = "dot",
     index: IndexChoice = "auto",
@@ -309,12 +409,12 @@ def export_artifact(
     target_recall: float = DEFAULT_TARGET_RECALL,
     overwrite: bool = False,
     seed: int = 0,
-    progress: bool = True,
 ) -> ArtifactInfo:
     """Builds the FAISS index and writes the artifact folder atomically.
 
     Everything is written into a hidden temporary sibling of ``output_dir`` and renamed into
     place at the end, so a killed export never leaves a loadable folder under ``output_dir``.
+    Progress goes to the ``recsampled`` logger.
 
     Args:
         output_dir: the artifact folder to create.
@@ -322,8 +422,9 @@ def export_artifact(
             index ``i``), e.g. from :func:`embed_catalogue`.
         item_ids: ``[num_items]`` distinct original item ids (int or str), in row order.
         query_model: maps ``[batch]`` int64 user indices to ``[batch, embedding_dim]`` query
-            embeddings; saved as a SavedModel. Optional (without it, only ``similar_items`` and
-            ``search`` work after loading).
+            embeddings, saved as a SavedModel; or the folder of a tower SavedModel
+            (:func:`recsampled.models.save_tower`, a run's ``towers/query``), copied as is.
+            Optional (without it, only ``similar_items`` and ``search`` work after loading).
         user_ids: ``[num_users]`` distinct original user ids in index order (the query tower's
             vocabulary); required with ``query_model`` or ``seen``.
         metric: ``"dot"`` or ``"cosine"``, the score the model was trained with.
@@ -331,7 +432,8 @@ def export_artifact(
             ``AUTO_EXACT_MAX_ITEMS`` items, else IVF-Flat tuned to ``target_recall``).
         sample_queries: ``[num_queries, embedding_dim]`` real query embeddings to tune and measure
             ANN recall; by default up to 1000 random users through ``query_model``.
-        seen: item rows each user has seen, for ``exclude_seen`` (see :func:`as_csr`).
+        seen: item rows each user has seen, for ``exclude_seen`` (see :func:`as_csr`; e.g.
+            ``Interactions.user_items()``).
         item_popularity: ``[num_items]`` interaction counts, for the popular-items fallback.
         item_titles: ``[num_items]`` titles in row order (``""`` where unknown), shown by
             ``recsampled recommend`` and :meth:`Recommendations.to_frame`.
@@ -339,7 +441,6 @@ def export_artifact(
         target_recall: recall@10 against exact search the ANN index must reach.
         overwrite: replace an existing artifact at ``output_dir``.
         seed: seeds the samples used for training and tuning.
-        progress: show progress on stderr.
 
     Returns:
         An :class:`ArtifactInfo` with the final path and the manifest.
@@ -352,120 +453,33 @@ def export_artifact(
         >>> items = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
         >>> info = export_artifact("/tmp/artifact", item_embeddings=items,
         ...                        item_ids=[f"item{i}" for i in range(50)], index="flat",
-        ...                        progress=False, overwrite=True)
+        ...                        overwrite=True)
         >>> info.manifest.num_items
         50
     """
     metric = check_metric(metric)
     index = check_index_choice(index)
     artifact.check_output_dir(output_dir, overwrite=overwrite)  # fail before minutes of work
-    embeddings = prepare_vectors(item_embeddings, "dot")  # validated float32, not normalised
-    num_items, dim = embeddings.shape
-    item_ids = _as_ids(item_ids, "item_ids")
-    if len(item_ids) != num_items:
-        raise ValueError(
-            f"`item_ids` must have one id per row of `item_embeddings` ({num_items}). "
-            f"Received: {len(item_ids)} ids."
-        )
-    if (query_model is not None or seen is not None) and user_ids is None:
-        raise ValueError(
-            "`user_ids` (the user vocabulary, in index order) is required with `query_model` or "
-            "`seen`. Received: user_ids=None."
-        )
-    users = _as_ids(user_ids, "user_ids") if user_ids is not None else None
-    num_users = 0 if users is None else len(users)
-    if query_model is not None and not callable(query_model):
-        raise ValueError(f"`query_model` must be callable. {received('query_model', query_model)}")
-    csr = as_csr(seen, num_users, num_items) if seen is not None else None
-    popularity = _popularity(item_popularity, num_items) if item_popularity is not None else None
-    titles = _titles(item_titles, num_items) if item_titles is not None else None
-    config = artifact.as_json_config(training_config)
-
-    query_source = "sample_queries" if sample_queries is not None else None
-    if query_model is not None and num_users:
-        probe = embed_ids(query_model, np.arange(min(num_users, 2)))
-        if probe.shape[1] != dim:
-            raise ValueError(
-                f"`query_model` must output embeddings of the items' dimension ({dim}). "
-                f"Received: query embeddings of dimension {probe.shape[1]}."
-            )
-        wants_ann = index not in ("flat",) and not (
-            index == "auto" and num_items < AUTO_EXACT_MAX_ITEMS
-        )
-        if sample_queries is None and wants_ann:
-            rng = np.random.default_rng(seed)
-            chosen = np.sort(rng.choice(num_users, min(num_users, MAX_TUNING_QUERIES), False))
-            sample_queries = embed_ids(
-                query_model, chosen, label="embedding sample queries", progress=progress
-            )
-            query_source = "query_model"
-
+    inputs = check_inputs(
+        item_embeddings=item_embeddings, item_ids=item_ids, query_model=query_model,
+        user_ids=user_ids, seen=seen, item_popularity=item_popularity, item_titles=item_titles,
+        training_config=training_config,
+    )  # fmt: skip
+    queries, query_source = tuning_queries(inputs, index, sample_queries, seed)
     built = build_index(
-        embeddings,
-        index=index,
-        metric=metric,
-        sample_queries=sample_queries,
-        target_recall=target_recall,
-        recall_k=RECALL_K,
-        seed=seed,
-        progress=progress,
-    )
-    source = built.query_source
-    if source == "sample_queries" and query_source is not None:
-        source = query_source
-    log(
-        f"index {built.factory} {built.search_params}: recall@{built.recall_k}="
-        f"{built.recall:.4f} (target {built.target_recall}, {built.num_queries} queries)",
-        enabled=progress,
-    )
-
+        inputs.embeddings, index=index, metric=metric, sample_queries=queries,
+        target_recall=target_recall, recall_k=RECALL_K, seed=seed,
+    )  # fmt: skip
+    logger.info(
+        "index %s %s: recall@%d=%.4f (target %s, %d queries)", built.factory,
+        built.search_params, built.recall_k, built.recall, built.target_recall, built.num_queries,
+    )  # fmt: skip
     with artifact.atomic_directory(output_dir, overwrite=overwrite) as folder:
-        faiss.write_index(built.index, str(folder / INDEX_FILE))
-        artifact.save_npy(folder / ITEM_IDS_FILE, item_ids)
-        if users is not None:
-            artifact.save_npy(folder / USER_IDS_FILE, users)
-        if csr is not None:
-            artifact.save_csr(folder / SEEN_FILE, *csr)
-        if popularity is not None:
-            artifact.save_npy(folder / POPULARITY_FILE, popularity)
-        if titles is not None:
-            artifact.save_npy(folder / ITEM_TITLES_FILE, titles)
-        if query_model is not None:
-            log("saving the query tower (SavedModel)", enabled=progress)
-            save_query_model(query_model, folder / QUERY_MODEL_DIR)
-        _io.fsync_tree(folder)
-        parts = [p for p in artifact.KNOWN_PARTS if (folder / p).exists()]
-        manifest = Manifest(
-            schema_version=artifact.SCHEMA_VERSION,
-            format=artifact.FORMAT_NAME,
-            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            num_items=int(num_items),
-            num_users=int(num_users),
-            embedding_dim=int(dim),
-            metric=metric,
-            index=IndexInfo(
-                type=built.index_type,
-                factory=built.factory,
-                search_params=dict(built.search_params),
-                requested=index,
-                build_seconds=round(built.build_seconds, 3),
-                size_bytes=(folder / INDEX_FILE).stat().st_size,
-            ),
-            recall=RecallInfo(
-                k=built.recall_k,
-                value=built.recall,
-                target=built.target_recall,
-                reached=built.target_reached,
-                num_queries=built.num_queries,
-                query_source=source,
-                trials=[dataclasses.asdict(t) for t in built.trials],
-            ),
-            embeddings_sha256=_io.sha256_array(embeddings),
-            files={part: _io.sha256_part(folder / part) for part in parts},
-            training_config=config,
-            versions=_versions(),
+        write_parts(folder, inputs, built)
+        manifest = make_manifest(
+            folder, inputs, built, requested=index, query_source=query_source
         )
         artifact.write_manifest(folder, manifest)
     final = Path(output_dir).absolute()
-    log(f"wrote {final}", enabled=progress)
+    logger.info("wrote %s", final)
     return ArtifactInfo(path=final, manifest=manifest)

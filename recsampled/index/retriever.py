@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from scipy import sparse
 
 from recsampled._validation import check_positive_int, received
 from recsampled.errors import UnknownItemError, UnknownUserError
@@ -38,7 +39,7 @@ from recsampled.index.artifact import (
     mismatch,
 )
 from recsampled.index.build import prepare_vectors, search, set_search_params
-from recsampled.index.export import embed_ids
+from recsampled.models import embed_ids
 
 UnknownUserPolicy = Literal["error", "popular"]
 
@@ -130,7 +131,7 @@ class Retriever:
         item_ids: np.ndarray,
         user_ids: np.ndarray | None = None,
         query_model: Any | None = None,
-        seen: tuple[np.ndarray, np.ndarray] | None = None,
+        seen: sparse.spmatrix | tuple[np.ndarray, np.ndarray] | None = None,
         item_popularity: np.ndarray | None = None,
         item_titles: np.ndarray | None = None,
         unknown_user: UnknownUserPolicy = "error",
@@ -152,7 +153,8 @@ class Retriever:
         self.item_ids = item_ids
         self.user_ids = user_ids
         self.query_model = query_model
-        self.seen = seen
+        self.user_items = _as_user_items(seen, len(user_ids) if user_ids is not None else 0,
+                                         len(item_ids))  # fmt: skip
         self.item_popularity = item_popularity
         self.item_titles = item_titles
         self.unknown_user = unknown_user
@@ -194,98 +196,33 @@ class Retriever:
         path = Path(path).absolute()
         manifest = artifact.read_manifest(path)
         artifact.check_files(path, manifest, verify_checksums=verify_checksums)
-        n, dim = manifest.num_items, manifest.embedding_dim
-
-        try:
-            index = faiss.read_index(str(path / INDEX_FILE))
-        except RuntimeError as e:
-            raise ArtifactError(
-                f"The artifact at {path} has a corrupt FAISS index ({INDEX_FILE}): {e}",
-                path=path,
-                part=INDEX_FILE,
-            ) from e
-        if index.d != dim:
-            raise mismatch(
-                path,
-                INDEX_FILE,
-                f"{INDEX_FILE} has dimension {index.d}, but "
-                f"manifest.json says embedding_dim={dim}.",
-            )
-        if index.ntotal != n:
-            raise mismatch(
-                path,
-                INDEX_FILE,
-                f"{INDEX_FILE} holds {index.ntotal} vectors, but manifest.json says num_items={n}.",
-            )
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise mismatch(path, INDEX_FILE, f"{INDEX_FILE} does not use the inner product.")
-        try:
-            set_search_params(index, manifest.index.search_params)
-        except ValueError as e:
-            raise mismatch(path, INDEX_FILE, str(e)) from e
-
-        item_ids = _ids_part(path, ITEM_IDS_FILE, n, "num_items")
+        files = manifest.files
         user_ids = None
-        if USER_IDS_FILE in manifest.files:
+        if USER_IDS_FILE in files:
             user_ids = _ids_part(path, USER_IDS_FILE, manifest.num_users, "num_users")
-
-        seen = None
-        if SEEN_FILE in manifest.files:
-            indptr, indices = artifact.load_csr(path, SEEN_FILE)
-            users = manifest.num_users
-            if indptr.shape != (users + 1,) or indices.shape != (int(indptr[-1]),):
-                raise mismatch(
-                    path,
-                    SEEN_FILE,
-                    f"{SEEN_FILE} has {len(indptr) - 1} users and "
-                    f"{len(indices)} entries, but manifest.json says num_users="
-                    f"{users} and its indptr ends at {indptr[-1]}.",
-                )
-            if len(indices) and (indices.min() < 0 or indices.max() >= n):
-                raise mismatch(path, SEEN_FILE, f"{SEEN_FILE} has item rows outside [0, {n}).")
-            seen = (indptr.astype(np.int64), indices.astype(np.int64))
-
-        popularity = None
-        if POPULARITY_FILE in manifest.files:
-            popularity = artifact.load_npy(path, POPULARITY_FILE)
-            if popularity.shape != (n,):
-                raise mismatch(
-                    path,
-                    POPULARITY_FILE,
-                    f"{POPULARITY_FILE} has shape "
-                    f"{popularity.shape}, but manifest.json says num_items={n}.",
-                )
-
-        titles = None
-        if ITEM_TITLES_FILE in manifest.files:
-            titles = artifact.load_npy(path, ITEM_TITLES_FILE)
-            if titles.shape != (n,) or titles.dtype.kind != "U":
-                raise mismatch(
-                    path,
-                    ITEM_TITLES_FILE,
-                    f"{ITEM_TITLES_FILE} must hold {n} titles (manifest.json says num_items={n}). "
-                    f"Received: shape {titles.shape}, dtype {titles.dtype}.",
-                )
-
-        query_model = None
-        if QUERY_MODEL_DIR in manifest.files:
-            query_model = _load_query_model(path, manifest)
-
         return cls(
             path=path,
             manifest=manifest,
-            index=index,
-            item_ids=item_ids,
+            index=_load_index(path, manifest),
+            item_ids=_ids_part(path, ITEM_IDS_FILE, manifest.num_items, "num_items"),
             user_ids=user_ids,
-            query_model=query_model,
-            seen=seen,
-            item_popularity=popularity,
-            item_titles=titles,
+            query_model=_load_query_model(path, manifest) if QUERY_MODEL_DIR in files else None,
+            seen=_load_seen(path, manifest) if SEEN_FILE in files else None,
+            item_popularity=_load_popularity(path, manifest) if POPULARITY_FILE in files else None,
+            item_titles=_load_titles(path, manifest) if ITEM_TITLES_FILE in files else None,
             unknown_user=unknown_user,
             batch_size=batch_size,
         )
 
     # -- properties -------------------------------------------------------------------------
+
+    @property
+    def seen(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The seen items as CSR ``(indptr [num_users + 1], item rows)`` (None without them);
+        :attr:`user_items` is the same as a ``scipy.sparse.csr_matrix``."""
+        if self.user_items is None:
+            return None
+        return self.user_items.indptr, self.user_items.indices
 
     @property
     def num_items(self) -> int:
@@ -597,6 +534,24 @@ class Retriever:
         return Recommendations(queries, ids, scores, rows, fallback, column, titles)
 
 
+def _as_user_items(
+    seen: sparse.spmatrix | tuple[np.ndarray, np.ndarray] | None, num_users: int, num_items: int
+) -> sparse.csr_matrix | None:
+    """The seen items as a CSR matrix with int64 ``indptr`` and ``indices``."""
+    if seen is None:
+        return None
+    if sparse.issparse(seen):
+        matrix = seen.tocsr()
+        indptr, indices = matrix.indptr, matrix.indices
+    else:
+        indptr, indices = seen
+    data = np.ones(len(indices), np.int8)
+    return sparse.csr_matrix(
+        (data, np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
+        shape=(num_users, num_items),
+    )
+
+
 def _show(value: object) -> str:
     """``repr`` of an id without NumPy's scalar wrapper (``77``, not ``np.int64(77)``)."""
     return repr(value.item() if isinstance(value, np.generic) else value)
@@ -645,3 +600,80 @@ def _load_query_model(path: Path, manifest: Manifest) -> Any:
                 f"{manifest.embedding_dim}.",
             )
     return model
+
+
+def _load_index(path: Path, manifest: Manifest) -> faiss.Index:
+    """``index.faiss``, checked against the manifest, its search parameters applied."""
+    n, dim = manifest.num_items, manifest.embedding_dim
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+    except RuntimeError as e:
+        raise ArtifactError(
+            f"The artifact at {path} has a corrupt FAISS index ({INDEX_FILE}): {e}",
+            path=path,
+            part=INDEX_FILE,
+        ) from e
+    if index.d != dim:
+        raise mismatch(
+            path,
+            INDEX_FILE,
+            f"{INDEX_FILE} has dimension {index.d}, but manifest.json says embedding_dim={dim}.",
+        )
+    if index.ntotal != n:
+        raise mismatch(
+            path,
+            INDEX_FILE,
+            f"{INDEX_FILE} holds {index.ntotal} vectors, but manifest.json says num_items={n}.",
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise mismatch(path, INDEX_FILE, f"{INDEX_FILE} does not use the inner product.")
+    try:
+        set_search_params(index, manifest.index.search_params)
+    except ValueError as e:
+        raise mismatch(path, INDEX_FILE, str(e)) from e
+    return index
+
+
+def _load_seen(path: Path, manifest: Manifest) -> sparse.csr_matrix:
+    """``seen.npz`` as a ``[num_users, num_items]`` CSR matrix, checked against the manifest."""
+    indptr, indices = artifact.load_csr(path, SEEN_FILE)
+    users, n = manifest.num_users, manifest.num_items
+    if indptr.shape != (users + 1,) or indices.shape != (int(indptr[-1]),):
+        raise mismatch(
+            path,
+            SEEN_FILE,
+            f"{SEEN_FILE} has {len(indptr) - 1} users and {len(indices)} entries, but "
+            f"manifest.json says num_users={users} and its indptr ends at {indptr[-1]}.",
+        )
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise mismatch(path, SEEN_FILE, f"{SEEN_FILE} has item rows outside [0, {n}).")
+    data = np.ones(len(indices), np.int8)
+    return sparse.csr_matrix(
+        (data, indices.astype(np.int64), indptr.astype(np.int64)), shape=(users, n)
+    )
+
+
+def _load_popularity(path: Path, manifest: Manifest) -> np.ndarray:
+    popularity = artifact.load_npy(path, POPULARITY_FILE)
+    n = manifest.num_items
+    if popularity.shape != (n,):
+        raise mismatch(
+            path,
+            POPULARITY_FILE,
+            f"{POPULARITY_FILE} has shape {popularity.shape}, but manifest.json says "
+            f"num_items={n}.",
+        )
+    return popularity
+
+
+def _load_titles(path: Path, manifest: Manifest) -> np.ndarray:
+    titles = artifact.load_npy(path, ITEM_TITLES_FILE)
+    n = manifest.num_items
+    if titles.shape != (n,) or titles.dtype.kind != "U":
+        raise mismatch(
+            path,
+            ITEM_TITLES_FILE,
+            f"{ITEM_TITLES_FILE} must hold {n} titles (manifest.json says num_items={n}). "
+            f"Received: shape {titles.shape}, dtype {titles.dtype}.",
+        )
+    return titles

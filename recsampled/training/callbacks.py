@@ -5,7 +5,7 @@ batches done in it, global step), the running loss of the current epoch and the 
 finished epochs. :class:`CheckpointCallback` keeps it current and writes a checkpoint of the
 model, the optimiser, the frequency estimator and the state every ``every_steps`` steps and at
 the end of every epoch. Restoring a checkpoint and building the batches from
-``state.position`` (``recsampled.training.batches``) continues the run where it stopped.
+``state.position`` (``recsampled.data.training_batches``) continues the run where it stopped.
 
 Saving is atomic: ``tf.train.CheckpointManager`` writes the files of ``ckpt-N`` first and then
 replaces the ``checkpoint`` index file (a temporary file renamed over it), and restoring reads
@@ -15,13 +15,15 @@ that index; a checkpoint cut short by a crash is never in the index, so it is ne
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
-from typing import Any, TextIO
+from typing import Any
 
 import tensorflow as tf
 
-from recsampled.training.batches import Position
+from recsampled.data.dataset import Position
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingState(tf.Module):
@@ -128,8 +130,9 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressCallback(tf.keras.callbacks.Callback):
-    """Prints one line per epoch (loss, examples/s, elapsed time, ETA), and within long epochs a
-    line every ``interval`` seconds (step, running loss, examples/s, ETA).
+    """Logs one line per epoch (loss, examples/s, elapsed time, ETA), and within long epochs a
+    line every ``interval`` seconds (step, running loss, examples/s, ETA), to the
+    ``recsampled.training.callbacks`` logger (INFO).
 
     Place it after :class:`CheckpointCallback` in the callback list: it reports the loss the
     checkpoint callback recorded for the epoch (the mean batch loss over the whole epoch, a
@@ -140,7 +143,6 @@ class ProgressCallback(tf.keras.callbacks.Callback):
         num_rows: training rows (examples) per epoch.
         batch_size: B.
         epochs: the run's number of epochs.
-        stream: where to print (default ``sys.stderr``).
         interval: seconds between two lines within an epoch (None: per epoch only).
     """
 
@@ -151,7 +153,6 @@ class ProgressCallback(tf.keras.callbacks.Callback):
         num_rows: int,
         batch_size: int,
         epochs: int,
-        stream: TextIO | None = None,
         interval: float | None = 30.0,
     ):
         super().__init__()
@@ -161,7 +162,6 @@ class ProgressCallback(tf.keras.callbacks.Callback):
         self.num_rows = num_rows
         self.batch_size = batch_size
         self.epochs = epochs
-        self.stream = stream
         self._started: float | None = None
         self._first_step = 0
 
@@ -185,14 +185,12 @@ class ProgressCallback(tf.keras.callbacks.Callback):
             return  # the epoch line follows
         seconds = now - self._epoch_started
         remaining = self.epochs * steps_per_epoch - self.checkpoints.global_step
-        print(
+        logger.info(
             f"  epoch {self.checkpoints.epoch + 1}/{self.epochs} step "
             f"{self.checkpoints.batch}/{steps_per_epoch}: loss "
             f"{self.checkpoints.loss_sum / max(self.checkpoints.batch, 1):.4f}, "
             f"{done * self.batch_size / seconds:,.0f} examples/s, "
-            f"ETA {_clock(remaining * seconds / done)}",
-            file=self.stream or sys.stderr,
-            flush=True,
+            f"ETA {_clock(remaining * seconds / done)}"
         )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -210,10 +208,8 @@ class ProgressCallback(tf.keras.callbacks.Callback):
         else:
             eta = remaining * (now - self._started) / max(steps, 1)
         saved = self.checkpoints.last_saved or "-"
-        print(
+        logger.info(
             f"epoch {epoch + 1}/{self.epochs}: loss {record['loss']:.4f}, "
             f"{examples / seconds:,.0f} examples/s, elapsed {_clock(now - self._started)}, "
-            f"ETA {_clock(eta)} (checkpoint {saved.rsplit('/', 1)[-1]})",
-            file=self.stream or sys.stderr,
-            flush=True,
+            f"ETA {_clock(eta)} (checkpoint {saved.rsplit('/', 1)[-1]})"
         )

@@ -103,6 +103,5 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory, query_model: tf.keras
         seen=Data.seen,
         item_popularity=Data.popularity,
         training_config={"epochs": 3, "learning_rate": 0.1, "data": Path("u.data")},
-        progress=False,
     )
     return path

@@ -42,15 +42,14 @@ def blocked_write_manifest(folder, manifest):
 
 artifact.write_manifest = blocked_write_manifest
 items = np.random.default_rng(0).normal(size=(100, 4)).astype("float32")
-export_artifact(sys.argv[1], item_embeddings=items, item_ids=np.arange(100), index="flat",
-                progress=False)
+export_artifact(sys.argv[1], item_embeddings=items, item_ids=np.arange(100), index="flat")
 """
 
 
 def _export_small(path: Path, *, seed: int = 0, **kwargs) -> None:
     items = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
     export_artifact(
-        path, item_embeddings=items, item_ids=np.arange(50), index="flat", progress=False, **kwargs
+        path, item_embeddings=items, item_ids=np.arange(50), index="flat", **kwargs
     )
 
 
@@ -259,7 +258,7 @@ def test_query_tower_output_dimension_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="items' dimension \\(4\\). Received: .* dimension 3"):
         export_artifact(
             tmp_path / "a", item_embeddings=items, item_ids=np.arange(20), query_model=wrong,
-            user_ids=np.arange(5), index="flat", progress=False,
+            user_ids=np.arange(5), index="flat",
         )  # fmt: skip
     assert not any(tmp_path.iterdir())
 
@@ -284,7 +283,6 @@ def test_bad_export_arguments(tmp_path: Path, kwargs: dict, message: str) -> Non
         "item_embeddings": np.random.default_rng(0).normal(size=(20, 4)),
         "item_ids": np.arange(20),
         "index": "flat",
-        "progress": False,
         **kwargs,
     }
     with pytest.raises(ValueError, match=message):

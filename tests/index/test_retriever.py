@@ -70,7 +70,6 @@ def test_dot_metric_round_trip(tmp_path: Path) -> None:
     export_artifact(
         tmp_path / "dot", item_embeddings=items, item_ids=np.arange(200) * 10, query_model=model,
         user_ids=[f"u{i}" for i in range(15)], metric="dot", index="flat", seen=seen,
-        progress=False,
     )  # fmt: skip
     retriever = Retriever.load(tmp_path / "dot")
     users = np.arange(15)
@@ -87,7 +86,7 @@ def test_exclude_seen_when_few_items_remain(tmp_path: Path) -> None:
     model = tf.keras.Sequential([tf.keras.layers.Embedding(1, 6)])
     export_artifact(
         tmp_path / "tiny", item_embeddings=items, item_ids=list("abcdef"), query_model=model,
-        user_ids=["x"], index="flat", seen=[[0, 2, 3, 5]], progress=False,
+        user_ids=["x"], index="flat", seen=[[0, 2, 3, 5]],
     )  # fmt: skip
     top = Retriever.load(tmp_path / "tiny").recommend("x", k=4)
     assert sorted(top.ids[0, :2]) == ["b", "e"]
@@ -115,8 +114,7 @@ def test_unknown_user_gets_popular_items(artifact_dir: Path, data) -> None:
 
 def test_popular_fallback_needs_popularity(tmp_path: Path) -> None:
     items = np.ones((5, 2), np.float32)
-    export_artifact(tmp_path / "a", item_embeddings=items, item_ids=range(5), index="flat",
-                    progress=False)  # fmt: skip
+    export_artifact(tmp_path / "a", item_embeddings=items, item_ids=range(5), index="flat")
     with pytest.raises(ValueError, match="needs item popularity"):
         Retriever.load(tmp_path / "a", unknown_user="popular")
     with pytest.raises(ValueError, match="has no query tower"):
@@ -137,8 +135,7 @@ def test_similar_items_equals_numpy_without_the_item_itself(retriever: Retriever
 def test_similar_items_and_search_on_ann_indexes(tmp_path: Path, index_type: str) -> None:
     items = clustered(2000, 8, seed=12)
     export_artifact(tmp_path / index_type, item_embeddings=items, item_ids=np.arange(2000),
-                    index=index_type, sample_queries=clustered(100, 8, seed=13),
-                    progress=False)  # fmt: skip
+                    index=index_type, sample_queries=clustered(100, 8, seed=13))  # fmt: skip
     retriever = Retriever.load(tmp_path / index_type)
     assert retriever.manifest.recall.reached
     top = retriever.similar_items([0, 1, 2], k=5)
@@ -173,7 +170,7 @@ def test_scalar_user_and_bad_k(retriever: Retriever, data) -> None:
 
 def test_embed_catalogue_in_batches() -> None:
     tower = tf.keras.Sequential([tf.keras.layers.Embedding(NUM_ITEMS, 4)])
-    embeddings = embed_catalogue(tower, NUM_ITEMS, batch_size=64, progress=False)
+    embeddings = embed_catalogue(tower, NUM_ITEMS, batch_size=64)
     expected = tower(tf.range(NUM_ITEMS)).numpy()
     np.testing.assert_allclose(embeddings, expected)
     assert embeddings.dtype == np.float32
@@ -188,7 +185,7 @@ def test_users_short_of_k_after_an_ivf_search_get_exact_results(tmp_path: Path, 
     path = tmp_path / "ivf"
     export_artifact(
         path, item_embeddings=data.items, item_ids=data.item_ids, query_model=query_model,
-        user_ids=data.user_ids, metric="cosine", index="ivf", seen=data.seen, progress=False,
+        user_ids=data.user_ids, metric="cosine", index="ivf", seen=data.seen,
     )  # fmt: skip
     retriever = Retriever.load(path)
     set_search_params(retriever.index, {"nprobe": 1})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import io
+import logging
 import types
+
+import pytest
 
 from recsampled.training import ProgressCallback
 
@@ -23,14 +25,17 @@ def _run_epoch(progress: ProgressCallback, checkpoints: types.SimpleNamespace, l
         progress.on_train_batch_end(checkpoints.batch - 1)
 
 
-def test_a_line_per_step_with_running_loss_and_none_for_the_last_step():
-    stream = io.StringIO()
+@pytest.fixture
+def lines(caplog):
+    caplog.set_level(logging.INFO, logger="recsampled")
+    return lambda: [r.getMessage() for r in caplog.records if r.name.startswith("recsampled")]
+
+
+def test_a_line_per_step_with_running_loss_and_none_for_the_last_step(lines):
     checkpoints = _checkpoints(steps_per_epoch=4)
-    progress = ProgressCallback(
-        checkpoints, num_rows=32, batch_size=8, epochs=2, stream=stream, interval=0.0
-    )
+    progress = ProgressCallback(checkpoints, num_rows=32, batch_size=8, epochs=2, interval=0.0)
     _run_epoch(progress, checkpoints, [4.0, 2.0, 3.0, 1.0])
-    lines = stream.getvalue().splitlines()
+    lines = lines()
     assert [line.split(":")[0].strip() for line in lines] == [
         "epoch 1/2 step 1/4",
         "epoch 1/2 step 2/4",
@@ -40,12 +45,11 @@ def test_a_line_per_step_with_running_loss_and_none_for_the_last_step():
     assert all("examples/s" in line and "ETA" in line for line in lines)
 
 
-def test_no_line_within_the_interval_or_when_disabled():
+def test_no_line_within_the_interval_or_when_disabled(lines):
     for interval in (3600.0, None):
-        stream = io.StringIO()
         checkpoints = _checkpoints(steps_per_epoch=4)
         progress = ProgressCallback(
-            checkpoints, num_rows=32, batch_size=8, epochs=1, stream=stream, interval=interval
+            checkpoints, num_rows=32, batch_size=8, epochs=1, interval=interval
         )
         _run_epoch(progress, checkpoints, [1.0, 1.0, 1.0])
-        assert stream.getvalue() == ""
+        assert lines() == []

@@ -2,7 +2,7 @@
 
 Why the comparison can be (and is) this tight: the tiny config draws no random numbers during
 training (in-batch negatives with the streaming estimator, whose state is checkpointed), the order
-of the batches is a function of (seed, epoch) (``recsampled.training.batches``), the checkpoint
+of the batches is a function of (seed, epoch) (``recsampled.data.training_batches``), the checkpoint
 holds the model, the optimiser slots, the estimator and the position, and TF's CPU kernels give
 the same floats run after run. Both runs are bit-for-bit equal here; the stated tolerance (losses
 to 1e-5 relative, metrics to one test user's ranking) leaves room only for float rounding that
@@ -13,8 +13,8 @@ of any checkpoint, so a resumed run draws other (equally distributed) negatives.
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 
 from recsampled import cli
-from recsampled.training import Position, RunDirectory, pipeline
-from recsampled.training import train as train_run
+from recsampled.data import Position
+from recsampled.runs import RunDirectory, pipeline
+from recsampled.runs import train as train_run
 from recsampled.training.callbacks import CheckpointCallback
-from tests.training.conftest import STEPS_PER_EPOCH
+from tests.runs.conftest import STEPS_PER_EPOCH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def _assert_same_result(run_dir: Path, finished_run) -> None:
     assert metrics == pytest.approx(finished_run.metrics.as_dict(), abs=one_user)
 
 
-def test_crash_mid_epoch_then_resume(tmp_path, monkeypatch, tiny_config, finished_run):
+def test_crash_mid_epoch_then_resume(tmp_path, monkeypatch, caplog, tiny_config, finished_run):
     class CrashAfterStep40(CheckpointCallback):
         def save(self) -> str:
             path = super().save()
@@ -57,7 +58,7 @@ def test_crash_mid_epoch_then_resume(tmp_path, monkeypatch, tiny_config, finishe
     monkeypatch.setattr(pipeline, "CheckpointCallback", CrashAfterStep40)
     run = RunDirectory(tmp_path / "run")
     with pytest.raises(_Crash):
-        train_run(tiny_config, run.path, stream=io.StringIO())
+        train_run(tiny_config, run.path)
     assert not run.metrics_file.exists()
     monkeypatch.undo()
 
@@ -68,12 +69,13 @@ def test_crash_mid_epoch_then_resume(tmp_path, monkeypatch, tiny_config, finishe
         (run.checkpoints / f"ckpt-{number}.data-00000-of-00001").write_bytes(b"")
     assert run.latest_checkpoint().endswith("ckpt-40")
 
-    stream = io.StringIO()
-    resumed = train_run(tiny_config, run.path, stream=stream)
+    caplog.set_level(logging.INFO, logger="recsampled")
+    caplog.clear()
+    resumed = train_run(tiny_config, run.path)
     # Step 40 is batch 11 of the second epoch (29 batches per epoch).
     assert resumed.resumed_from == Position(epoch=1, batch=40 - STEPS_PER_EPOCH)
-    assert "Resuming from" in stream.getvalue() and "ckpt-40" in stream.getvalue()
-    assert "epoch 2/4" in stream.getvalue() and "epoch 1/4" not in stream.getvalue()
+    assert "Resuming from" in caplog.text and "ckpt-40" in caplog.text
+    assert "epoch 2/4" in caplog.text and "epoch 1/4" not in caplog.text
     _assert_same_result(run.path, finished_run)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsampled.data import Interactions, Vocabulary
-from recsampled.training import Position, steps_per_epoch, training_batches
+from recsampled.data import Interactions, Position, Vocabulary, steps_per_epoch, training_batches
 
 
 def _log(num_rows: int = 23) -> Interactions:

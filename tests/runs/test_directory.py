@@ -7,13 +7,9 @@ import pytest
 import tensorflow as tf
 
 from recsampled.config import Config, load_config
-from recsampled.models import Tower
-from recsampled.training import (
-    RunDirectory,
-    RunDirectoryError,
-    load_tower,
-    save_towers,
-)
+from recsampled.models import Tower, load_tower
+from recsampled.runs import RunDirectory, RunDirectoryError
+from recsampled.runs.directory import save_towers
 
 
 def _fake_checkpoint(run: RunDirectory) -> None:

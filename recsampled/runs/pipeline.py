@@ -9,29 +9,23 @@ checkpoint; on a finished run it only rewrites the outputs.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-import numpy as np
 import tensorflow as tf
 
-from recsampled.config import Config, EvaluationConfig
+from recsampled.config import Config
 from recsampled.data import Interactions
-from recsampled.evaluation import (
-    RankingMetrics,
-    embedding_scores,
-    popularity_scores,
-    ranking_metrics,
-    sample_users,
-)
-from recsampled.models import TwoTowerModel
-from recsampled.training.batches import Position, steps_per_epoch, training_batches
-from recsampled.training.build import build_model, load_split
+from recsampled.data.dataset import Position, steps_per_epoch, training_batches
+from recsampled.evaluation import RankingMetrics, embedding_scores, evaluate
+from recsampled.models import TwoTowerModel, embed_ids
+from recsampled.runs.build import build_model, evaluation_settings, load_split
+from recsampled.runs.directory import RunDirectory
 from recsampled.training.callbacks import CheckpointCallback, ProgressCallback, TrainingState
-from recsampled.training.outputs import SCHEMA_VERSION, RunDirectory, save_towers, write_json
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,6 @@ def train(
     run_dir: str | Path,
     *,
     force: bool = False,
-    stream: TextIO | None = None,
 ) -> TrainResult:
     """Trains, checkpoints, exports and evaluates one run (module docstring).
 
@@ -84,21 +77,18 @@ def train(
         run_dir: the run directory; an existing one with a checkpoint of the same config is
             resumed.
         force: discard an earlier run in ``run_dir`` and start over.
-        stream: where progress goes (default ``sys.stderr``).
+
+    Progress and the data summary go to the ``recsampled`` logger.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        recsampled.training.RunDirectoryError: if ``run_dir`` holds another config's run.
+        recsampled.errors.RunDirectoryError: if ``run_dir`` holds another config's run.
         recsampled.config.ConfigError, recsampled.data.DataError, FileNotFoundError,
         ValueError: for bad data or settings.
     """
     started = time.perf_counter()
-
-    def say(message: str) -> None:
-        print(message, file=stream or sys.stderr, flush=True)
-
     run = RunDirectory(Path(run_dir))
     run.prepare(config, force=force)
 
@@ -108,7 +98,7 @@ def train(
         [_describe_source(config)]
         + [report.summary() for report in (train_log.report, split.report) if report is not None]
     )
-    say(data_summary)
+    logger.info("%s", data_summary)
     run.save_vocabularies(train_log.users, train_log.items)
 
     model = build_model(config, train_log)
@@ -121,17 +111,16 @@ def train(
     if manager.latest_checkpoint is not None:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         resumed_from = state.position
-        say(
-            f"Resuming from {manager.latest_checkpoint}: epoch {resumed_from.epoch + 1}, "
-            f"{resumed_from.batch} batches done."
-        )
+        logger.info(
+            "Resuming from %s: epoch %d, %d batches done.",
+            manager.latest_checkpoint, resumed_from.epoch + 1, resumed_from.batch,
+        )  # fmt: skip
 
-    _fit(model, train_log, config, state, manager, stream)
+    _fit(model, train_log, config, state, manager)
     history = state.history_records()
-    write_json(run.history_file, history)
+    run.write_history(history)
 
-    save_towers(
-        run.towers,
+    run.save_towers(
         query_model=model.query_model,
         candidate_model=model.candidate_model,
         num_users=train_log.num_users,
@@ -139,10 +128,8 @@ def train(
         embedding_dim=config.model.embedding_dim,
     )
     metrics, popularity = _evaluate(model, train_log, test_log, config)
-    write_json(
-        run.metrics_file,
+    run.write_metrics(
         {
-            "schema_version": SCHEMA_VERSION,
             "protocol": "full catalogue, training items removed, mean over test users",
             "split": split.report.method,
             "train_rows": len(train_log),
@@ -177,7 +164,6 @@ def _fit(
     config: Config,
     state: TrainingState,
     manager: tf.train.CheckpointManager,
-    stream: TextIO | None,
 ) -> None:
     """``model.fit`` from ``state.position`` to the last epoch, with checkpoints and progress.
 
@@ -203,7 +189,6 @@ def _fit(
         ),
         batch_size=settings.batch_size,
         epochs=settings.epochs,
-        stream=stream,
     )
 
     def batches(start: Position, end_epoch: int) -> tf.data.Dataset:
@@ -240,48 +225,12 @@ def _fit(
         )
 
 
-def _embed(tower: tf.keras.layers.Layer, num_ids: int, chunk: int = 1 << 16) -> np.ndarray:
-    """``[num_ids, D]`` embeddings of every index, in chunks."""
-    parts = [
-        tower(tf.range(start, min(start + chunk, num_ids))).numpy()
-        for start in range(0, num_ids, chunk)
-    ]
-    return np.concatenate(parts)
-
-
-def evaluation_arguments(
-    train_log: Interactions,
-    test_log: Interactions,
-    settings: EvaluationConfig,
-    *,
-    num_users: int | None = None,
-    num_items: int | None = None,
-) -> dict:
-    """The keyword arguments of ``ranking_metrics`` for a run's split and evaluation settings.
-
-    The test users are the seeded sample of ``settings`` (all of them without ``max_users``);
-    ``num_users``/``num_items`` default to the training log's vocabulary sizes.
-    """
-    return dict(
-        num_users=train_log.num_users if num_users is None else num_users,
-        num_items=train_log.num_items if num_items is None else num_items,
-        train_user_ids=train_log.user_ids,
-        train_item_ids=train_log.item_ids,
-        test_user_ids=test_log.user_ids,
-        test_item_ids=test_log.item_ids,
-        ks=settings.ks,
-        batch_size=settings.batch_size,
-        users=sample_users(test_log.user_ids, settings.max_users, settings.seed),
-    )
-
-
 def _evaluate(
     model: TwoTowerModel, train_log: Interactions, test_log: Interactions, config: Config
 ) -> tuple[RankingMetrics, RankingMetrics]:
     """Full-catalogue metrics of the model and of popularity, on the same test users."""
-    arguments = evaluation_arguments(train_log, test_log, config.evaluation)
-    queries = _embed(model.query_model, train_log.num_users)
-    candidates = _embed(model.candidate_model, train_log.num_items)
-    metrics = ranking_metrics(embedding_scores(queries, candidates), **arguments)
-    popularity = ranking_metrics(popularity_scores(train_log.item_counts), **arguments)
-    return metrics, popularity
+    queries = embed_ids(model.query_model, train_log.num_users, batch_size=1 << 16)
+    candidates = embed_ids(model.candidate_model, train_log.num_items, batch_size=1 << 16)
+    scorers = {"model": embedding_scores(queries, candidates)}
+    result = evaluate(scorers, train_log, test_log, **evaluation_settings(config.evaluation))
+    return result["model"], result["popularity"]

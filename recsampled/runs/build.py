@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
 
 import tensorflow as tf
 
@@ -22,6 +24,7 @@ from recsampled.config import (
     SPLITS,
     Config,
     DataConfig,
+    EvaluationConfig,
 )
 from recsampled.data import Interactions
 from recsampled.data.splits import Split
@@ -90,41 +93,102 @@ def build_sampler(config: Config, train: Interactions) -> CandidateSampler | Non
     return cls(num_classes=train.num_items)
 
 
-def build_model(config: Config, train: Interactions) -> TwoTowerModel:
-    """A compiled two-tower model with its retrieval task, every variable created.
+def evaluation_settings(settings: EvaluationConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`recsampled.evaluation.evaluate` that the ``evaluation``
+    section sets (cut-offs, batch size, user sample)."""
+    return dict(
+        ks=settings.ks, batch_size=settings.batch_size, max_users=settings.max_users,
+        seed=settings.seed,
+    )  # fmt: skip
 
-    The initial weights depend on ``training.seed`` only.
-    """
-    tf.keras.utils.set_random_seed(config.training.seed)
-    model_config, task_config = config.model, config.task
-    towers = {
-        name: Tower(
-            size,
-            model_config.embedding_dim,
-            hidden_units=model_config.hidden_units,
-            normalize=model_config.normalize,
-            name=f"{name}_tower",
+
+class TowerFeatures(TypedDict, total=False):
+    """Per-id side features of a tower: ``Tower(categorical_features=, numeric_features=)``."""
+
+    categorical: Mapping[str, Any]
+    numeric: Mapping[str, Any]
+
+
+def build_towers(
+    config: Config,
+    train: Interactions,
+    *,
+    user_features: TowerFeatures | None = None,
+    item_features: TowerFeatures | None = None,
+) -> tuple[Tower, Tower]:
+    """The query and candidate towers of the ``model`` section (with optional side features)."""
+    model_config = config.model
+    towers = []
+    for name, size, features in (
+        ("query", train.num_users, user_features or {}),
+        ("candidate", train.num_items, item_features or {}),
+    ):
+        towers.append(
+            Tower(
+                size,
+                model_config.embedding_dim,
+                categorical_features=features.get("categorical"),
+                numeric_features=features.get("numeric"),
+                hidden_units=model_config.hidden_units,
+                normalize=model_config.normalize,
+                name=f"{name}_tower",
+            )
         )
-        for name, size in (("query", train.num_users), ("candidate", train.num_items))
-    }
+    return towers[0], towers[1]
+
+
+def build_task(config: Config, train: Interactions, candidate_tower: Tower) -> Retrieval:
+    """The retrieval task of the ``task`` section (samplers, logQ, negatives)."""
+    task_config = config.task
     negatives = NEGATIVES[task_config.negatives]
     sampler = build_sampler(config, train)
-    task = Retrieval(
+    return Retrieval(
         temperature=task_config.temperature,
         num_hard_negatives=task_config.num_hard_negatives,
         remove_accidental_hits=task_config.remove_accidental_hits,
         candidate_frequency=build_frequency(config, train),
         sampler=sampler,
         num_sampled=task_config.num_sampled,
-        candidate_model=towers["candidate"] if sampler is not None else None,
+        candidate_model=candidate_tower if sampler is not None else None,
         in_batch_negatives=negatives.in_batch,
         seed=task_config.seed if task_config.seed is not None else config.training.seed,
     )
+
+
+def build_model(
+    config: Config,
+    train: Interactions,
+    *,
+    user_features: TowerFeatures | None = None,
+    item_features: TowerFeatures | None = None,
+    task: tf.keras.layers.Layer | Callable[[Tower], tf.keras.layers.Layer] | None = None,
+) -> TwoTowerModel:
+    """A compiled two-tower model with its retrieval task, every variable created.
+
+    The initial weights depend on ``training.seed`` only.
+
+    Args:
+        config: the run's config (``model``, ``task`` and ``training`` sections).
+        train: the training interactions (vocabulary sizes, item counts, weights).
+        user_features: side features of the query tower
+            (``{"categorical": {...}, "numeric": {...}}``, per user index).
+        item_features: side features of the candidate tower (per item index).
+        task: replaces the task of the ``task`` section: a layer, or a function of the
+            candidate tower that returns one (e.g. a full softmax that embeds the catalogue).
+
+    Returns:
+        The compiled :class:`~recsampled.models.TwoTowerModel`.
+    """
+    tf.keras.utils.set_random_seed(config.training.seed)
+    query, candidate = build_towers(
+        config, train, user_features=user_features, item_features=item_features
+    )
+    if task is None:
+        task = build_task(config, train, candidate)
+    elif not isinstance(task, tf.keras.layers.Layer):
+        task = task(candidate)
     model = TwoTowerModel(
-        towers["query"],
-        towers["candidate"],
-        task,
-        sample_weight_key="weight" if train.weights is not None else None,
+        query, candidate, task, sample_weight_key="weight" if train.weights is not None else None
     )
     optimizer = OPTIMIZERS[config.training.optimizer](learning_rate=config.training.learning_rate)
     model.compile(optimizer=optimizer)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
+import logging
 
 import numpy as np
 import pytest
 
 from recsampled.config import Config
-from recsampled.data import Vocabulary
+from recsampled.data import Position, Vocabulary
 from recsampled.data.synthetic import generate
 from recsampled.evaluation import embedding_scores, ranking_metrics
-from recsampled.training import Position, RunDirectory, RunDirectoryError, load_split, load_tower
-from recsampled.training import train as train_run
-from tests.training.conftest import STEPS_PER_EPOCH
+from recsampled.models import load_tower
+from recsampled.runs import RunDirectory, RunDirectoryError, load_split
+from recsampled.runs import train as train_run
+from tests.runs.conftest import STEPS_PER_EPOCH
 
 
 def test_outputs_of_a_run(finished_run, tiny_config):
@@ -63,7 +64,7 @@ def test_exported_towers_and_vocabularies_reproduce_the_metrics(finished_run, ti
 
 
 def test_rerunning_a_finished_run_only_rewrites_the_outputs(finished_run, tiny_config):
-    again = train_run(tiny_config, finished_run.run_dir, stream=io.StringIO())
+    again = train_run(tiny_config, finished_run.run_dir)
     assert again.resumed_from == Position(4, 0)
     assert again.history == finished_run.history
     assert again.metrics == finished_run.metrics
@@ -80,7 +81,7 @@ def test_another_config_in_the_same_directory_is_refused(finished_run, tiny_conf
         train_run(other, finished_run.run_dir)
 
 
-def test_a_file_log_with_catalogue_negatives(tmp_path, tiny_config):
+def test_a_file_log_with_catalogue_negatives(tmp_path, caplog, tiny_config):
     log = generate(num_users=100, num_items=150, num_interactions=2000, num_clusters=5, seed=1)
     path = tmp_path / "log.csv"
     log.to_table().to_pandas().to_csv(path, index=False)
@@ -106,10 +107,10 @@ def test_a_file_log_with_catalogue_negatives(tmp_path, tiny_config):
         }
     )
     config = Config.from_dict(config.to_dict() | {"training": {"epochs": 1, "batch_size": 64}})
-    stream = io.StringIO()
-    result = train_run(config, tmp_path / "run", stream=stream)
+    caplog.set_level(logging.INFO, logger="recsampled")
+    result = train_run(config, tmp_path / "run")
     assert "log.csv (csv): read 2000 rows" in result.data_summary
     assert "random_holdout(test_fraction=0.25, seed=0)" in result.data_summary
-    assert "epoch 1/1: loss" in stream.getvalue() and "examples/s" in stream.getvalue()
+    assert "epoch 1/1: loss" in caplog.text and "examples/s" in caplog.text
     assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
     assert 0 <= result.metrics.recall[10] <= 1

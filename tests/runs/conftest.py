@@ -1,13 +1,11 @@
-"""A tiny run shared by the training tests: trained once per session, uninterrupted."""
+"""A tiny run shared by the run tests: trained once per session, uninterrupted."""
 
 from __future__ import annotations
-
-import io
 
 import pytest
 
 from recsampled.config import Config
-from recsampled.training import TrainResult, train
+from recsampled.runs import TrainResult, train
 
 # 200 users, 300 items, ~3,600 training rows: 29 steps of 128 per epoch, 116 in all.
 TINY = {
@@ -40,6 +38,4 @@ def tiny_config() -> Config:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_config: Config) -> TrainResult:
     """The tiny config trained without interruption."""
-    return train(
-        tiny_config, tmp_path_factory.mktemp("run") / "uninterrupted", stream=io.StringIO()
-    )
+    return train(tiny_config, tmp_path_factory.mktemp("run") / "uninterrupted")

@@ -1,0 +1,398 @@
+"""The run directory, written and read in one module: what a run writes, and what serving loads.
+
+Layout of ``RUN_DIR``::
+
+    config.yaml          the resolved config (every key)
+    checkpoints/         tf.train.CheckpointManager: ckpt-N.* and the `checkpoint` index
+    vocabulary/          users.parquet, items.parquet (recsampled.data.Vocabulary.save)
+    towers/              query/ and candidate/ SavedModels, towers.json
+    history.json         one record per epoch: epoch, mean batch loss, steps
+    metrics.json         full-catalogue metrics of the model beside the popularity baseline
+
+Files are written to a temporary name and ``os.replace``-d into place; folders are built under a
+temporary name and renamed into place (an older folder of the same name is first renamed aside,
+then removed), so a reader never sees a half-written file or folder under its final name.
+
+:func:`load_run` reads a finished run back as a :class:`TrainedRun` (config, vocabularies,
+towers); every part is checked, and a :class:`~recsampled.errors.RunError` names the one at
+fault. :meth:`TrainedRun.split` reloads the data as the config says and checks that it still
+gives the run's vocabularies.
+
+The towers are SavedModels over item (or user) indices (:func:`recsampled.models.save_tower`):
+``tf.saved_model.load(path)(ids)`` with ``[n]`` int64 ids returns ``[n, embedding_dim]`` float32
+embeddings, and the ``serving_default`` signature maps ``ids`` to ``{"embeddings": ...}``.
+Indices are those of the vocabularies (``Vocabulary.lookup`` maps original ids to them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from scipy import sparse
+
+from recsampled._io import atomic_directory, write_atomic, write_json
+from recsampled.config import Config, ConfigError
+from recsampled.data import DataError, Vocabulary, read_item_titles
+from recsampled.data.splits import Split
+from recsampled.errors import RunDirectoryError, RunError
+from recsampled.index.build import Metric
+from recsampled.models import embed_ids, load_tower, save_tower
+from recsampled.models.embed import DEFAULT_BATCH_SIZE
+from recsampled.runs.build import load_split
+
+SCHEMA_VERSION = 1
+
+__all__ = ["RunDirectory", "RunDirectoryError", "TrainedRun", "load_run", "save_towers"]
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """A run directory (module docstring): its paths, the resume check, its writers and
+    :meth:`load`.
+
+    Example:
+        >>> run = RunDirectory(Path("runs/demo"))
+        >>> run.towers.name, run.metrics_file.name
+        ('towers', 'metrics.json')
+    """
+
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def vocabulary(self) -> Path:
+        return self.path / "vocabulary"
+
+    @property
+    def towers(self) -> Path:
+        return self.path / "towers"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def evaluation_file(self) -> Path:
+        """Where ``recsampled evaluate`` writes its report by default."""
+        return self.path / "evaluation.json"
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint in the index, or None (a checkpoint missing from the index,
+        e.g. cut short by a crash, is never returned)."""
+        return tf.train.latest_checkpoint(str(self.checkpoints))
+
+    def prepare(self, config: Config, *, force: bool = False) -> None:
+        """Creates the folder, checks that a checkpoint in it belongs to ``config``, and writes
+        ``config.yaml``.
+
+        Args:
+            config: the config of this run.
+            force: discard the checkpoints and outputs of an earlier run and start over.
+
+        Raises:
+            RunDirectoryError: if the folder holds a checkpoint of another config (or one whose
+                config cannot be read), unless ``force``.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if force:
+            self.clear()
+        elif self.latest_checkpoint() is not None:
+            differences = self._differences(config)
+            if differences:
+                raise RunDirectoryError(
+                    f"{self.path} holds a checkpoint of a different config; resuming would mix "
+                    f"two runs. Differences (saved != now): {'; '.join(differences)}. Pass "
+                    "--force to discard that run and start over, or choose another --output."
+                )
+        write_atomic(self.config_file, config.to_yaml())
+
+    def _differences(self, config: Config) -> list[str]:
+        if not self.config_file.is_file():
+            return [f"{self.config_file.name} is missing, so the checkpoint's config is unknown"]
+        try:
+            saved = Config.from_yaml(self.config_file.read_text(), source=str(self.config_file))
+        except ConfigError as e:
+            return [f"the saved config cannot be read ({e})"]
+        return saved.diff(config)
+
+    def clear(self) -> None:
+        """Removes what a run wrote (and nothing else) from the folder."""
+        for folder in (self.checkpoints, self.vocabulary, self.towers):
+            shutil.rmtree(folder, ignore_errors=True)
+        for file in (self.config_file, self.history_file, self.metrics_file, self.evaluation_file):
+            file.unlink(missing_ok=True)
+
+    def save_vocabularies(self, users: Vocabulary, items: Vocabulary) -> None:
+        """Writes ``vocabulary/users.parquet`` and ``vocabulary/items.parquet``."""
+        with atomic_directory(self.vocabulary) as folder:
+            users.save(folder / "users.parquet")
+            items.save(folder / "items.parquet")
+
+    def save_towers(
+        self,
+        *,
+        query_model: tf.keras.layers.Layer,
+        candidate_model: tf.keras.layers.Layer,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int,
+    ) -> None:
+        """Writes ``towers/`` (see :func:`save_towers`)."""
+        save_towers(
+            self.towers, query_model=query_model, candidate_model=candidate_model,
+            num_users=num_users, num_items=num_items, embedding_dim=embedding_dim,
+        )  # fmt: skip
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """Writes ``history.json``."""
+        write_json(self.history_file, history)
+
+    def write_metrics(self, report: dict[str, Any]) -> None:
+        """Writes ``metrics.json`` (``report`` under the schema version)."""
+        write_json(self.metrics_file, {"schema_version": SCHEMA_VERSION, **report})
+
+    def load(self) -> TrainedRun:
+        """The finished run in this directory (see :func:`load_run`)."""
+        return load_run(self.path)
+
+
+def save_towers(
+    path: str | os.PathLike,
+    *,
+    query_model: tf.keras.layers.Layer,
+    candidate_model: tf.keras.layers.Layer,
+    num_users: int,
+    num_items: int,
+    embedding_dim: int,
+) -> None:
+    """Writes ``query/`` and ``candidate/`` SavedModels and ``towers.json``, atomically."""
+    with atomic_directory(path) as folder:
+        for name, tower in (("query", query_model), ("candidate", candidate_model)):
+            save_tower(tower, folder / name, name=f"{name}_tower")
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "query": {"path": "query", "num_ids": num_users, "vocabulary": "users.parquet"},
+            "candidate": {"path": "candidate", "num_ids": num_items, "vocabulary": "items.parquet"},
+            "embedding_dim": embedding_dim,
+            "input": "[n] int64 vocabulary indices",
+            "output": "[n, embedding_dim] float32 embeddings (signature key 'embeddings')",
+        }
+        write_json(folder / "towers.json", manifest)
+
+
+@dataclass
+class TrainedRun:
+    """The parts of a finished run that export and evaluation use (see :func:`load_run`).
+
+    Attributes:
+        path: the run directory.
+        config: its ``config.yaml``.
+        users: the user vocabulary (index -> original id): the query tower's input.
+        items: the item vocabulary: the candidate tower's input, the index's rows.
+        query_model: the query tower SavedModel: ``[n]`` int64 user indices -> ``[n, D]``.
+        candidate_model: the candidate tower SavedModel: item indices -> ``[n, D]``.
+        embedding_dim: D.
+    """
+
+    path: Path
+    config: Config
+    users: Vocabulary
+    items: Vocabulary
+    query_model: Any
+    candidate_model: Any
+    embedding_dim: int
+    _split: Split | None = field(default=None, repr=False)
+
+    @property
+    def metric(self) -> Metric:
+        """``"cosine"`` when the towers normalise their output (``model.normalize``), else
+        ``"dot"``: the score the model was trained with."""
+        return "cosine" if self.config.model.normalize else "dot"
+
+    @property
+    def num_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def split(self) -> Split:
+        """The train/test split, reloaded as the config says (cached).
+
+        Raises:
+            RunError: (part ``"data"``) if the data cannot be read or no longer gives the run's
+                vocabularies (it changed since training).
+        """
+        if self._split is None:
+            where = self.config.data.path or "the synthetic generator"
+            try:
+                split = load_split(self.config.data)
+            except (DataError, FileNotFoundError, ValueError) as e:
+                raise RunError(
+                    f"The data of the run at {self.path} ({where}) cannot be loaded: {e}",
+                    path=self.path,
+                    part="data",
+                ) from e
+            for name, saved, now in (
+                ("users", self.users, split.train.users),
+                ("items", self.items, split.train.items),
+            ):
+                if saved != now:
+                    raise RunError(
+                        f"The data of the run at {self.path} ({where}) no longer gives the "
+                        f"run's {name} (vocabulary/{name}.parquet: {len(saved)} ids, the data "
+                        f"now: {len(now)}); it changed since training. Train again.",
+                        path=self.path,
+                        part="data",
+                    )
+            self._split = split
+        return self._split
+
+    @property
+    def query_tower_dir(self) -> Path:
+        """The query tower's SavedModel folder (an export copies it)."""
+        return self.path / "towers" / "query"
+
+    def item_embeddings(self, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """``[num_items, D]`` float32 embeddings of every item (candidate tower, in batches)."""
+        return embed_ids(
+            self.candidate_model, self.num_items, batch_size=batch_size, desc="embedding items"
+        )
+
+    def query_embeddings(
+        self, users: np.ndarray | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """``[n, D]`` float32 query embeddings of user indices ``users`` (default: all)."""
+        users = np.arange(self.num_users) if users is None else np.asarray(users, np.int64)
+        return embed_ids(self.query_model, users, batch_size=batch_size, desc="embedding users")
+
+    def seen(self) -> sparse.csr_matrix:
+        """``[num_users, num_items]`` training items of each user (``Interactions.user_items``)."""
+        return self.split().train.user_items(self.num_users)
+
+    def item_titles(self) -> np.ndarray | None:
+        """``[num_items]`` titles from ``data.item_metadata`` (None when not configured)."""
+        path = self.config.data.item_metadata
+        if path is None:
+            return None
+        try:
+            return read_item_titles(path, self.items.original_ids)
+        except (OSError, ValueError) as e:
+            raise RunError(
+                f"The item metadata of the run at {self.path} (data.item_metadata={path!r}) "
+                f"cannot be used: {e}",
+                path=self.path,
+                part="data.item_metadata",
+            ) from e
+
+
+def _fail(path: Path, part: str, message: str, cause: BaseException | None = None) -> RunError:
+    error = RunError(f"The run at {path} {message}", path=path, part=part)
+    error.__cause__ = cause
+    return error
+
+
+def _load_config(run: RunDirectory) -> Config:
+    path = run.path
+    if not path.is_dir():
+        raise _fail(
+            path, "folder", "does not exist. Train it with `recsampled train --output RUN_DIR`."
+        )
+    if not run.config_file.is_file():
+        raise _fail(
+            path, "config.yaml", "has no config.yaml: it is not a recsampled run directory."
+        )
+    try:
+        return Config.from_yaml(run.config_file.read_text(), source=str(run.config_file))
+    except (ConfigError, OSError) as e:
+        raise _fail(path, "config.yaml", f"has an unreadable config.yaml: {e}", e) from e
+
+
+def _load_vocabulary(run: RunDirectory, name: str) -> Vocabulary:
+    part = f"vocabulary/{name}.parquet"
+    try:
+        return Vocabulary.load(run.path / part)
+    except FileNotFoundError as e:
+        raise _fail(run.path, part, f"has no {part}: training did not get that far.", e) from e
+    except ValueError as e:
+        raise _fail(run.path, part, f"has an unreadable {part}: {e}", e) from e
+
+
+def _load_checked_tower(run: RunDirectory, name: str, num_ids: int, dim: int) -> Any:
+    """``towers/{name}``, checked to embed indices 0 and ``num_ids - 1`` into ``dim``."""
+    part, path = f"towers/{name}", run.path
+    if not (run.towers / name).is_dir():
+        raise _fail(
+            path,
+            part,
+            f"has no {part} SavedModel: training has not finished (run `recsampled train` "
+            "again on it to resume).",
+        )
+    try:
+        tower = load_tower(run.towers / name)
+    except Exception as e:  # noqa: BLE001  (TensorFlow raises many kinds)
+        raise _fail(path, part, f"has an unreadable {part} SavedModel: {e}", e) from e
+    try:
+        probe = np.asarray(tower(np.array([0, num_ids - 1], np.int64)))
+    except Exception as e:  # noqa: BLE001
+        raise _fail(
+            path,
+            part,
+            f"has a {name} tower that cannot embed indices 0 and {num_ids - 1} "
+            f"(vocabulary of {num_ids}): {e}",
+            e,
+        ) from e
+    if probe.shape != (2, dim):
+        raise _fail(
+            path,
+            part,
+            f"has a {name} tower with output shape {probe.shape[1:]}, but config.yaml says "
+            f"model.embedding_dim={dim}.",
+        )
+    return tower
+
+
+def load_run(run_dir: str | os.PathLike) -> TrainedRun:
+    """Loads and checks what a finished ``recsampled train`` run holds for serving.
+
+    Args:
+        run_dir: the run directory (``recsampled train --output RUN_DIR``).
+
+    Returns:
+        A :class:`TrainedRun`.
+
+    Raises:
+        RunError: naming the part that is missing, unreadable or inconsistent (e.g.
+            ``towers/query`` missing because training did not finish).
+    """
+    run = RunDirectory(Path(run_dir).absolute())
+    config = _load_config(run)
+    users, items = _load_vocabulary(run, "users"), _load_vocabulary(run, "items")
+    dim = config.model.embedding_dim
+    return TrainedRun(
+        path=run.path,
+        config=config,
+        users=users,
+        items=items,
+        query_model=_load_checked_tower(run, "query", len(users), dim),
+        candidate_model=_load_checked_tower(run, "candidate", len(items), dim),
+        embedding_dim=dim,
+    )
