@@ -533,10 +533,13 @@ def markdown(results: dict) -> str:
              v["examples_per_second"]["mean"]]
             for variant, v in entry["variants"].items()
         ]  # fmt: skip
-        checks = [f"- `{check}`: **{'PASS' if c.get('passed', True) else 'FAIL'}** "
-                  + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in c.items() if not isinstance(v, dict | list | bool))
-                  for check, c in entry["checks"].items()]  # fmt: skip
+        checks = []
+        for check, c in entry["checks"].items():
+            verdict = {True: "PASS", False: "FAIL"}.get(c.get("passed"), "info")
+            values = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in c.items() if not isinstance(v, dict | list | bool)]  # fmt: skip
+            values += [f"{k} {v['difference']:+.4f}" for k, v in c.get("variants", {}).items()]
+            checks.append(f"- `{check}`: **{verdict}** " + ", ".join(values))
         breakdown = [[b["variant"], b["num_sampled"], b["fit_step_ms"],
                       *(b[f"{c}_ms"] for c in COMPONENTS), b["floor_ms_at_peak"]]
                      for b in entry["step_breakdown"]]  # fmt: skip

@@ -502,9 +502,18 @@ def markdown(results: dict) -> str:
             for part in ("whole", "output_layer", "body"):
                 for name, r in speed[part].items():
                     if isinstance(r, dict):
-                        parts.append([optimizer, part, name, r["median_step_seconds"],
-                                      r["median_cpu_seconds"], r["warmup_seconds"],
-                                      str(speed[part]["load_average"])])  # fmt: skip
+                        load = " / ".join(f"{x:.2f}" for x in speed[part]["load_average"])
+                        parts.append(
+                            [
+                                optimizer,
+                                part,
+                                name,
+                                r["median_step_seconds"],
+                                r["median_cpu_seconds"],
+                                r["warmup_seconds"],
+                                load,
+                            ]
+                        )
         lines += [
             "## Train step time", "",
             f"V={config['vocab_size']:,}, S={config['num_sampled']:,}, Embedding("
