@@ -9,6 +9,8 @@
 - ``recsampled recommend --artifacts DIR --user U [-k 10] [--json]`` prints a user's top-k
   (:class:`recsampled.index.Retriever`), with titles when the run configured
   ``data.item_metadata``.
+- ``recsampled serve --artifacts DIR [--port 8080]`` serves an artifact over HTTP
+  (:mod:`recsampled.serving.cli`; needs the ``serve`` extra).
 - ``recsampled evaluate --run RUN_DIR [--artifacts DIR]`` prints Recall@K, NDCG@K, HitRate@K,
   MRR and coverage on the test split, exact, through the index and for popularity, and writes
   them as JSON (:func:`recsampled.runs.evaluate_run`).
@@ -167,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--output", type=Path, default=None, metavar="FILE", help="the JSON file to write"
     )
+
+    from recsampled.serving.cli import SERVE_HELP, add_serve_arguments  # no FastAPI, no TF
+
+    serve = commands.add_parser(
+        "serve", help="HTTP service over an artifact", description=SERVE_HELP, parents=common
+    )
+    add_serve_arguments(serve)
     return parser
 
 
@@ -240,13 +249,25 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"Wrote {output}.")
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from recsampled.serving.cli import serve_main
+
+    return serve_main(args)  # 0 on a clean shutdown, 2 on bad options or a broken artifact
+
+
 def _json_value(value: object) -> object:
     if hasattr(value, "item"):  # NumPy scalars
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-_COMMANDS = {"train": _train, "export": _export, "recommend": _recommend, "evaluate": _evaluate}
+_COMMANDS = {
+    "train": _train,
+    "export": _export,
+    "recommend": _recommend,
+    "evaluate": _evaluate,
+    "serve": _serve,
+}
 
 
 def _import_tensorflow(*, show_log: bool) -> None:
@@ -297,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_log = bool(getattr(args, "tf_log", False)) or os.environ.get(TF_LOG_ENV, "") == "1"
     _import_tensorflow(show_log=show_log)
     try:
-        _COMMANDS[args.command](args)
+        status = _COMMANDS[args.command](args)
     except RecsampledError as e:  # config, data, run, artifact, unknown ids
         where = f"[{e.part}] " if e.part else ""
         hint = " (Here: --popular-fallback.)" if isinstance(e, UnknownUserError) else ""
@@ -307,4 +328,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (Here: --overwrite.)" if isinstance(e, FileExistsError) else ""
         print(f"recsampled {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
-    return 0
+    return int(status or 0)

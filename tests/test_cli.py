@@ -72,3 +72,29 @@ def test_set_overrides_the_file_and_force_starts_over(tiny_yaml, tmp_path, capsy
     assert [h["epoch"] for h in history] == [1, 2]
     assert TINY["training"]["batch_size"] == 128  # the file's value, not the default 256
     assert "batch_size: 128" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, verbosity",
+    [
+        (["train", "--output", "x"], 0),
+        (["-q", "train", "--output", "x"], -1),
+        (["train", "-q", "--output", "x"], -1),
+        (["-v", "train", "-v", "--output", "x"], 1),
+        (["train", "-vv", "--output", "x"], 2),
+    ],
+)
+def test_verbosity_flags_before_or_after_the_command(argv, verbosity):
+    args = cli._parser().parse_args(argv)
+    assert cli._verbosity(args) == verbosity
+
+
+def test_index_choices_match_the_library():
+    from recsampled.index.build import INDEX_CHOICES
+
+    assert cli.INDEX_CHOICES == INDEX_CHOICES
+
+
+def test_serve_is_a_subcommand_with_the_serving_options():
+    args = cli._parser().parse_args(["serve", "--artifacts", "a", "--port", "9000", "-q"])
+    assert args.command == "serve" and args.port == 9000 and args.quiet
