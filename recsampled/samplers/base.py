@@ -221,7 +221,10 @@ class CandidateSampler(tf.Module, abc.ABC):
 
 
 def draw_unique(
-    draw: Callable[[tf.Tensor | int, tf.Tensor | int], tf.Tensor], num_sampled: int
+    draw: Callable[[tf.Tensor | int, tf.Tensor | int], tf.Tensor],
+    num_sampled: int,
+    *,
+    first: int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The first ``num_sampled`` distinct ids of a stream of draws with replacement.
 
@@ -232,6 +235,8 @@ def draw_unique(
     Args:
         draw: ``(n, round_) -> [n]`` ids.
         num_sampled: S, distinct ids wanted (at most the support of the distribution).
+        first: draws of the first round (default S). More than S saves a second round when a
+            few repeats are likely; the result is the same function of the i.i.d. stream.
 
     Returns:
         ``([S] ids in order of first appearance, num_tries)``: ``num_tries`` is the scalar int64
@@ -248,7 +253,7 @@ def draw_unique(
     _, stream = tf.while_loop(
         missing,
         draw_more,
-        (tf.constant(0), draw(num_sampled, 0)),
+        (tf.constant(0), draw(num_sampled if first is None else max(first, num_sampled), 0)),
         shape_invariants=(tf.TensorShape([]), tf.TensorShape([None])),
     )
     distinct, index = tf.unique(stream, out_idx=tf.int64)

@@ -374,8 +374,13 @@ class QuadraticKernelSampler(CandidateSampler):
 
     def _normalizer(self, queries: tf.Tensor) -> tf.Tensor:
         """``[B]`` float64 total mass ``α·hᵀZ_root h + N`` of each query."""
-        psi = self._packed(tf.cast(queries, tf.float64), weighted=True)
-        mass = tf.linalg.matvec(psi, self.root_stats)
+        dim = self.embedding_dim
+        upper = tf.scatter_nd(
+            tf.stack([self._rows, self._cols], axis=1), self.root_stats, [dim, dim]
+        )
+        root = upper + tf.transpose(upper) - tf.linalg.diag(tf.linalg.diag_part(upper))
+        queries = tf.cast(queries, tf.float64)
+        mass = tf.reduce_sum(tf.matmul(queries, root) * queries, axis=1)  # B·D², one matmul
         return self.alpha * mass + float(self.num_classes)
 
     def _scores(self, queries: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -650,7 +655,8 @@ class QuadraticKernelSampler(CandidateSampler):
 
         if not unique:
             return draw(num_sampled, 0), tf.constant(num_sampled, tf.int64)
-        return draw_unique(draw, num_sampled)
+        # A few more draws than S in the first round: a repeat or two then costs no second one.
+        return draw_unique(draw, num_sampled, first=num_sampled + num_sampled // 16 + 8)
 
     def _draw_unique(
         self, queries: tf.Tensor, num_sampled: int, key: tf.Tensor
