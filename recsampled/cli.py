@@ -33,6 +33,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from recsampled._progress import configure_logging
 from recsampled.errors import RecsampledError, UnknownUserError
@@ -98,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_output_options(suppress=True)]
+    for add in (_add_train, _add_export, _add_recommend, _add_evaluate, _add_serve):
+        add(commands, common)
+    return parser
+
+
+Subparsers = Any  # argparse._SubParsersAction, private
+
+
+def _add_train(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     train_parser = commands.add_parser(
         "train", help="train, checkpoint and evaluate a model", description=_TRAIN_HELP,
         parents=common,
@@ -122,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         help="discard an earlier run in RUN_DIR (checkpoints and outputs) and start over",
     )
 
+
+def _add_export(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     export = commands.add_parser(
         "export", help="build the FAISS artifact of a trained run", description=_EXPORT_HELP,
         parents=common,
@@ -139,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing artifact at ARTIFACT_DIR"
     )
 
+
+def _add_recommend(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     recommend = commands.add_parser(
         "recommend", help="top-k items for users", description=_RECOMMEND_HELP, parents=common
     )
@@ -157,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
         help="popular items for unknown users instead of an error",
     )
 
+
+def _add_evaluate(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="test-split metrics, exact and through the index",
@@ -170,13 +186,14 @@ def _parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None, metavar="FILE", help="the JSON file to write"
     )
 
+
+def _add_serve(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     from recsampled.serving.cli import SERVE_HELP, add_serve_arguments  # no FastAPI, no TF
 
     serve = commands.add_parser(
         "serve", help="HTTP service over an artifact", description=SERVE_HELP, parents=common
     )
     add_serve_arguments(serve)
-    return parser
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -82,6 +82,59 @@ def _check_probability(name: str, value: Any) -> float:
     return float(value)
 
 
+def _draw_items(
+    rng: np.random.Generator,
+    popularity: np.ndarray,
+    item_cluster: np.ndarray,
+    row_cluster: np.ndarray,
+    cluster_affinity: float,
+    num_clusters: int,
+) -> np.ndarray:
+    """``[num_interactions]`` int32 items: each row inside its user's cluster with probability
+    ``cluster_affinity``, else from the whole catalogue, by popularity (step 3 of ``generate``)."""
+    num_items, num_interactions = len(popularity), len(row_cluster)
+    by_cluster = np.argsort(item_cluster, kind="stable")
+    cumulative = np.cumsum(popularity[by_cluster])
+    cluster_mass = np.bincount(item_cluster, weights=popularity, minlength=num_clusters)
+    cluster_start = np.cumsum(cluster_mass) - cluster_mass
+    u = rng.random(num_interactions)
+    in_cluster = rng.random(num_interactions) < cluster_affinity
+    target = np.where(
+        in_cluster,
+        cluster_start[row_cluster] + u * cluster_mass[row_cluster],
+        u * cumulative[-1],
+    )
+    del u, in_cluster
+    order = np.argsort(target)  # sorted queries make searchsorted cache-friendly (3x faster)
+    position = np.empty(num_interactions, np.int64)
+    position[order] = np.searchsorted(cumulative, target[order], side="right")
+    np.minimum(position, num_items - 1, out=position)
+    del target, order
+    return by_cluster[position].astype(np.int32)
+
+
+def _draw_timestamps(
+    rng: np.random.Generator,
+    counts: np.ndarray,
+    user: np.ndarray,
+    *,
+    start_time: int,
+    duration: int,
+) -> np.ndarray:
+    """``[num_interactions]`` int64 timestamps: a window per user, exponential gaps inside it
+    (step 4 of ``generate``)."""
+    num_users, num_interactions = len(counts), len(user)
+    window = duration // 2
+    first = rng.integers(0, duration - window + 1, size=num_users)
+    gaps = rng.exponential(1.0, size=num_interactions) * (window / counts)[user]
+    elapsed = np.cumsum(gaps)
+    group_start = np.cumsum(counts) - counts
+    before = elapsed[group_start] - gaps[group_start]  # elapsed time of earlier users' rows
+    del gaps
+    elapsed -= np.repeat(before, counts)
+    return start_time + first[user] + np.minimum(elapsed, window).astype(np.int64)
+
+
 def generate(
     *,
     num_users: int = 1_000,
@@ -155,38 +208,12 @@ def generate(
 
     # 3. Items: inverse-CDF draws over items sorted by cluster, inside the user's cluster's
     #    segment of the cumulative popularity, or (otherwise) over the whole of it.
-    by_cluster = np.argsort(item_cluster, kind="stable")
-    cumulative = np.cumsum(popularity[by_cluster])
-    cluster_mass = np.bincount(item_cluster, weights=popularity, minlength=num_clusters)
-    cluster_start = np.cumsum(cluster_mass) - cluster_mass
-    u = rng.random(num_interactions)
-    in_cluster = rng.random(num_interactions) < cluster_affinity
-    row_cluster = user_cluster[user]
-    target = np.where(
-        in_cluster,
-        cluster_start[row_cluster] + u * cluster_mass[row_cluster],
-        u * cumulative[-1],
+    item = _draw_items(
+        rng, popularity, item_cluster, user_cluster[user], cluster_affinity, num_clusters
     )
-    del u, in_cluster, row_cluster
-    order = np.argsort(target)  # sorted queries make searchsorted cache-friendly (3x faster)
-    position = np.empty(num_interactions, np.int64)
-    position[order] = np.searchsorted(cumulative, target[order], side="right")
-    np.minimum(position, num_items - 1, out=position)
-    del target, order
-    item = by_cluster[position].astype(np.int32)
-    del position
 
     # 4. Timestamps: a window per user, exponential gaps inside it; then time order.
-    window = duration // 2
-    first = rng.integers(0, duration - window + 1, size=num_users)
-    gaps = rng.exponential(1.0, size=num_interactions) * (window / counts)[user]
-    elapsed = np.cumsum(gaps)
-    group_start = np.cumsum(counts) - counts
-    before = elapsed[group_start] - gaps[group_start]  # elapsed time of earlier users' rows
-    del gaps
-    elapsed -= np.repeat(before, counts)
-    timestamps = start_time + first[user] + np.minimum(elapsed, window).astype(np.int64)
-    del elapsed
+    timestamps = _draw_timestamps(rng, counts, user, start_time=start_time, duration=duration)
     order = np.argsort(timestamps, kind="stable")
 
     # Original ids: permutations, so that the popularity-ordered vocabulary is a real mapping.

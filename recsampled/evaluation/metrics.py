@@ -217,17 +217,7 @@ def ranking_metrics(
     covered = {k: np.zeros(num_items, bool) for k in ks}
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
-        scores = np.array(score_fn(batch), copy=True)
-        if scores.shape != (batch.size, num_items):
-            raise ValueError(
-                f"`score_fn` must return [batch, num_items={num_items}] scores. "
-                f"Received: shape {scores.shape} for a batch of {batch.size} users."
-            )
-        if np.isnan(scores).any():
-            raise ValueError("`score_fn` returned NaN scores; the model diverged or is broken.")
-        scores = scores.astype(np.result_type(scores.dtype, np.float32), copy=False)
-        rows, items = _pairs(seen, batch)
-        scores[rows, items] = -np.inf
+        scores = _unseen_scores(score_fn, batch, seen, num_items)
 
         top = top_k(scores, k_max)
         valid = np.isfinite(np.take_along_axis(scores, top, axis=1))  # not a removed item
@@ -257,6 +247,24 @@ def ranking_metrics(
         num_users=int(users.size),
         num_items=num_items,
     )
+
+
+def _unseen_scores(
+    score_fn: ScoreFunction, batch: np.ndarray, seen: sparse.csr_matrix, num_items: int
+) -> np.ndarray:
+    """``[batch, num_items]`` checked scores of ``batch``, ``-inf`` on each user's seen items."""
+    scores = np.array(score_fn(batch), copy=True)
+    if scores.shape != (batch.size, num_items):
+        raise ValueError(
+            f"`score_fn` must return [batch, num_items={num_items}] scores. "
+            f"Received: shape {scores.shape} for a batch of {batch.size} users."
+        )
+    if np.isnan(scores).any():
+        raise ValueError("`score_fn` returned NaN scores; the model diverged or is broken.")
+    scores = scores.astype(np.result_type(scores.dtype, np.float32), copy=False)
+    rows, items = _pairs(seen, batch)
+    scores[rows, items] = -np.inf
+    return scores
 
 
 def _hits(
