@@ -134,7 +134,7 @@ def _item_list(
     ids = _check_ids(values, retriever.item_ids, field)
     if not len(ids):
         return np.zeros(0, np.int64)
-    rows = _item_indexer(artifact, ids)
+    rows = artifact.item_rows(ids)
     if (rows < 0).any():
         unknown = ids[rows < 0].tolist()
         first = int(np.flatnonzero(rows < 0)[0])
@@ -147,19 +147,6 @@ def _item_list(
             ids=unknown,
         )
     return np.unique(rows)
-
-
-def _item_indexer(artifact: LoadedArtifact, ids: np.ndarray) -> np.ndarray:
-    """Index rows of item ids, ``-1`` where unknown (``Retriever.item_rows`` raises instead)."""
-    retriever = artifact.retriever
-    try:
-        return retriever.item_rows(ids)
-    except KeyError:
-        known = np.isin(ids, retriever.item_ids)
-        rows = np.full(len(ids), -1, np.int64)
-        if known.any():
-            rows[known] = retriever.item_rows(ids[known])
-        return rows
 
 
 def user_query(
@@ -187,7 +174,7 @@ def user_query(
             "`exclude_seen` must be false: this artifact records no seen items.",
         )
     ids = _check_ids(request.user_ids, retriever.user_ids, "user_ids")
-    indices = retriever.user_indices(ids).astype(np.int64)
+    indices = artifact.user_indices(ids)
     if (indices < 0).any():
         unknown = ids[indices < 0].tolist()
         if request.unknown_user == "error":
@@ -225,7 +212,7 @@ def item_query(
     _check_count(request.item_ids, "item_ids", settings.max_ids)
     k = _check_k(request.k, artifact, settings)
     ids = _check_ids(request.item_ids, retriever.item_ids, "item_ids")
-    rows = _item_indexer(artifact, ids)
+    rows = artifact.item_rows(ids)
     if (rows < 0).any():
         unknown = ids[rows < 0].tolist()
         raise ServiceError(
@@ -294,7 +281,7 @@ def _vectors(queries: Sequence[Query]) -> tuple[np.ndarray, list[tuple[int, int]
     parts, owners = [], []
     if slots["user"]:
         users = np.array([queries[q].rows[j] for q, j in slots["user"]], np.int64)
-        parts.append(retriever.embed_users(retriever.user_ids[users]))
+        parts.append(queries[0].artifact.embed(users))
         owners += slots["user"]
     if slots["item"]:
         rows = np.array([queries[q].rows[j] for q, j in slots["item"]], np.int64)

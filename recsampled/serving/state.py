@@ -27,9 +27,12 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+import pandas as pd
+import tensorflow as tf
 
 from recsampled.index import ArtifactError, Retriever
 
@@ -53,9 +56,14 @@ class ReloadRefusedError(RuntimeError):
         self.part = part
 
 
+SMALL_LOOKUP = 32  # ids per request looked up one by one (a hash probe each) below this
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedArtifact:
     """One loaded, checked artifact and the lookups the service derives from it.
+
+    Build it with :meth:`of`.
 
     Attributes:
         retriever: the :class:`~recsampled.index.Retriever` over the folder.
@@ -63,17 +71,85 @@ class LoadedArtifact:
         loaded_at: Unix time of the swap.
         popular_rows: ``[num_items]`` index rows by decreasing popularity (stable), if the
             artifact has item popularity.
+        users: the user vocabulary as a hash index (``None`` without one).
+        items: the item ids as a hash index.
+        query_function: the query tower's concrete function ``[batch] int64 -> [batch, D]``
+            (a direct call skips ``tf.function``'s dispatch, most of a small call's cost), or
+            ``None`` to embed with ``Retriever.embed_users``.
     """
 
     retriever: Retriever
     generation: int
     loaded_at: float
     popular_rows: np.ndarray | None
+    users: pd.Index | None
+    items: pd.Index
+    query_function: Any | None
+
+    @classmethod
+    def of(cls, retriever: Retriever, generation: int) -> LoadedArtifact:
+        popular = None
+        if retriever.item_popularity is not None:
+            popular = np.argsort(-retriever.item_popularity, kind="stable")
+        users = pd.Index(retriever.user_ids) if retriever.user_ids is not None else None
+        return cls(
+            retriever,
+            generation,
+            time.time(),
+            popular,
+            users,
+            pd.Index(retriever.item_ids),
+            _query_function(retriever),
+        )
 
     @property
     def tag(self) -> str:
         """``"<generation>:<first 16 hex digits of the embeddings' sha256>"``."""
         return f"{self.generation}:{self.retriever.manifest.embeddings_sha256[:16]}"
+
+    def user_indices(self, user_ids: np.ndarray) -> np.ndarray:
+        """``[batch_size]`` int64 user indices of original ids, ``-1`` where unknown."""
+        return _lookup(self.users, user_ids)
+
+    def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """``[batch_size]`` int64 index rows of original item ids, ``-1`` where unknown."""
+        return _lookup(self.items, item_ids)
+
+    def embed(self, user_indices: np.ndarray) -> np.ndarray:
+        """``[batch_size, embedding_dim]`` float32 query embeddings of known user indices."""
+        if self.query_function is None:
+            return self.retriever.embed_users(self.retriever.user_ids[user_indices])
+        output = self.query_function(tf.constant(user_indices, tf.int64))
+        return np.asarray(output, dtype=np.float32)
+
+
+def _lookup(index: pd.Index, ids: np.ndarray) -> np.ndarray:
+    if len(ids) > SMALL_LOOKUP:
+        return index.get_indexer(ids).astype(np.int64)
+    rows = np.full(len(ids), -1, np.int64)
+    for position, value in enumerate(ids):
+        try:
+            rows[position] = index.get_loc(value)
+        except (KeyError, TypeError):
+            pass
+    return rows
+
+
+def _query_function(retriever: Retriever) -> Any | None:
+    """The tower's concrete function, if it gives what ``embed_users`` gives for user 0."""
+    if retriever.query_model is None or not retriever.num_users:
+        return None
+    try:
+        function = retriever.query_model.__call__.get_concrete_function(
+            tf.TensorSpec([None], tf.int64)
+        )
+        probe = np.asarray(function(tf.constant([0], tf.int64)), dtype=np.float32)
+    except (AttributeError, TypeError, ValueError, tf.errors.OpError):
+        return None
+    expected = retriever.embed_users(retriever.user_ids[:1])
+    if probe.shape != expected.shape or not np.allclose(probe, expected, rtol=1e-5, atol=1e-6):
+        return None
+    return function
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +188,7 @@ def load_artifact(path: str | os.PathLike, *, generation: int, verify_checksums:
             path=retriever.path,
             part="index.faiss",
         ) from e
-    popular = None
-    if retriever.item_popularity is not None:
-        popular = np.argsort(-retriever.item_popularity, kind="stable")
-    return LoadedArtifact(retriever, generation, time.time(), popular)
+    return LoadedArtifact.of(retriever, generation)
 
 
 class ArtifactHolder:
@@ -147,10 +220,7 @@ class ArtifactHolder:
         holder.path = Path(retriever.path)
         holder.verify_checksums = True
         holder._reload_lock = threading.Lock()
-        popular = None
-        if retriever.item_popularity is not None:
-            popular = np.argsort(-retriever.item_popularity, kind="stable")
-        holder._current = LoadedArtifact(retriever, 1, time.time(), popular)
+        holder._current = LoadedArtifact.of(retriever, 1)
         holder.last_reload = None
         holder.reloads = 0
         return holder
