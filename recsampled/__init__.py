@@ -10,7 +10,8 @@ layer, ``recsampled.keras3``, takes the variable back and works with ``import ke
 Subpackages: ``losses`` (sampled and full softmax), ``samplers`` (candidate samplers and
 in-batch frequency), ``tasks`` (the TFRS retrieval task), ``models`` (the two-tower model),
 ``layers`` (the Keras 2 sampled-softmax output), ``keras3`` (the same for Keras 3), ``data``
-(interaction logs), ``training`` (config-driven runs with checkpoints), ``evaluation``
+(interaction logs), ``training`` (reusable Keras callbacks: checkpoints, progress), ``runs`` (a
+run from config to artifacts: build, train, run directory, export, evaluate), ``evaluation``
 (full-catalogue metrics) and ``index`` (FAISS export and the ``Retriever``).
 """
 
@@ -32,10 +33,12 @@ _SUBPACKAGES = (
     "layers",
     "losses",
     "models",
+    "runs",
     "samplers",
     "tasks",
     "training",
 )
+_OPTIONAL = ("keras3",)  # resolvable, but not in __all__: `import *` must not load Keras 3
 
 _NAMES = {
     "recsampled.data": ("DataError", "Interactions", "Vocabulary", "read_interactions"),
@@ -63,7 +66,7 @@ __all__ = sorted([*_MODULE_OF, *_SUBPACKAGES])
 
 def __getattr__(name: str) -> _Any:
     """Imports a public name's subpackage on first access (PEP 562)."""
-    if name in _SUBPACKAGES:
+    if name in _SUBPACKAGES or name in _OPTIONAL:
         value = _importlib.import_module(f"recsampled.{name}")
     elif name in _MODULE_OF:
         value = getattr(_importlib.import_module(_MODULE_OF[name]), name)
