@@ -49,6 +49,7 @@ from recsampled.data.synthetic import generate
 from recsampled.errors import ConfigError
 from recsampled.layers.sampled_softmax import SAMPLERS
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
+from recsampled.samplers.kernel import MODES as KERNEL_MODES
 
 
 class _TypeMismatch(ConfigError):
@@ -439,6 +440,33 @@ class EstimatorConfig(_Section):
 
 
 @dataclass(frozen=True)
+class KernelConfig(_Section):
+    """``task.kernel``: ``QuadraticKernelSampler`` settings, for ``sampler: kernel``.
+
+    Attributes:
+        alpha: α of the kernel ``α·(hᵀw)² + 1`` (0: uniform).
+        mode: ``batch_mixture`` (``S`` negatives shared by the batch, from the mixture of the
+            batch's proposals) or ``per_query`` (``S`` per query, ``B`` times the cost).
+        rebuild_every_steps: rebuild the tree from the candidate tower every this many
+            training steps (and at each epoch end); the cost is measured and logged.
+        leaf_size: classes per leaf of the tree (null: the sampler's default, ``max(8, D)``).
+    """
+
+    SECTION: ClassVar[str] = "task.kernel"
+
+    alpha: float = 100.0
+    mode: str = "batch_mixture"
+    rebuild_every_steps: int = 100
+    leaf_size: int | None = None
+
+    def validate(self) -> None:
+        _non_negative(self._name("alpha"), self.alpha)
+        _choice(self._name("mode"), self.mode, KERNEL_MODES)
+        _positive(self._name("rebuild_every_steps"), self.rebuild_every_steps)
+        _positive(self._name("leaf_size"), self.leaf_size)
+
+
+@dataclass(frozen=True)
 class TaskConfig(_Section):
     """``task``: ``recsampled.tasks.Retrieval``.
 
@@ -449,10 +477,13 @@ class TaskConfig(_Section):
         num_hard_negatives: keep only the hardest negatives per row (null: all).
         negatives: a key of :data:`NEGATIVES`.
         logq: a key of :data:`LOGQ`; needs in-batch negatives.
-        sampler: a key of ``recsampled.layers.SAMPLERS``, for ``mixed`` and ``sampled`` negatives.
+        sampler: a key of ``recsampled.samplers.SAMPLERS`` or ``kernel`` (the adaptive
+            ``QuadraticKernelSampler`` over the candidate tower's embeddings, set in ``kernel``),
+            for ``mixed`` and ``sampled`` negatives.
         num_sampled: S, catalogue negatives per step (``mixed`` and ``sampled`` only).
         distortion: exponent of the unigram sampler's counts.
         estimator: the streaming estimator's settings (``logq: streaming`` only).
+        kernel: the kernel sampler's settings (``sampler: kernel`` only).
         seed: op-level seed of the catalogue sampler (null: from the training seed).
     """
 
@@ -467,6 +498,7 @@ class TaskConfig(_Section):
     num_sampled: int = 0
     distortion: float = 1.0
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
     seed: int | None = None
 
     def validate(self) -> None:
@@ -474,16 +506,19 @@ class TaskConfig(_Section):
         _positive(self._name("num_hard_negatives"), self.num_hard_negatives)
         _choice(self._name("negatives"), self.negatives, list(NEGATIVES))
         _choice(self._name("logq"), self.logq, list(LOGQ))
-        _choice(self._name("sampler"), self.sampler, list(SAMPLERS))
+        if self.sampler != "kernel" and self.sampler not in SAMPLERS:
+            raise _fail(self._name("sampler"), f"one of {list(SAMPLERS)} or 'kernel'", self.sampler)
         _non_negative(self._name("distortion"), self.distortion)
         negatives = NEGATIVES[self.negatives]
         if negatives.catalogue:
             _positive(self._name("num_sampled"), self.num_sampled)
             if self.sampler != "unigram":
                 self._unused(["distortion"], f"by sampler={self.sampler!r}")
+            if self.sampler != "kernel":
+                self._unused(["kernel"], f"by sampler={self.sampler!r}")
         else:
             self._unused(
-                ["sampler", "num_sampled", "distortion", "seed"],
+                ["sampler", "num_sampled", "distortion", "kernel", "seed"],
                 "without catalogue negatives (negatives='in_batch')",
             )
         if self.logq != "streaming":

@@ -29,7 +29,12 @@ from recsampled.config import (
 from recsampled.data import Interactions
 from recsampled.data.splits import Split
 from recsampled.models import Tower, TwoTowerModel
-from recsampled.samplers import CandidateSampler, UnigramSampler
+from recsampled.samplers import (
+    CandidateSampler,
+    KernelSamplerRebuild,
+    QuadraticKernelSampler,
+    UnigramSampler,
+)
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.tasks import Retrieval
 
@@ -83,14 +88,55 @@ def build_frequency(
     return FrequencyEstimator(**dataclasses.asdict(config.task.estimator))
 
 
-def build_sampler(config: Config, train: Interactions) -> CandidateSampler | None:
-    """The catalogue sampler (``task.sampler``), or None without catalogue negatives."""
+def build_sampler(
+    config: Config, train: Interactions, *, candidate_tower: Tower | None = None
+) -> CandidateSampler | None:
+    """The catalogue sampler (``task.sampler``), or None without catalogue negatives.
+
+    ``sampler: kernel`` needs the ``candidate_tower``: the tree is built over its embeddings of
+    every item (its variables are created here if they are not yet).
+    """
     if not NEGATIVES[config.task.negatives].catalogue:
         return None
+    if config.task.sampler == "kernel":
+        if candidate_tower is None:
+            raise ValueError(
+                "`candidate_tower` must be given for task.sampler='kernel' (the kernel "
+                "sampler draws from the candidate embeddings). Received: candidate_tower=None."
+            )
+        kernel = config.task.kernel
+        return QuadraticKernelSampler(
+            _catalogue_embeddings(candidate_tower, train.num_items),
+            alpha=kernel.alpha,
+            leaf_size=kernel.leaf_size,
+            mode=kernel.mode,
+        )
     cls = SAMPLERS[config.task.sampler]
     if cls is UnigramSampler:
         return UnigramSampler(counts=train.item_counts, distortion=config.task.distortion)
     return cls(num_classes=train.num_items)
+
+
+def _catalogue_embeddings(candidate_tower: Tower, num_items: int) -> tf.Tensor:
+    """``[num_items, D]``: the candidate tower's embedding of every item id."""
+    return candidate_tower(tf.range(num_items), training=False)
+
+
+def sampler_callbacks(config: Config, model: TwoTowerModel) -> list[tf.keras.callbacks.Callback]:
+    """Callbacks the catalogue sampler needs during ``fit``: for ``sampler: kernel``, a
+    :class:`~recsampled.samplers.KernelSamplerRebuild` every ``task.kernel.rebuild_every_steps``
+    steps from the candidate tower (its cost is logged and written to the epoch logs)."""
+    sampler = getattr(model.task, "sampler", None)
+    if not isinstance(sampler, QuadraticKernelSampler):
+        return []
+    tower, num_items = model.candidate_model, sampler.num_classes
+    return [
+        KernelSamplerRebuild(
+            sampler,
+            every_n_batches=config.task.kernel.rebuild_every_steps,
+            embeddings=lambda: _catalogue_embeddings(tower, num_items),
+        )
+    ]
 
 
 def evaluation_settings(settings: EvaluationConfig) -> dict[str, Any]:
@@ -141,7 +187,7 @@ def build_task(config: Config, train: Interactions, candidate_tower: Tower) -> R
     """The retrieval task of the ``task`` section (samplers, logQ, negatives)."""
     task_config = config.task
     negatives = NEGATIVES[task_config.negatives]
-    sampler = build_sampler(config, train)
+    sampler = build_sampler(config, train, candidate_tower=candidate_tower)
     return Retrieval(
         temperature=task_config.temperature,
         num_hard_negatives=task_config.num_hard_negatives,

@@ -21,7 +21,7 @@ from recsampled.data import Interactions
 from recsampled.data.dataset import Position, steps_per_epoch, training_batches
 from recsampled.evaluation import RankingMetrics, embedding_scores, evaluate
 from recsampled.models import TwoTowerModel, embed_ids
-from recsampled.runs.build import build_model, evaluation_settings, load_split
+from recsampled.runs.build import build_model, evaluation_settings, load_split, sampler_callbacks
 from recsampled.runs.directory import RunDirectory
 from recsampled.training.callbacks import CheckpointCallback, ProgressCallback, TrainingState
 
@@ -205,7 +205,7 @@ def _fit(
         )
 
     start = state.position
-    fit = dict(callbacks=[checkpoints, progress], verbose=0)
+    fit = dict(callbacks=[checkpoints, progress, *sampler_callbacks(config, model)], verbose=0)
     if start.batch > 0:
         model.fit(
             batches(start, start.epoch + 1),
