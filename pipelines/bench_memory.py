@@ -11,7 +11,7 @@ memory never counts towards another's:
 2. ``load_parquet``, ``load_csv``: ``read_interactions(path, timestamp_col="timestamp")`` with the
    defaults (de-duplication on), as training would load the file.
 3. ``dataset_pass``: load the Parquet file, then one shuffled pass of
-   ``recsampled.data.dataset.make_dataset`` (batch size 8192) over the training rows.
+   ``recsampled.data.training_batches`` (batch size 8192) over the training rows.
 4. ``train``: ``recsampled.training.train`` with ``configs/large-catalogue.yaml`` (mixed negatives,
    streaming logQ, Adagrad) reading the Parquet log as a user's file (``data.source: file``),
    for ``--train-epochs`` epochs (default 1): load, split, fit with checkpoints, save the towers,
@@ -149,10 +149,10 @@ def _stage(name: str, config: MemoryBenchConfig, workdir: str) -> dict:
                 "result_array_bytes": sum(a.nbytes for a in arrays)}  # fmt: skip
 
     def dataset_pass() -> dict:
-        from recsampled.data.dataset import make_dataset
+        from recsampled.data import training_batches
 
         log = read_interactions(parquet, timestamp_col="timestamp")
-        batches = sum(1 for _ in make_dataset(log, batch_size=8192, seed=0))
+        batches = sum(1 for _ in training_batches(log, batch_size=8192, seed=0))
         return {"rows": len(log), "batches": batches, "batch_size": 8192}
 
     work = {

@@ -66,11 +66,17 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 from pipelines import harness  # noqa: E402
 from recsampled.config import Config  # noqa: E402
-from recsampled.data import Interactions, random_holdout, read_interactions, synthetic  # noqa: E402
-from recsampled.data.dataset import training_batches  # noqa: E402
+from recsampled.data import (  # noqa: E402
+    Interactions,
+    random_holdout,
+    read_interactions,
+    synthetic,
+    training_batches,
+)
 from recsampled.evaluation import embedding_scores, evaluate  # noqa: E402
 from recsampled.models import TwoTowerModel  # noqa: E402
-from recsampled.runs.build import TowerFeatures, build_model  # noqa: E402
+from recsampled.runs import build_model  # noqa: E402
+from recsampled.runs.build import TowerFeatures  # noqa: E402
 
 LOG = logging.getLogger("pipelines.bench_retrieval")
 SCHEMA_VERSION = 3

@@ -26,12 +26,18 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from recsampled.runs import RunEvaluation  # noqa: E402
 
+from pipelines import harness  # noqa: E402
 from recsampled.config import load_config  # noqa: E402
 from recsampled.index import Retriever  # noqa: E402
-from recsampled.runs import evaluate_run, export_run, load_run  # noqa: E402
-from recsampled.runs import RunDirectoryError, train  # noqa: E402
+from recsampled.runs import (  # noqa: E402
+    RunDirectoryError,
+    RunEvaluation,
+    evaluate_run,
+    export_run,
+    load_run,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "default.yaml"
@@ -57,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> RunEvaluation:
     parser.add_argument("--config", type=Path, default=CONFIG, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    harness.configure_logging()  # the library's progress lines (data, epochs, export) on stderr
     run_dir = args.run_dir
     artifacts = run_dir.with_name(f"{run_dir.name}-artifacts")
     started = time.perf_counter()
@@ -67,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> RunEvaluation:
     step(1, f"Train {_show(args.config)} into {_show(run_dir)} (recsampled train)")
     config = load_config(args.config)
     try:
-        result = train(config, run_dir, force=args.force, stream=sys.stdout)
+        result = train(config, run_dir, force=args.force)
     except RunDirectoryError as e:
         sys.exit(f"{e}\n(For the demo: python -m pipelines.demo --force)")
     print(f"\nFull-catalogue metrics on the test split (training items removed):\n{result.table()}")

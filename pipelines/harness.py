@@ -460,6 +460,21 @@ def zipf_counts(num_classes: int, exponent: float, rng: np.random.Generator) -> 
 # Command lines
 
 
+def integer(text: str) -> int:
+    """Parses ``"1e5"`` or ``"100000"`` into ``100000``."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """Parses ``"1e4,100000"`` into ``(10000, 100000)`` (positive integers)."""
     try:
@@ -506,8 +521,10 @@ def _argument(hint: Any) -> dict[str, Any]:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if hint in (int, float, str):
+    if hint in (float, str):
         return {"type": hint}
+    if hint is int:
+        return {"type": integer}
     if origin is typing.Literal:
         return {"choices": list(args), "type": type(args[0])}
     if origin is tuple and args[-1] is Ellipsis:

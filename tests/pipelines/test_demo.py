@@ -8,7 +8,7 @@ import copy
 from pipelines import demo
 from recsampled.config import Config
 from recsampled.index import Retriever
-from tests.training.conftest import TINY
+from tests.runs.conftest import TINY
 
 
 def test_demo_runs_the_whole_journey(tmp_path, capsys):

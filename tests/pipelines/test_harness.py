@@ -151,6 +151,10 @@ def test_help_comes_from_the_docstring(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_int_list() -> None:
     assert harness.int_list("1e4, 100000") == (10_000, 100_000)
+    assert harness.integer("1e5") == 100_000 and harness.integer("-3") == -3
+    for bad in ("1.5", "x", "inf"):
+        with pytest.raises(Exception, match="integer"):
+            harness.integer(bad)
     with pytest.raises(Exception, match="positive"):
         harness.int_list("0")
 
