@@ -18,12 +18,20 @@ Every answer carries ``X-Recsampled-Artifact: <generation>:<embeddings sha256 pr
 error is JSON ``{"error", "message", "errors": [{"field", "rule"}]}``, never a traceback.
 
 Example:
-    >>> from fastapi.testclient import TestClient  # doctest: +SKIP
-    >>> app = create_app("artifacts/movielens", settings=ServingSettings(max_wait_ms=1))
-    ... # doctest: +SKIP
-    >>> TestClient(app).post("/recommend", json={"user_ids": [196], "k": 3}).json()
-    ... # doctest: +SKIP
-    {'results': [{'user_id': 196, 'items': [...], 'fallback': False}]}
+    >>> import numpy as np
+    >>> from fastapi.testclient import TestClient
+    >>> from recsampled.index import export_artifact
+    >>> items = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
+    >>> _ = export_artifact("/tmp/recsampled-serving-example", item_embeddings=items,
+    ...                     item_ids=[f"item{i}" for i in range(50)], index="flat",
+    ...                     progress=False, overwrite=True)
+    >>> client = TestClient(create_app("/tmp/recsampled-serving-example"))
+    >>> body = {"query_embeddings": [[1.0, 0.0, 0.0, 0.0]], "k": 3}
+    >>> answer = client.post("/recommend-by-embedding", json=body)
+    >>> answer.status_code, len(answer.json()["results"][0]["items"])
+    (200, 3)
+    >>> client.post("/recommend-by-embedding", json={**body, "k": 0}).json()["errors"]
+    [{'field': 'k', 'rule': 'Input should be greater than or equal to 1. Received: 0'}]
 """
 
 from __future__ import annotations

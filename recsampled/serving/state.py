@@ -12,11 +12,15 @@ renames it), or point ``--artifacts`` at a symlink and flip it; then they call t
 endpoint or send SIGHUP.
 
 Example:
-    >>> holder = ArtifactHolder("artifacts/movielens")  # doctest: +SKIP
-    >>> holder.current.generation  # doctest: +SKIP
-    1
-    >>> holder.reload().generation  # doctest: +SKIP
-    2
+    >>> import numpy as np
+    >>> from recsampled.index import export_artifact
+    >>> items = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
+    >>> _ = export_artifact("/tmp/recsampled-serving-example", item_embeddings=items,
+    ...                     item_ids=[f"item{i}" for i in range(50)], index="flat",
+    ...                     progress=False, overwrite=True)
+    >>> holder = ArtifactHolder("/tmp/recsampled-serving-example")
+    >>> holder.current.generation, holder.reload().generation
+    (1, 2)
 """
 
 from __future__ import annotations
