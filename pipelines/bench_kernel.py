@@ -1,47 +1,37 @@
 """Benchmark of the quadratic-kernel sampler: sampling, rebuild, update, memory, training step.
 
-Run ``python -m pipelines.bench_kernel --output benchmarks/kernel.json`` (``--quick`` for a smoke
-run); it writes the JSON and a Markdown report beside it (``benchmarks/kernel.md``).
+Run ``python -m pipelines.bench_kernel --output benchmarks/kernel.json`` (``--quick``: a smoke
+run). It writes the JSON report; the README's kernel paragraph is written by hand from it.
 
 **Sampler costs.** For every ``(N, D)`` of the grid, ``QuadraticKernelSampler`` (default
-``leaf_size`` and top cut, α = 100) over a random ``[N, D]`` table: per call, ``B`` queries x ``S``
-draws with replacement (``unique=False``), a full :meth:`rebuild` and an :meth:`update` of
-``--update-rows`` rows, each in its own ``tf.function``, timed round-robin; and the bytes of the
-sampler's state (:meth:`memory_bytes`: snapshot, tree statistics, float64 root).
+``leaf_size`` and top cut, α = 100) over a random ``[N, D]`` table: per call, the batch mixture's
+``S_shared`` ids for ``B`` queries (``unique=True``), the per-query mode's ``B`` x ``S`` draws with
+replacement, a full :meth:`rebuild` and an :meth:`update` of ``update_rows`` rows, each in its own
+``tf.function``, timed round-robin (``pipelines.harness``); and the bytes of the sampler's state.
 
 **Training step.** One ``tf.function`` per variant, the same step for all: the loss of ``B``
 queries (a ``[B, D]`` variable standing for the query tower's output) against an ``[N, D]`` table
-and ``[N]`` biases, gradients w.r.t. all three, and ``Adagrad`` applying them. Adagrad because
-tf-keras' new ``SGD`` (momentum slots even at momentum 0) and ``Adam`` (not lazy) update every
-row of the table at every step even for ``IndexedSlices`` gradients; Adagrad applies sparse
-gradients sparsely, so a sampled step touches only the rows it used. Variants:
+and ``[N]`` biases, gradients w.r.t. all three, ``Adagrad`` applying them (it applies
+``IndexedSlices`` sparsely; tf-keras' ``SGD`` and ``Adam`` rewrite every row). Variants:
 
-- ``kernel``: ``recsampled.sampled_softmax_loss`` with per-example candidates ``[B, S]`` drawn by
-  the kernel sampler inside the step (``unique=False``, expected counts ``S·q(i | h)``); the tree
-  is not updated inside the step (a rebuild every k steps costs the ``rebuild`` time / k);
-- ``unigram``: the same loss with ``S`` shared candidates from ``recsampled.UnigramSampler``
-  (Zipf counts, ``unique=True``), the usual sampled softmax;
-- ``full``: the full softmax with dense gradients, ``--full-chunk`` queries at a time (TF's fused
-  ``SparseSoftmaxCrossEntropyWithLogits`` gives the loss and ``softmax - onehot``; the step forms
-  the gradients of table, biases and queries from it with two matmuls per chunk), so that the
-  ``[B, N]`` logits never exist at once (4 GB at ``B = 1024``, ``N = 10^6``): the same
-  multiply-adds as autodiff, in bounded memory.
+- ``kernel_mixture``: ``recsampled.sampled_softmax_loss`` with ``S_shared`` ids shared by the
+  batch from the kernel's batch mixture (``unique=True``), drawn inside the step; the tree is
+  rebuilt every ``rebuild_every`` steps, whose cost is added per step as ``rebuild / k`` (the
+  ``kernel_mixture_amortised`` numbers; the rebuild is timed in the same rounds);
+- ``unigram``: the same loss with ``S_shared`` shared ids from ``UnigramSampler`` (Zipf counts);
+- ``kernel_per_query`` and ``unigram_small``: per-query kernel candidates ``[B, S]`` (with
+  replacement, expected counts ``S·q(i | h)``) against the unigram at the same small ``S``;
+- ``full``: the full softmax, ``full_chunk`` queries at a time (:func:`_full_step`).
 
-All variants are traced and warmed up, then called one at a time in a rotating order, so that
-the load of other processes hits all alike; we report medians of wall-clock time and of this
-process's CPU time (``time.process_time``), and the load average before and after.
+Steps alternate round by round, so the load of other processes hits all alike; medians of wall
+and process CPU time, and the ratios per round (mean and standard error).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
+import dataclasses
+import logging
 import os
-import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,26 +39,52 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import recsampled as rs  # noqa: E402
-from pipelines.bench_loss import (  # noqa: E402
-    _available_memory_bytes,
-    _fmt,
-    machine_info,
-    time_round_robin,
-    zipf_counts,
-)
+from pipelines import harness  # noqa: E402
 
-SCHEMA_VERSION = 1
-TARGET_UNIGRAM_RATIO = 3.0  # kernel step / unigram step, at most
-TARGET_FULL_SPEEDUP = 100.0  # full step / kernel step, at least
+SCHEMA_VERSION = 2
+TARGET_MIXTURE_RATIO = 2.0  # kernel_mixture (amortised rebuild) / unigram, same S, at most
+TARGET_FULL_SPEEDUP = 100.0  # full / kernel_mixture, at least
 TARGET_MEMORY_BYTES = 2 * 1024**3
+LOG = logging.getLogger("pipelines.bench_kernel")
 
 
-def _progress(message: str) -> None:
-    print(f"[bench_kernel {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Settings of one run.
+
+    Attributes:
+        sizes: numbers of classes N of the sampler grid.
+        dims: embedding dims D of the sampler grid.
+        batch_size: B, queries per call / step.
+        num_sampled: S per query (per-query mode, and the small unigram step).
+        shared_num_sampled: S shared by the batch (batch mixture, unigram).
+        repeats: timed calls per variant.
+        update_rows: rows changed by one update().
+        step_size: N of the training step.
+        step_dim: D of the training step.
+        rebuild_every: steps between rebuilds, amortised into the kernel step.
+        full_chunk: queries per chunk of the full-softmax step.
+        full_repeats: timed full-softmax steps (0: leave it out).
+    """
+
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    dims: tuple[int, ...] = (64,)
+    batch_size: int = dataclasses.field(default=1024, metadata={"min": 1})
+    num_sampled: int = dataclasses.field(default=64, metadata={"min": 1})
+    shared_num_sampled: int = dataclasses.field(default=1024, metadata={"min": 1})
+    repeats: int = dataclasses.field(default=8, metadata={"min": 1})
+    update_rows: int = dataclasses.field(default=1024, metadata={"min": 1})
+    step_size: int = dataclasses.field(default=1_000_000, metadata={"min": 1})
+    step_dim: int = dataclasses.field(default=64, metadata={"min": 1})
+    rebuild_every: int = dataclasses.field(default=100, metadata={"min": 1})
+    full_chunk: int = dataclasses.field(default=128, metadata={"min": 1})
+    full_repeats: int = 2
 
 
-def _load() -> float:
-    return os.getloadavg()[0]
+QUICK = Options(
+    sizes=(3000,), dims=(16,), batch_size=64, num_sampled=8, shared_num_sampled=64, repeats=2,
+    update_rows=32, step_size=3000, step_dim=16, full_repeats=1,
+)  # fmt: skip
 
 
 def random_table(num_classes: int, dim: int, seed: int) -> np.ndarray:
@@ -77,61 +93,59 @@ def random_table(num_classes: int, dim: int, seed: int) -> np.ndarray:
     return (rng.normal(size=(num_classes, dim)) / np.sqrt(dim)).astype(np.float32)
 
 
-def bench_sampler(num_classes: int, dim: int, args: argparse.Namespace) -> dict:
-    """Sampling, rebuild and update times and the memory of one ``(N, D)``."""
-    table = tf.Variable(random_table(num_classes, dim, seed=num_classes + dim))
-    start = time.perf_counter()
-    sampler = rs.QuadraticKernelSampler(table, alpha=100.0, mode="per_query")
-    construct_ms = (time.perf_counter() - start) * 1e3
-    rng = np.random.default_rng(0)
-    queries = tf.constant(rng.normal(size=(args.batch_size, dim)).astype(np.float32))
-    labels = tf.zeros([args.batch_size, 1], tf.int64)
-    ids = tf.constant(rng.choice(num_classes, size=args.update_rows, replace=False), tf.int64)
-    rows = tf.constant(random_table(args.update_rows, dim, seed=1))
+def _synced(fn, sampler: rs.QuadraticKernelSampler):
+    """``fn()`` then a read of the tree's root: the assignments are done when it returns."""
+    return lambda: (fn(), tf.gather(sampler.node_stats, [1]).numpy())
 
-    sample = tf.function(
-        lambda: sampler.sample(labels, args.num_sampled, unique=False, query_embeddings=queries)[0]
+
+def bench_sampler(num_classes: int, dim: int, options: Options) -> dict:
+    """Sampling (both modes), rebuild and update times and the memory of one ``(N, D)``."""
+    table = tf.Variable(random_table(num_classes, dim, seed=num_classes + dim))
+    mixture = rs.QuadraticKernelSampler(table, alpha=100.0)
+    per_query = rs.QuadraticKernelSampler(table, alpha=100.0, mode="per_query")
+    rng = np.random.default_rng(0)
+    queries = tf.constant(rng.normal(size=(options.batch_size, dim)).astype(np.float32))
+    labels = tf.zeros([options.batch_size, 1], tf.int64)
+    ids = tf.constant(rng.choice(num_classes, size=options.update_rows, replace=False), tf.int64)
+    rows = tf.constant(random_table(options.update_rows, dim, seed=1))
+    shared = min(options.shared_num_sampled, num_classes)
+    sample_mixture = tf.function(
+        lambda: mixture.sample(labels, shared, query_embeddings=queries)[0]
     )
-    rebuild = tf.function(sampler.rebuild)
-    update = tf.function(lambda: sampler.update(ids, rows))
-    load_before = _load()
-    times = time_round_robin(
+    sample_per_query = tf.function(
+        lambda: per_query.sample(
+            labels, options.num_sampled, unique=False, query_embeddings=queries
+        )[0]
+    )
+    rebuild, update = tf.function(mixture.rebuild), tf.function(lambda: mixture.update(ids, rows))
+    timings = harness.time_round_robin(
         {
-            "sample": lambda: sample().numpy(),
-            "rebuild": lambda: (rebuild(), tf.gather(sampler.node_stats, [1]).numpy()),
-            "update": lambda: (update(), tf.gather(sampler.node_stats, [1]).numpy()),
+            "sample_mixture": lambda: sample_mixture().numpy(),
+            "sample_per_query": lambda: sample_per_query().numpy(),
+            "rebuild": _synced(rebuild, mixture),
+            "update": _synced(update, mixture),
         },
         repeats={
-            "sample": args.repeats,
-            "rebuild": max(2, args.repeats // 2),
-            "update": min(5, args.repeats),
+            "sample_mixture": options.repeats,
+            "sample_per_query": options.repeats,
+            "rebuild": max(2, options.repeats // 2),
+            "update": min(5, options.repeats),
         },
-        warmup={"sample": 1, "rebuild": 1, "update": 1},
+        desc=f"sampler N={num_classes} D={dim}",
     )
     return {
-        "num_classes": num_classes,
-        "embedding_dim": dim,
-        "batch_size": args.batch_size,
-        "num_sampled": args.num_sampled,
-        "leaf_size": sampler.leaf_size,
-        "depth": sampler.depth,
-        "top_level": sampler._top_level(args.num_sampled),
-        "memory_bytes": sampler.memory_bytes(),
-        "construct_ms": construct_ms,
-        "update_rows": args.update_rows,
-        "times": times,
-        "load_before": load_before,
-        "load_after": _load(),
-    }
+        "num_classes": num_classes, "embedding_dim": dim, "batch_size": options.batch_size,
+        "num_sampled": options.num_sampled, "shared_num_sampled": shared,
+        "leaf_size": mixture.leaf_size, "depth": mixture.depth,
+        "top_level_mixture": mixture._top_level(shared),
+        "top_level_per_query": per_query._top_level(options.num_sampled),
+        "memory_bytes": mixture.memory_bytes(), "update_rows": options.update_rows,
+        "times": timings.summaries(),
+    }  # fmt: skip
 
 
-def _sampled_step(
-    weights: tf.Variable,
-    biases: tf.Variable,
-    queries: tf.Variable,
-    num_sampled: int,
-    draw,
-) -> tf.types.experimental.GenericFunction:
+def _sampled_step(weights, biases, queries, num_sampled: int, draw):
+    """One Adagrad step of ``sampled_softmax_loss`` with ``draw(labels)``'s candidates."""
     optimizer = tf.keras.optimizers.Adagrad(0.1)
     variables = [weights, biases, queries]
 
@@ -140,24 +154,17 @@ def _sampled_step(
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(
                 rs.sampled_softmax_loss(
-                    weights,
-                    biases,
-                    labels,
-                    queries,
-                    num_sampled=num_sampled,
-                    num_classes=int(weights.shape[0]),
-                    sampled_values=draw(labels),
+                    weights, biases, labels, queries, num_sampled=num_sampled,
+                    num_classes=int(weights.shape[0]), sampled_values=draw(labels),
                 )
-            )
+            )  # fmt: skip
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
     return step
 
 
-def _full_step(
-    weights: tf.Variable, biases: tf.Variable, queries: tf.Variable, chunk: int
-) -> tf.types.experimental.GenericFunction:
+def _full_step(weights: tf.Variable, biases: tf.Variable, queries: tf.Variable, chunk: int):
     """Full softmax, forward and backward ``chunk`` queries at a time (memory: ``chunk x N``
     logits, not ``B x N``): TF's fused cross-entropy returns ``softmax - onehot``, the gradient
     of the logits, from which the step forms those of the table, biases and queries."""
@@ -184,17 +191,12 @@ def _full_step(
                 d_queries.write(i, tf.matmul(d_logits, weights)),
             )
 
+        initial = (
+            tf.constant(0), tf.constant(0.0), tf.zeros_like(weights), tf.zeros_like(biases),
+            tf.TensorArray(tf.float32, size=-(-batch // chunk)),
+        )  # fmt: skip
         _, loss, d_weights, d_biases, d_queries = tf.while_loop(
-            lambda i, *_: i * chunk < batch,
-            body,
-            (
-                tf.constant(0),
-                tf.constant(0.0),
-                tf.zeros_like(weights),
-                tf.zeros_like(biases),
-                tf.TensorArray(tf.float32, size=-(-batch // chunk)),
-            ),
-            parallel_iterations=1,
+            lambda i, *_: i * chunk < batch, body, initial, parallel_iterations=1
         )
         grads = [d_weights, d_biases, d_queries.concat()]
         optimizer.apply_gradients(zip(grads, variables, strict=True))
@@ -203,338 +205,130 @@ def _full_step(
     return step
 
 
-def bench_step(args: argparse.Namespace) -> dict:
-    """Kernel vs unigram vs full softmax training step at ``--step-size`` x ``--step-dim``."""
-    num_classes, dim, batch = args.step_size, args.step_dim, args.batch_size
+def _training_steps(
+    options: Options, weights, biases, queries, counts
+) -> tuple[dict, rs.QuadraticKernelSampler]:
+    """The variants of the module docstring, by name, each a function of the labels."""
+    shared, small = options.shared_num_sampled, options.num_sampled
+    mixture = rs.QuadraticKernelSampler(weights, alpha=100.0)
+    per_query = rs.QuadraticKernelSampler(weights, alpha=100.0, mode="per_query")
+    unigram = rs.UnigramSampler(counts)
+    steps = {
+        "kernel_mixture": _sampled_step(
+            weights, biases, queries, shared,
+            lambda y: mixture.sample(y, shared, query_embeddings=queries),
+        ),
+        "unigram": _sampled_step(
+            weights, biases, queries, shared, lambda y: unigram.sample(y, shared)
+        ),
+        "kernel_per_query": _sampled_step(
+            weights, biases, queries, small,
+            lambda y: per_query.sample(y, small, unique=False, query_embeddings=queries),
+        ),
+        "unigram_small": _sampled_step(
+            weights, biases, queries, small, lambda y: unigram.sample(y, small)
+        ),
+    }  # fmt: skip
+    return steps, mixture
+
+
+def bench_step(options: Options) -> dict:
+    """The training-step variants at ``step_size`` x ``step_dim``, alternated round by round."""
+    num_classes, dim, batch = options.step_size, options.step_dim, options.batch_size
     rng = np.random.default_rng(2)
     weights = tf.Variable(random_table(num_classes, dim, seed=3))
     biases = tf.Variable(tf.zeros([num_classes]))
     queries = tf.Variable(rng.normal(size=(batch, dim)).astype(np.float32))
-    counts = zipf_counts(num_classes, 1.0, rng)
-    labels = tf.constant(
-        rng.choice(num_classes, size=(batch, 1), p=counts / counts.sum()), tf.int64
-    )
-    kernel = rs.QuadraticKernelSampler(weights, alpha=100.0, mode="per_query")
-    unigram = rs.UnigramSampler(counts)
-    steps = {
-        "kernel": _sampled_step(
-            weights,
-            biases,
-            queries,
-            args.num_sampled,
-            lambda y: kernel.sample(y, args.num_sampled, unique=False, query_embeddings=queries),
-        ),
-        "unigram": _sampled_step(
-            weights,
-            biases,
-            queries,
-            args.num_sampled,
-            lambda y: unigram.sample(y, args.num_sampled, unique=True),
-        ),
-    }
-    repeats = {"kernel": args.repeats, "unigram": args.repeats}
-    warmup = {"kernel": 2, "unigram": 2}
-    available = _available_memory_bytes()
-    chunk = min(batch, args.full_chunk)
-    full_bytes = 3.0 * chunk * num_classes * 4 + 4 * num_classes * dim * 4  # logits, grads, acc.
+    counts = harness.zipf_counts(num_classes, 1.0, rng)
+    labels = tf.constant(rng.choice(num_classes, size=(batch, 1), p=counts / counts.sum()))
+    steps, mixture = _training_steps(options, weights, biases, queries, counts)
+    calls = {name: (lambda s=step: s(labels).numpy()) for name, step in steps.items()}
+    calls["rebuild"] = _synced(tf.function(mixture.rebuild), mixture)
+    repeats = {name: options.repeats for name in calls}
+    repeats["rebuild"] = max(2, options.repeats // 2)
+    chunk = min(batch, options.full_chunk)
+    full_bytes = 3.0 * chunk * num_classes * 4 + 4 * num_classes * dim * 4
     skipped = None
-    if available is not None and full_bytes + (1 << 30) > available:
-        skipped = f"needs ~{full_bytes / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
-        _progress(f"full softmax skipped: {skipped}")
+    if options.full_repeats == 0:
+        skipped = "full_repeats=0"
+    elif full_bytes + (1 << 30) > harness.available_memory_bytes():
+        skipped = f"needs ~{full_bytes / 2**30:.1f} GiB"
     else:
-        steps["full"] = _full_step(weights, biases, queries, chunk)
-        repeats["full"] = args.full_repeats
-        warmup["full"] = 1
-    load_before = _load()
-    times = time_round_robin(
-        {name: (lambda s=step: s(labels).numpy()) for name, step in steps.items()},
-        repeats=repeats,
-        warmup=warmup,
-        record_errors=True,
-    )
+        full = _full_step(weights, biases, queries, chunk)
+        calls["full"], repeats["full"] = (lambda: full(labels).numpy()), options.full_repeats
+    timings = harness.time_round_robin(calls, repeats=repeats, warmup=2, desc="training step")
+    times = timings.summaries()
     if skipped:
         times["full"] = {"skipped": skipped}
     return {
-        "num_classes": num_classes,
-        "embedding_dim": dim,
-        "batch_size": batch,
-        "num_sampled": args.num_sampled,
+        "num_classes": num_classes, "embedding_dim": dim, "batch_size": batch,
+        "num_sampled": options.num_sampled, "shared_num_sampled": options.shared_num_sampled,
+        "rebuild_every": options.rebuild_every,
         "optimizer": "tf.keras.optimizers.Adagrad(0.1): sparse updates for IndexedSlices",
-        "leaf_size": kernel.leaf_size,
-        "top_level": kernel._top_level(args.num_sampled),
-        "kernel_memory_bytes": kernel.memory_bytes(),
-        "times": times,
-        "load_before": load_before,
-        "load_after": _load(),
+        "leaf_size": mixture.leaf_size, "kernel_memory_bytes": mixture.memory_bytes(),
+        "times": times, "ratios": _step_ratios(timings, options.rebuild_every),
+    }  # fmt: skip
+
+
+def _step_ratios(timings: harness.Timings, rebuild_every: int) -> dict:
+    """Per-round ratios of the step variants; the mixture with its rebuild amortised."""
+    rebuild = timings.summary("rebuild")
+    amortised = rebuild["median_ms"] / rebuild_every
+    mixture = [t + amortised for t in timings.wall_ms["kernel_mixture"]]
+    per_round = [m / u for m, u in zip(mixture, timings.wall_ms["unigram"], strict=True)]
+    ratios = {
+        "kernel_mixture_amortised_ms": float(np.median(mixture)),
+        "rebuild_ms_per_step": amortised,
+        "kernel_mixture_amortised_over_unigram": harness.ratio_stats(per_round),
+        "kernel_mixture_over_unigram": timings.ratio("kernel_mixture", "unigram"),
+        "kernel_mixture_over_unigram_cpu": timings.ratio("kernel_mixture", "unigram", cpu=True),
+        "kernel_per_query_over_unigram_small": timings.ratio("kernel_per_query", "unigram_small"),
+        "kernel_per_query_over_kernel_mixture": timings.ratio("kernel_per_query", "kernel_mixture"),
     }
+    if "full" in timings.wall_ms:
+        ratios["full_over_kernel_mixture"] = timings.ratio("full", "kernel_mixture")
+    return ratios
 
 
-def evaluate_targets(step: dict, samplers: list[dict], step_size: int, step_dim: int) -> dict:
-    """Whether the issue's targets are met, by wall-clock and by CPU time."""
-    times = step["times"]
-
-    def ratio(a: str, b: str, key: str) -> float | None:
-        if key not in times.get(a, {}) or key not in times.get(b, {}):
-            return None
-        return times[a][key] / times[b][key]
-
+def evaluate_targets(step: dict, samplers: list[dict]) -> dict:
+    """Whether the issue's targets are met (wall-clock medians; memory of the step's size)."""
+    ratios = step["ratios"]
+    mixture = ratios["kernel_mixture_amortised_over_unigram"]["median"]
+    full = ratios.get("full_over_kernel_mixture", {}).get("of_medians")
     memory = [
         p["memory_bytes"]
         for p in samplers
-        if p["num_classes"] == step_size and p["embedding_dim"] == step_dim
+        if (p["num_classes"], p["embedding_dim"]) == (step["num_classes"], step["embedding_dim"])
     ]
-    result = {
-        "kernel_over_unigram": ratio("kernel", "unigram", "median_ms"),
-        "kernel_over_unigram_cpu": ratio("kernel", "unigram", "cpu_median_ms"),
-        "full_over_kernel": ratio("full", "kernel", "median_ms"),
-        "full_over_kernel_cpu": ratio("full", "kernel", "cpu_median_ms"),
-        "memory_bytes": memory[0] if memory else step["kernel_memory_bytes"],
+    memory_bytes = memory[0] if memory else step["kernel_memory_bytes"]
+    return {
+        "kernel_mixture_amortised_over_unigram": mixture,
+        "mixture_target": TARGET_MIXTURE_RATIO,
+        "mixture_met": bool(mixture <= TARGET_MIXTURE_RATIO),
+        "full_over_kernel_mixture": full,
+        "full_met": None if full is None else bool(full >= TARGET_FULL_SPEEDUP),
+        "memory_bytes": memory_bytes,
+        "memory_met": bool(memory_bytes < TARGET_MEMORY_BYTES),
     }
-    result["unigram_met"] = (
-        None
-        if result["kernel_over_unigram"] is None
-        else result["kernel_over_unigram"] <= TARGET_UNIGRAM_RATIO
-    )
-    result["full_met"] = (
-        None
-        if result["full_over_kernel"] is None
-        else result["full_over_kernel"] >= TARGET_FULL_SPEEDUP
-    )
-    result["memory_met"] = result["memory_bytes"] < TARGET_MEMORY_BYTES
-    return result
 
 
-def _met(met: bool | None) -> str:
-    return "n/a" if met is None else ("**met**" if met else "**NOT met**")
-
-
-def markdown_report(report: dict) -> str:
-    machine, step, targets = report["machine"], report["step"], report["targets"]
-    lines = [
-        "## Quadratic-kernel sampler: costs (median ms)",
-        "",
-        f"B={report['config']['batch_size']}, S={report['config']['num_sampled']} draws per "
-        f"query (`unique=False`), α=100, default `leaf_size` and top cut. "
-        f"{machine['cpu_affinity']} CPUs ({machine['cpu_model']}), TensorFlow "
-        f"{machine['tensorflow']}. Wall-clock medians, CPU time of the process in brackets; "
-        "the machine is shared, see the load averages.",
-        "",
-        "| N | D | leaf | depth | top level | memory (MB) | sample (ms) | rebuild (ms) | "
-        f"update {report['config']['update_rows']} rows (ms) | load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for p in report["samplers"]:
-        t = p["times"]
-        cells = [
-            f"{_fmt(t[k]['median_ms'])} ({_fmt(t[k]['cpu_median_ms'])})"
-            for k in ("sample", "rebuild", "update")
-        ]
-        lines.append(
-            f"| {p['num_classes']:,} | {p['embedding_dim']} | {p['leaf_size']} | {p['depth']} "
-            f"| {p['top_level']} | {_fmt(p['memory_bytes'] / 1e6)} | {' | '.join(cells)} "
-            f"| {p['load_before']:.1f}-{p['load_after']:.1f} |"
-        )
-    lines += [
-        "",
-        f"## Training step at N={step['num_classes']:,}, D={step['embedding_dim']}",
-        "",
-        f"Forward + backward + {step['optimizer']}; B={step['batch_size']}, "
-        f"S={step['num_sampled']}. Load average {step['load_before']:.1f} before, "
-        f"{step['load_after']:.1f} after.",
-        "",
-        "| variant | median (ms) | CPU median (ms) | repeats |",
-        "|:---|---:|---:|---:|",
-    ]
-    for name, t in step["times"].items():
-        if "median_ms" in t:
-            lines.append(
-                f"| {name} | {_fmt(t['median_ms'])} | {_fmt(t['cpu_median_ms'])} | {t['repeats']} |"
-            )
-        else:
-            lines.append(f"| {name} | {t.get('error') or t.get('skipped')} | | |")
-    lines += [
-        "",
-        "## Targets",
-        "",
-        f"- kernel step within {TARGET_UNIGRAM_RATIO:g}x the unigram step: "
-        f"{_met(targets['unigram_met'])} ({_fmt(targets['kernel_over_unigram'])}x wall, "
-        f"{_fmt(targets['kernel_over_unigram_cpu'])}x CPU).",
-        f"- kernel step at least {TARGET_FULL_SPEEDUP:g}x faster than the full softmax: "
-        f"{_met(targets['full_met'])} ({_fmt(targets['full_over_kernel'])}x wall, "
-        f"{_fmt(targets['full_over_kernel_cpu'])}x CPU).",
-        f"- sampler memory under 2 GB at N={step['num_classes']:,}, "
-        f"D={step['embedding_dim']}: {_met(targets['memory_met'])} "
-        f"({targets['memory_bytes'] / 1e6:,.0f} MB).",
-        "",
-        f"Command: `{report['command']}`.",
-        "",
-        where_the_time_goes(report),
-        "",
-        readme_section(report),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def where_the_time_goes(report: dict) -> str:
-    """The cost model of one batch at the step's size, beside the measured times."""
-    step = report["step"]
-    n, dim, batch, num_sampled = (
-        step["num_classes"],
-        step["embedding_dim"],
-        step["batch_size"],
-        step["num_sampled"],
-    )
-    packed = dim * (dim + 1) // 2
-    leaf, top = step["leaf_size"], step["top_level"]
-    depth = max(0, int(np.ceil(np.log2(np.ceil(n / leaf)))))
-    samples = batch * num_sampled
-    top_macs = batch * packed * 2**top
-    descent = samples * (depth - top) * packed
-    leaves = samples * leaf * dim
-    full_macs = 3 * batch * n * dim
-    return "\n".join(
-        [
-            "## Where the time goes",
-            "",
-            f"Per batch at N={n:,}, D={dim} (P = D(D+1)/2 = {packed} packed kernel sums per "
-            f"node, leaves of {leaf}, depth {depth}, top cut at level {top}):",
-            "",
-            f"- top cut: one [{batch}, {packed}] x [{packed}, {2**top}] matmul, "
-            f"{top_macs / 1e9:.1f} G multiply-adds;",
-            f"- descent: {samples:,} samples x {depth - top} levels x {packed} gathered sums = "
-            f"{descent / 1e9:.2f} G numbers read;",
-            f"- leaves: {samples:,} samples x {leaf} classes x {dim} = {leaves / 1e9:.2f} G "
-            "numbers read.",
-            "",
-            "Profiled on this machine, the top-cut matmul runs at ~20-30 G multiply-adds/s, "
-            "while gathering rows runs at ~1 GB/s when the gathered block is materialised "
-            "whole (page faults, cache misses) and ~4x faster when processed a few queries at "
-            "a time (what the sampler does): the draws are ~1 s of CPU of the kernel step. "
-            f"The full softmax costs 3·B·N·D = {full_macs / 1e9:.0f} G multiply-adds. "
-            "The unigram step draws S ids shared by the batch; the kernel draws B·S "
-            "per-example ids at O(D² log N) each, the cost the paper states for the quadratic "
-            f"kernel: even at the matmul rate, {(top_macs + descent + leaves) / 1e9:.1f} G "
-            "operations are tens of times a ~5 ms unigram step, so the 3x target needs an "
-            "accelerator or samples shared across queries (giving up per-example adaptivity). "
-            f"Rebuilding costs N·D² = {n * dim * dim / 1e9:.1f} G multiply-adds (chunked "
-            "matmuls over leaves); an incremental update costs (depth + 1)·P per changed row, "
-            f"{samples * (depth + 1) * packed / 1e9:.1f} G for the up to B·S rows a kernel "
-            "step touches: more than a rebuild, so rebuild every k steps "
-            "(`KernelSamplerRebuild`) and keep `update` for the few rows of custom steps.",
-        ]
-    )
-
-
-def readme_section(report: dict) -> str:
-    """The section proposed for the README: the API, then the headline numbers."""
-    step, targets = report["step"], report["targets"]
-    times = step["times"]
-
-    def cell(name: str) -> str:
-        t = times.get(name, {})
-        return f"{_fmt(t['median_ms'])} ({_fmt(t['cpu_median_ms'])})" if "median_ms" in t else "-"
-
-    sample_rows = [
-        f"| {p['num_classes']:,} | {p['embedding_dim']} | "
-        f"{_fmt(p['times']['sample']['median_ms'])} ({_fmt(p['times']['sample']['cpu_median_ms'])})"
-        f" | {_fmt(p['times']['rebuild']['cpu_median_ms'])} | {_fmt(p['memory_bytes'] / 1e6)} |"
-        for p in report["samplers"]
-    ]
-    return "\n".join(
-        [
-            "## Proposed README section",
-            "",
-            "### Adaptive sampling: `QuadraticKernelSampler`",
-            "",
-            "Blanc & Rendle (ICML 2018, arXiv 1712.00527): per-example negatives from "
-            "`q(i | h) ∝ α·(hᵀwᵢ)² + 1`, a proposal that follows the model as it trains, drawn "
-            "in time logarithmic in the catalogue from a tree of kernel sums "
-            "(`recsampled/samplers/kernel.py` gives the math; tests in "
-            "`tests/samplers/test_kernel.py`).",
-            "",
-            "```python",
-            "sampler = recsampled.QuadraticKernelSampler(item_table, alpha=100.0)  # a tf.Variable",
-            "values = sampler.sample(labels, num_sampled=64, query_embeddings=queries)",
-            "values.sampled_candidates        # [batch, 64] ids, per query",
-            "values.sampled_expected_count    # 64 * q(id | query), exact, for the logQ correction",
-            "sampler.probability(ids, queries)  # q(i | h) of any [batch, k] ids",
-            "sampler.update(ids, rows)        # the rows a step changed; or sampler.rebuild()",
-            "# SampledSoftmax: once built, layer.sampler = QuadraticKernelSampler(layer.kernel);",
-            "# Retrieval(sampler=sampler, num_sampled=64, ...): per-query catalogue negatives.",
-            "model.fit(x, y, callbacks=[recsampled.samplers.KernelSamplerRebuild(sampler, 100)])",
-            "```",
-            "",
-            "Probabilities are those of the snapshot the tree was built from, i.e. exactly the "
-            "proposal sampled from. `unique=True` (what `SampledSoftmax` and `Retrieval` ask for) "
-            "rejects repeats per query and reports `1 - (1 - q)^T`, as every recsampled sampler.",
-            "",
-            f"Cost (B={report['config']['batch_size']}, S={report['config']['num_sampled']}; "
-            "wall ms, CPU ms in brackets, on a shared 2-CPU machine):",
-            "",
-            "| N | D | sample | rebuild (CPU) | memory (MB) |",
-            "|---:|---:|---:|---:|---:|",
-            *sample_rows,
-            "",
-            f"Training step at N={step['num_classes']:,}, D={step['embedding_dim']} (Adagrad): "
-            f"kernel {cell('kernel')}, unigram {cell('unigram')}, full softmax {cell('full')} ms; "
-            f"the kernel step is {_fmt(targets['kernel_over_unigram'])}x the unigram step and "
-            f"{_fmt(targets['full_over_kernel'])}x faster than the full softmax "
-            "(`benchmarks/kernel.md`).",
-        ]
-    )
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--dims", default="32,64")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--num-sampled", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--full-repeats", type=int, default=2)
-    parser.add_argument("--update-rows", type=int, default=1024)
-    parser.add_argument("--full-chunk", type=int, default=128, help="queries per full softmax")
-    parser.add_argument("--step-size", type=int, default=1_000_000)
-    parser.add_argument("--step-dim", type=int, default=64)
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/kernel.json"))
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.dims, args.batch_size, args.num_sampled = "3000", "8", 32, 8
-        args.repeats, args.full_repeats, args.update_rows = 2, 1, 16
-        args.step_size, args.step_dim = 3000, 8
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(argv)
-    command = "python -m pipelines.bench_kernel " + " ".join(sys.argv[1:] if argv is None else argv)
-    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+def main(argv: list[str] | None = None) -> dict:
+    options, args = harness.parse_options(
+        Options, argv, prog="python -m pipelines.bench_kernel", description=__doc__,
+        output="benchmarks/kernel.json", quick=QUICK,
+    )  # fmt: skip
+    harness.configure_logging()
+    bench = harness.Benchmark("pipelines.bench_kernel", options, schema_version=SCHEMA_VERSION)
     samplers = []
-    for num_classes in (int(s) for s in args.sizes.split(",")):
-        for dim in (int(d) for d in args.dims.split(",")):
-            _progress(f"sampler N={num_classes} D={dim}")
-            samplers.append(bench_sampler(num_classes, dim, args))
-    _progress(f"training step N={args.step_size} D={args.step_dim}")
-    step = bench_step(args)
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "started": started,
-        "command": command.strip(),
-        "config": {
-            key: (str(value) if isinstance(value, Path) else value)
-            for key, value in vars(args).items()
-        },
-        "machine": machine_info(),
-        "samplers": samplers,
-        "step": step,
-        "targets": evaluate_targets(step, samplers, args.step_size, args.step_dim),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    markdown = markdown_report(report)
-    args.output.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    for num_classes in options.sizes:
+        for dim in options.dims:
+            samplers.append(bench_sampler(num_classes, dim, options))
+            harness.write_json(args.output, bench.report(samplers=samplers, complete=False))
+    step = bench_step(options)
+    targets = evaluate_targets(step, samplers)
+    LOG.info("targets: %s", targets)
+    report = bench.report(samplers=samplers, step=step, targets=targets, complete=True)
+    harness.write_json(args.output, report)
     return report
 
 
