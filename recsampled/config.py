@@ -16,12 +16,13 @@ Keras-style error that names ``section.key``, and a setting that the other setti
 irrelevant (a sampler without catalogue negatives, a split option of another split) is an error
 rather than silently ignored. String options resolve through one explicit dict each
 (:data:`DATA_SOURCES`, :data:`SPLITS`, :data:`NEGATIVES`, :data:`LOGQ`, :data:`OPTIMIZERS`, and
-for ``task.sampler`` the library's one sampler dict, ``recsampled.layers.SAMPLERS``).
+for ``task.sampler`` the library's one sampler dict, ``recsampled.samplers.SAMPLERS``).
 
 Example:
-    >>> config = load_config("configs/default.yaml", overrides=["training.epochs=2"])
-    ... # doctest: +SKIP
-    >>> Config.from_yaml(config.to_yaml()) == config  # doctest: +SKIP
+    >>> config = load_config(overrides=["training.epochs=2", "model.embedding_dim=32"])
+    >>> config.training.epochs, config.model.embedding_dim
+    (2, 32)
+    >>> Config.from_yaml(config.to_yaml()) == config
     True
 """
 
@@ -47,7 +48,7 @@ from recsampled.data import splits as _splits
 from recsampled.data.readers import FORMATS
 from recsampled.data.synthetic import generate
 from recsampled.errors import ConfigError
-from recsampled.layers.sampled_softmax import SAMPLERS
+from recsampled.samplers import SAMPLERS  # (its __init__ selects Keras 2 for OPTIMIZERS)
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.samplers.kernel import MODES as KERNEL_MODES
 

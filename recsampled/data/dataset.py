@@ -20,9 +20,11 @@ Example:
     >>> from recsampled.data import synthetic
     >>> log = synthetic.generate(num_users=50, num_items=40, num_interactions=500,
     ...                          seed=0).to_interactions()
-    >>> batches = training_batches(log, batch_size=64, seed=0, start=Position(1, 2), end_epoch=2)
-    >>> steps_per_epoch(len(log), 64), int(batches.cardinality())
-    (8, 6)
+    >>> len(log), steps_per_epoch(len(log), batch_size=32)
+    (173, 6)
+    >>> batches = training_batches(log, batch_size=32, seed=0, start=Position(1, 2), end_epoch=3)
+    >>> int(batches.cardinality())  # the last 4 batches of epoch 1 and the 6 of epoch 2
+    10
 """
 
 from __future__ import annotations

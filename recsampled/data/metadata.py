@@ -3,7 +3,7 @@
 Example:
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "items.csv"
-    >>> _ = path.write_text("item,title\n7,Seven\n9,Nine\n")
+    >>> _ = path.write_text("item,title\\n7,Seven\\n9,Nine\\n")
     >>> read_item_titles(path, [9, 8, 7]).tolist()
     ['Nine', '', 'Seven']
 """

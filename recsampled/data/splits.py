@@ -154,8 +154,11 @@ def leave_last_out(interactions: Interactions, *, num_test: int = 1) -> Split:
         ValueError: if the interactions have no timestamps, or ``num_test`` is not positive.
 
     Example:
-        >>> split = leave_last_out(log)  # doctest: +SKIP
-        >>> print(split.report.summary())  # doctest: +SKIP
+        >>> from recsampled.data import synthetic
+        >>> log = synthetic.generate(**synthetic.SIZES["tiny"], seed=0).to_interactions()
+        >>> split = leave_last_out(log)
+        >>> int(split.test.user_counts.max()), split.train.num_items == log.num_items
+        (1, True)
     """
     num_test = check_positive_int("num_test", num_test)
     timestamps = _require_timestamps(interactions, "leave_last_out")

@@ -116,10 +116,20 @@ class Retriever:
     Build it with :meth:`load`; the constructor takes the loaded parts.
 
     Example:
-        >>> retriever = Retriever.load("artifacts/movielens")  # doctest: +SKIP
-        >>> top = retriever.recommend([196, 186], k=10)  # doctest: +SKIP
-        >>> top.ids.shape, top.to_frame().columns.tolist()  # doctest: +SKIP
+        >>> import tempfile
+        >>> from recsampled.index import export_artifact
+        >>> rng = np.random.default_rng(0)
+        >>> tower = tf.keras.Sequential([tf.keras.layers.Embedding(3, 4)])
+        >>> path = tempfile.mkdtemp() + "/artifact"
+        >>> _ = export_artifact(path, item_embeddings=rng.normal(size=(20, 4)),
+        ...                     item_ids=np.arange(100, 120), query_model=tower,
+        ...                     user_ids=[196, 186, 22], seen=[[0, 1], [], [5]], index="flat")
+        >>> retriever = Retriever.load(path)
+        >>> top = retriever.recommend([196, 186], k=10)
+        >>> top.ids.shape, top.to_frame().columns.tolist()
         ((2, 10), ['user', 'rank', 'item', 'score', 'fallback'])
+        >>> bool(np.isin([100, 101], top.ids[0]).any())  # user 196 has seen items 100 and 101
+        False
     """
 
     def __init__(

@@ -67,11 +67,18 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         every_steps: also save every this many global steps; 0 saves at epoch ends only.
 
     Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+        >>> model.compile(optimizer="sgd", loss="mse")
         >>> state = TrainingState()
-        >>> checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, state=state)
-        >>> manager = tf.train.CheckpointManager(checkpoint, "run/checkpoints", max_to_keep=2)
-        >>> callback = CheckpointCallback(manager, state, steps_per_epoch=100, every_steps=50)
-        ... # doctest: +SKIP
+        >>> checkpoint = tf.train.Checkpoint(model=model, state=state)
+        >>> manager = tf.train.CheckpointManager(checkpoint, tempfile.mkdtemp(), max_to_keep=2)
+        >>> callback = CheckpointCallback(manager, state, steps_per_epoch=4, every_steps=2)
+        >>> _ = model.fit(np.ones((8, 1)), np.ones((8, 1)), batch_size=2, callbacks=[callback],
+        ...               verbose=0)
+        >>> state.position, int(state.global_step.numpy()), manager.latest_checkpoint[-6:]
+        (Position(epoch=1, batch=0), 4, 'ckpt-4')
     """
 
     def __init__(
