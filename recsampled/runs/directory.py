@@ -51,6 +51,11 @@ SCHEMA_VERSION = 1
 __all__ = ["RunDirectory", "RunDirectoryError", "TrainedRun", "load_run", "save_towers"]
 
 
+def _part(name: str, doc: str) -> property:
+    """A property: the path of the part ``name`` of the run directory."""
+    return property(lambda self: self.path / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class RunDirectory:
     """A run directory (module docstring): its paths, the resume check, its writers and
@@ -64,34 +69,13 @@ class RunDirectory:
 
     path: Path
 
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def vocabulary(self) -> Path:
-        return self.path / "vocabulary"
-
-    @property
-    def towers(self) -> Path:
-        return self.path / "towers"
-
-    @property
-    def history_file(self) -> Path:
-        return self.path / "history.json"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def evaluation_file(self) -> Path:
-        """Where ``recsampled evaluate`` writes its report by default."""
-        return self.path / "evaluation.json"
+    config_file = _part("config.yaml", "The resolved config (every key).")
+    checkpoints = _part("checkpoints", "``tf.train.CheckpointManager``'s folder.")
+    vocabulary = _part("vocabulary", "``users.parquet`` and ``items.parquet``.")
+    towers = _part("towers", "The ``query/`` and ``candidate/`` SavedModels, ``towers.json``.")
+    history_file = _part("history.json", "One record per epoch.")
+    metrics_file = _part("metrics.json", "Full-catalogue metrics beside popularity.")
+    evaluation_file = _part("evaluation.json", "Where ``recsampled evaluate`` writes by default.")
 
     def latest_checkpoint(self) -> str | None:
         """The newest checkpoint in the index, or None (a checkpoint missing from the index,
