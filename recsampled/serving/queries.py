@@ -168,11 +168,14 @@ def user_query(
             "This artifact has no query tower or user vocabulary, so "
             "it cannot embed users; use /recommend-by-embedding or /similar-items.",
         )
-    if request.exclude_seen and retriever.seen is None:
-        raise invalid(
-            "exclude_seen",
-            "`exclude_seen` must be false: this artifact records no seen items.",
-        )
+    exclude_seen = request.exclude_seen
+    if exclude_seen and retriever.seen is None:
+        if "exclude_seen" in request.model_fields_set:  # asked for, not just the default
+            raise invalid(
+                "exclude_seen",
+                "`exclude_seen` must be false: this artifact records no seen items.",
+            )
+        exclude_seen = False
     ids = _check_ids(request.user_ids, retriever.user_ids, "user_ids")
     indices = artifact.user_indices(ids)
     if (indices < 0).any():
@@ -198,7 +201,7 @@ def user_query(
         list(request.user_ids),
         indices,
         k,
-        exclude_seen=request.exclude_seen,
+        exclude_seen=exclude_seen,
         allow=_item_list(request.allow_items, artifact, "allow_items", settings),
         deny=_item_list(request.deny_items, artifact, "deny_items", settings),
     )

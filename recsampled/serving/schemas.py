@@ -101,7 +101,9 @@ class RecommendRequest(_Request):
 
     user_ids: IdList = Field(description="original user ids (the artifact's user vocabulary)")
     exclude_seen: StrictBool = Field(
-        default=True, description="leave out the items each user has seen (recorded at export)"
+        default=True,
+        description="leave out the items each user has seen (recorded at export; without "
+        "them the default does nothing and an explicit true is a 422)",
     )
     unknown_user: Literal["error", "popular"] = Field(
         default="error",

@@ -53,7 +53,7 @@ ITEM_IDS = np.array([f"item-{i:03d}" for i in range(NUM_ITEMS)])
 USER_IDS = np.arange(1000, 1000 + NUM_USERS)
 
 
-def build(path: Path, *, seed: int, metric: str = "cosine") -> Path:
+def build(path: Path, *, seed: int, metric: str = "cosine", with_seen: bool = True) -> Path:
     """Exports a flat (exact) artifact whose embeddings, tower and seen items depend on seed."""
     rng = np.random.default_rng(seed + 100)
     seen = [rng.choice(NUM_ITEMS, rng.integers(0, 31), replace=False) for _ in range(NUM_USERS)]
@@ -65,7 +65,7 @@ def build(path: Path, *, seed: int, metric: str = "cosine") -> Path:
         user_ids=USER_IDS,
         metric=metric,
         index="flat",
-        seen=seen,
+        seen=seen if with_seen else None,
         item_popularity=rng.integers(0, 100, NUM_ITEMS),
         progress=False,
     )
@@ -111,13 +111,14 @@ def one_faiss_thread():
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``a`` and ``b`` (two different models over the same ids), ``broken`` (a corrupt copy of
-    ``a``), and ``dot`` (``a``'s data with the dot metric)."""
+    ``a``), ``dot`` (``a``'s data with the dot metric), ``no_seen`` (``a`` without seen items)."""
     root = tmp_path_factory.mktemp("serving")
     a = build(root / "a", seed=1)
     return {
         "a": a,
         "b": build(root / "b", seed=2),
         "dot": build(root / "dot", seed=1, metric="dot"),
+        "no_seen": build(root / "no_seen", seed=1, with_seen=False),
         "broken": break_artifact(a, root / "broken"),
     }
 

@@ -5,6 +5,7 @@ The same checks against a real uvicorn server are in ``test_server.py``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsampled.serving import ServingSettings, create_app
+from recsampled.serving.cli import add_serve_arguments, serve_main
 from recsampled.serving.schemas import (
     EmbeddingResponse,
     ErrorResponse,
@@ -246,3 +248,26 @@ def test_a_request_in_flight_finishes_on_its_artifact(artifacts, retrievers, tmp
     for body, name in ((old_body, "a"), (new_body, "b")):
         items = [i["item_id"] for i in body["results"][0]["items"]]
         assert items == retrievers[name].recommend([USERS[9]], k=6).ids[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-batch-size", "0"], "`max_batch_size` must be a positive integer"),
+        (["--max-wait-ms", "-1"], "`max_wait_ms` must be a number in [0, 10000)"),
+        (["--port", "70000"], "`--port` must be in [1, 65535]"),
+    ],
+)
+def test_serve_command_refuses_bad_options(artifacts, capsys, argv, message):
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert serve_main(parser.parse_args(["--artifacts", str(artifacts["a"]), *argv])) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_command_names_a_broken_artifact(artifacts, capsys):
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert serve_main(parser.parse_args(["--artifacts", str(artifacts["broken"])])) == 2
+    err = capsys.readouterr().err
+    assert "index.faiss" in err and "Traceback" not in err

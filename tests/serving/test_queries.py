@@ -178,3 +178,14 @@ def test_bad_vector_and_item_requests(artifact):
     with pytest.raises(ServiceError, match="'item-999' is not in") as info:
         item_query(artifact, SimilarItemsRequest(item_ids=["item-001", "item-999"]), SETTINGS)
     assert info.value.status == 404 and info.value.ids == ["item-999"]
+
+
+def test_exclude_seen_without_seen_items(artifacts, retrievers):
+    """The default does nothing on an artifact without seen items; asking for it is a 422."""
+    artifact = ArtifactHolder(artifacts["no_seen"]).current
+    user = int(USER_IDS[2])
+    (ranked,) = answer([user_query(artifact, RecommendRequest(user_ids=[user], k=5), SETTINGS)])
+    expected = retrievers["a"].recommend([user], k=5, exclude_seen=False)
+    np.testing.assert_array_equal(ranked[0].rows, expected.rows[0])
+    with pytest.raises(ServiceError, match="`exclude_seen` must be false"):
+        user_query(artifact, RecommendRequest(user_ids=[user], exclude_seen=True), SETTINGS)
