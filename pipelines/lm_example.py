@@ -251,30 +251,27 @@ def train_and_evaluate(
     return {
         "heldout_cross_entropy": cross_entropy,
         "heldout_perplexity": float(np.exp(cross_entropy)),
-        "final_train_loss": float(history.history["loss"][-1]),
+        # A SampledSoftmaxModel logs its training loss as `sampled_loss`.
+        "final_train_loss": float(
+            next(history.history[k] for k in ("sampled_loss", "loss") if k in history.history)[-1]
+        ),  # fmt: skip
         "train_seconds": seconds,
         "median_step_seconds": statistics.median(timer.times[1:] or timer.times),
     }
 
 
-def compare_quality(
-    train: np.ndarray,
-    test: np.ndarray,
-    *,
-    vocab_size: int,
-    num_sampled: int,
-    embedding_dim: int,
-    units: int,
-    batch_size: int,
-    learning_rate: float,
-) -> dict:
+def compare_quality(train: np.ndarray, test: np.ndarray, config: LMConfig) -> dict:
     """Sampled vs full softmax, same model, steps, batches and optimizer."""
     results = {}
-    for name, sampled in (("sampled", num_sampled), ("full", None)):
+    for name, sampled in (("sampled", config.num_sampled), ("full", None)):
         model = build_language_model(
-            vocab_size, embedding_dim, units, num_sampled=sampled, learning_rate=learning_rate
+            config.vocab_size,
+            config.embedding_dim,
+            config.units,
+            num_sampled=sampled,
+            learning_rate=config.learning_rate,
         )
-        results[name] = train_and_evaluate(model, train, test, batch_size)
+        results[name] = train_and_evaluate(model, train, test, config.batch_size)
         LOG.info("quality %s: %s", name, results[name])
     ratio = results["sampled"]["heldout_cross_entropy"] / results["full"]["heldout_cross_entropy"]
     return results | {"ratio": ratio, "target": QUALITY_TARGET, "passed": ratio <= QUALITY_TARGET}
@@ -366,18 +363,7 @@ def _output_layer_steps(
     }
 
 
-def time_speed(
-    *,
-    vocab_size: int,
-    num_sampled: int,
-    embedding_dim: int,
-    units: int,
-    batch_size: int,
-    length: int,
-    steps: int,
-    optimizer: str,
-    lstm_variants: Sequence[str] = ("default",),
-) -> dict:
+def time_speed(config: LMConfig, optimizer: str, lstm_variants: Sequence[str]) -> dict:
     """Step time of the sampled and the full model, and of their parts, for one optimizer.
 
     - ``whole``: ``train_on_batch`` of the sampled and the full language model;
@@ -386,11 +372,17 @@ def time_speed(
     - ``output_layer``: the ``SampledSoftmax`` and the ``Dense(V)`` + cross-entropy alone on fixed
       ``[batch * length, units]`` hidden states (forward, backward, optimizer update).
 
-    Each part is timed alternately (:func:`time_alternately`); medians of ``steps`` steps.
+    Each part is timed round-robin (:func:`time_alternately`); medians of ``speed_steps`` steps.
     """
-    x, y = _speed_batches(vocab_size, batch_size, length)
+    vocab_size, num_sampled = config.speed_vocab_size, config.speed_num_sampled
+    x, y = _speed_batches(vocab_size, config.speed_batch_size, config.speed_length)
     build = functools.partial(
-        build_language_model, vocab_size, embedding_dim, units, optimizer=optimizer, length=length
+        build_language_model,
+        vocab_size,
+        config.speed_embedding_dim,
+        config.speed_units,
+        optimizer=optimizer,
+        length=config.speed_length,
     )
     results: dict = {"sparse_updates": OPTIMIZERS[optimizer][1]}
 
@@ -412,13 +404,15 @@ def time_speed(
             },  # fmt: skip
             y % BODY_CLASSES,
         ),
-        "output_layer": lambda: _output_layer_steps(vocab_size, num_sampled, units, optimizer, y),
+        "output_layer": lambda: _output_layer_steps(
+            vocab_size, num_sampled, config.speed_units, optimizer, y
+        ),
     }
     for part, make_steps in parts.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the dense-optimizer warning, on purpose
             step_functions = make_steps()
-            results[part] = time_alternately(step_functions, steps)
+            results[part] = time_alternately(step_functions, config.speed_steps)
         del step_functions
         tf.keras.backend.clear_session()
         gc.collect()
@@ -599,6 +593,13 @@ def _quality_data(config: LMConfig) -> tuple[np.ndarray, np.ndarray, dict]:
     }  # fmt: skip
 
 
+def _fields(config: LMConfig, prefix: str) -> dict:
+    """The model settings of the quality run (``prefix=""``) or the speed runs (``"speed_"``)."""
+    names = ("vocab_size", "num_sampled", "embedding_dim", "units", "batch_size")
+    extra = ("length", "steps") if prefix else ("learning_rate",)
+    return {name: getattr(config, prefix + name) for name in names + extra}
+
+
 def run(config: LMConfig) -> dict:
     """Runs the quality and speed comparisons that ``config`` asks for; returns the results."""
     bench = harness.Benchmark("pipelines.lm_example", config, schema_version=SCHEMA_VERSION)
@@ -608,33 +609,14 @@ def run(config: LMConfig) -> dict:
         steps = int(np.ceil(len(train) / config.batch_size))
         tokens = {"train_tokens": int(train[:, 1:].size), "test_tokens": int(test[:, 1:].size)}
         data |= {"length": config.length, "train_steps": steps, **tokens}
-        names = (
-            "vocab_size",
-            "num_sampled",
-            "embedding_dim",
-            "units",
-            "batch_size",
-            "learning_rate",
-        )
-        model = {name: getattr(config, name) for name in names}
-        results["quality"] = {"data": data, "model": model} | compare_quality(train, test, **model)
+        quality = compare_quality(train, test, config)
+        results["quality"] = {"data": data, "model": _fields(config, "")} | quality
     results["step_time"] = {}
     for i, optimizer in enumerate(config.speed_optimizers):
-        names = (
-            "vocab_size",
-            "num_sampled",
-            "embedding_dim",
-            "units",
-            "batch_size",
-            "length",
-            "steps",
-        )
-        speed = {name: getattr(config, f"speed_{name}") for name in names}
         # The LSTM variants do not depend on the optimizer: tried with the first one only.
         variants = ["default"] + [v for v in config.lstm_variants if v != "default" and i == 0]
-        results["step_time"][optimizer] = {"config": speed} | time_speed(
-            **speed, optimizer=optimizer, lstm_variants=variants
-        )
+        speed = time_speed(config, optimizer, variants)
+        results["step_time"][optimizer] = {"config": _fields(config, "speed_")} | speed
     return bench.report(**results)
 
 
