@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import types
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
@@ -36,13 +36,49 @@ from recsampled._validation import (
     check_positive_int,
     received,
 )
-from recsampled.losses import full_logits, sampled_softmax_loss
+from recsampled.losses import full_logits
+from recsampled.losses import sampled_logits as compute_sampled_logits
 from recsampled.samplers.registry import (  # noqa: F401 (SAMPLERS: the old import path)
     SAMPLERS,
     SamplerLike,
     get_sampler,
     serialize_sampler,
 )
+
+_PLAIN_MODEL_ERROR = (
+    "SampledSoftmax {name!r} was called in training by a model that is not a "
+    "recsampled.layers.SampledSoftmaxModel or SampledSoftmaxSequential. In training the layer "
+    "returns its inputs (the hidden states), so a compiled loss such as "
+    "'sparse_categorical_crossentropy' would compare them with the class ids and get no "
+    "gradients for the output weights. Build the model as "
+    "`recsampled.layers.SampledSoftmaxModel(inputs, outputs)` (or SampledSoftmaxSequential) and "
+    "call `compile(optimizer=...)` without a loss: its fit trains with the sampled softmax."
+)
+
+
+def _check_not_keras3(inputs: Any) -> None:
+    """Raises ``TypeError`` for Keras 3 tensors, which the tf-keras layer cannot take."""
+    for value in tf.nest.flatten(inputs):
+        module = type(value).__module__
+        if module == "keras" or module.startswith("keras."):
+            raise TypeError(
+                "recsampled.layers.SampledSoftmax is a tf-keras (Keras 2) layer, but it got a "
+                f"Keras 3 tensor ({type(value).__name__} from `import keras`). Use the Keras 3 "
+                "layer, `from recsampled.keras3 import SampledSoftmax, SampledSoftmaxModel`, "
+                "or build the whole model with tf.keras (tf_keras) layers. Received: inputs of "
+                f"type {module}.{type(value).__name__}."
+            )
+
+
+class SampledBatch(NamedTuple):
+    """The sampled logits of a training step (:meth:`SampledSoftmax.sampled_logits`)."""
+
+    logits: tf.Tensor
+    """``[steps, 1 + S]``: the target's logit first, then the sampled classes'."""
+    labels: tf.Tensor
+    """``[steps, 1 + S]``: one-hot on column 0."""
+    weights: tf.Tensor
+    """``[steps]``: the sample weight of each real step."""
 
 
 def step_weights(sample_weight: tf.Tensor | None, targets: tf.Tensor) -> tf.Tensor:
@@ -148,6 +184,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
         self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         self.seed = check_optional_seed("seed", seed)
         self.supports_masking = True
+        self._in_sampled_model = False  # set by SampledSoftmaxMixin.call
         # The tied Embedding belongs to the model: a plain namespace keeps Keras from tracking
         # (and saving) its table a second time here. A name alone (from a config) is linked by
         # the model once it is rebuilt.
@@ -248,8 +285,19 @@ class SampledSoftmax(tf.keras.layers.Layer):
     def call(
         self, inputs: tf.Tensor, training: bool | None = None, mask: tf.Tensor | None = None
     ) -> tf.Tensor:
-        """Full-softmax probabilities ``[..., num_classes]``; in training, ``inputs`` as is."""
+        """Full-softmax probabilities ``[..., num_classes]``; in training, ``inputs`` as is.
+
+        Raises:
+            TypeError: for Keras 3 (``import keras``) tensors; ``recsampled.keras3`` has the
+                Keras 3 layer.
+            ValueError: in training, inside a model that is not a ``SampledSoftmaxModel`` /
+                ``SampledSoftmaxSequential`` (its loss would see hidden states, not
+                probabilities).
+        """
+        _check_not_keras3(inputs)
         if training:
+            if self._inbound_nodes and not self._in_sampled_model:
+                raise ValueError(_PLAIN_MODEL_ERROR.format(name=self.name))
             return tf.identity(inputs)
         # Keras' softmax keeps the logits on the result, so cross-entropy uses them directly.
         return tf.keras.activations.softmax(self.logits(inputs))
@@ -326,6 +374,29 @@ class SampledSoftmax(tf.keras.layers.Layer):
         Returns:
             float32 scalar, differentiable w.r.t. ``inputs``, the output embeddings and biases.
         """
+        batch = self.sampled_logits(targets, inputs, mask=mask, sample_weight=sample_weight)
+        losses = tf.nn.softmax_cross_entropy_with_logits(
+            labels=tf.stop_gradient(batch.labels), logits=batch.logits
+        )
+        return masked_mean(losses, sample_weight=batch.weights)[0]
+
+    def sampled_logits(
+        self,
+        targets: tf.Tensor,
+        inputs: tf.Tensor,
+        *,
+        mask: tf.Tensor | None = None,
+        sample_weight: tf.Tensor | None = None,
+    ) -> SampledBatch:
+        """The real steps' logits over the target and the ``S`` sampled classes.
+
+        Args: as :meth:`sampled_loss`.
+
+        Returns:
+            A :class:`SampledBatch`: ``logits`` and one-hot ``labels``, ``[steps, 1 + S]``
+            (the target first, logQ-corrected, accidental hits at ``-FLT_MAX``), and
+            ``weights``, ``[steps]``, for the ``steps`` real (unmasked) steps.
+        """
         if self.sampler is None:
             raise ValueError(
                 f"SampledSoftmax {self.name!r} has no sampler "
@@ -349,7 +420,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
         sampled_values = self.sampler.sample(
             flat_targets, self.num_sampled, unique=True, seed=self.seed, **extra
         )
-        losses = sampled_softmax_loss(
+        logits, labels = compute_sampled_logits(
             self.output_embeddings(),
             self.bias,
             flat_targets,
@@ -357,9 +428,10 @@ class SampledSoftmax(tf.keras.layers.Layer):
             num_sampled=self.num_sampled,
             num_classes=self.num_classes,
             sampled_values=sampled_values,
+            subtract_log_q=True,
             remove_accidental_hits=self.remove_accidental_hits,
         )
-        return masked_mean(losses, sample_weight=flat_weights)[0]
+        return SampledBatch(logits, labels, flat_weights)
 
     # -- config -------------------------------------------------------------------------------
 
