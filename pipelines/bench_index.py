@@ -34,7 +34,7 @@ machine thus slows every method alike rather than whichever ran during a burst; 
 (``report["load"]``).
 
 **Trained model.** ``--run RUN_DIR`` adds a second data set: the catalogue and every user of a
-trained run (``recsampled train``), embedded by its towers (``recsampled.index.load_run``), with
+trained run (``recsampled train``), embedded by its towers (``recsampled.runs.load_run``), with
 the run's metric; its report goes under ``report["real"]`` and its table after the first.
 
 **Target.** Some ANN configuration with recall@10 >= 0.95 at >= 10x Flat's queries/s, checked

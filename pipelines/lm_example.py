@@ -427,38 +427,26 @@ def judge_speed(speed: dict) -> dict:
     on a loaded machine the wall time of a long multi-threaded step grows more than its CPU
     time, which can inflate the wall-time ratio.
     """
-    whole, head = speed["whole"], speed["output_layer"]
-    body = speed["body"]["default"]
-    full = whole["full"]["median_step_seconds"]
-    ratios = {
-        "speedup": full / whole["sampled"]["median_step_seconds"],
-        "speedup_cpu": _cpu_ratio(whole["full"], whole["sampled"]),
-        "output_layer_speedup": head["full"]["median_step_seconds"]
-        / head["sampled"]["median_step_seconds"],
-        "output_layer_speedup_cpu": _cpu_ratio(head["full"], head["sampled"]),
-        # No output layer can make a step cheaper than the body alone.
-        "speedup_bound_from_body": full / body["median_step_seconds"],
-        "speedup_bound_from_body_cpu": _cpu_ratio(whole["full"], body),
-    }
-    return (
-        speed
-        | ratios
-        | {
-            "target": SPEEDUP_TARGET,
-            "passed": min(ratios["speedup"], ratios["speedup_cpu"]) >= SPEEDUP_TARGET,
-            "output_layer_passed": min(
-                ratios["output_layer_speedup"], ratios["output_layer_speedup_cpu"]
-            )
-            >= SPEEDUP_TARGET,
-        }
-    )
+    whole, head, body = speed["whole"], speed["output_layer"], speed["body"]["default"]
+
+    def ratios(slow: dict, fast: dict) -> tuple[float, float]:
+        wall = slow["median_step_seconds"] / fast["median_step_seconds"]
+        return wall, slow["median_cpu_seconds"] / max(fast["median_cpu_seconds"], 1e-9)
+
+    out = dict(speed)
+    # No output layer can make a step cheaper than the body alone: full / body bounds it.
+    pairs = {"speedup": (whole["full"], whole["sampled"]),
+             "output_layer_speedup": (head["full"], head["sampled"]),
+             "speedup_bound_from_body": (whole["full"], body)}  # fmt: skip
+    for key, (slow, fast) in pairs.items():
+        out[key], out[f"{key}_cpu"] = ratios(slow, fast)
+    passed = {name: min(out[name], out[f"{name}_cpu"]) >= SPEEDUP_TARGET
+              for name in ("speedup", "output_layer_speedup")}  # fmt: skip
+    return out | {"target": SPEEDUP_TARGET, "passed": passed["speedup"],
+                  "output_layer_passed": passed["output_layer_speedup"]}  # fmt: skip
 
 
 # -- report -------------------------------------------------------------------------------------
-
-
-def _cpu_ratio(slow: dict, fast: dict) -> float:
-    return slow["median_cpu_seconds"] / max(fast["median_cpu_seconds"], 1e-9)
 
 
 def markdown(results: dict) -> str:
