@@ -51,7 +51,6 @@ import functools
 import logging
 import os
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -285,24 +284,11 @@ def evaluate_model(model: TwoTowerModel | None, data: BenchData) -> dict[str, fl
 # Training and timing
 
 
-class EpochTimer(tf.keras.callbacks.Callback):
-    """Wall-clock seconds of every epoch."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def train_and_evaluate(
     variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
 ) -> dict:
     """Trains ``variant`` for ``config.epochs`` and evaluates it on the whole catalogue."""
-    model, timer = build_variant(variant, data, config, seed), EpochTimer()
+    model, timer = build_variant(variant, data, config, seed), harness.fit_timer("epoch")
     history = model.fit(batches(data, config, seed, config.epochs), epochs=config.epochs,
                         steps_per_epoch=len(data.train) // config.batch_size, verbose=0,
                         callbacks=[timer])  # fmt: skip

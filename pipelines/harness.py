@@ -189,6 +189,30 @@ def time_round_robin(
     return timings
 
 
+def fit_timer(unit: str = "epoch") -> Any:
+    """A Keras callback that records the wall seconds of every ``"epoch"`` or ``"batch"`` of
+    ``fit`` in its ``seconds`` list (the first one includes tracing)."""
+    import tensorflow as tf
+
+    class FitTimer(tf.keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.seconds: list[float] = []
+
+        def start(self, *_: object) -> None:
+            self._start = time.perf_counter()
+
+        def stop(self, *_: object) -> None:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    if unit not in ("epoch", "batch"):
+        raise ValueError(f"`unit` must be 'epoch' or 'batch'. Received: unit={unit!r}")
+    # Only the hooks of `unit` are set, so that an epoch timer adds nothing to each step.
+    timer, hook = FitTimer(), "on_train_batch" if unit == "batch" else "on_epoch"
+    setattr(timer, f"{hook}_begin", timer.start)
+    setattr(timer, f"{hook}_end", timer.stop)
+    return timer
+
+
 # ---------------------------------------------------------------------------------------------
 # Machine and run facts
 

@@ -224,22 +224,11 @@ def build_language_model(
     return model
 
 
-class _StepTimer(tf.keras.callbacks.Callback):
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.times: list[float] = []
-
-
 def train_and_evaluate(
     model: tf.keras.Model, train: np.ndarray, test: np.ndarray, batch_size: int
 ) -> dict:
     """One pass over ``train`` in order, then the held-out full cross-entropy on ``test``."""
-    timer = _StepTimer()
+    timer = harness.fit_timer("batch")
     start = time.perf_counter()
     history = model.fit(
         train[:, :-1], train[:, 1:], batch_size=batch_size, shuffle=False, verbose=0,
@@ -256,7 +245,7 @@ def train_and_evaluate(
             next(history.history[k] for k in ("sampled_loss", "loss") if k in history.history)[-1]
         ),  # fmt: skip
         "train_seconds": seconds,
-        "median_step_seconds": statistics.median(timer.times[1:] or timer.times),
+        "median_step_seconds": statistics.median(timer.seconds[1:] or timer.seconds),
     }
 
 

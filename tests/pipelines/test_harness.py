@@ -209,3 +209,19 @@ def test_help_of_a_one_line_attributes_docstring() -> None:
         "sizes": "numbers of classes N.",
         "repeats": "timed calls per variant.",
     }
+
+
+def test_fit_timer_records_epochs_or_batches() -> None:
+    import tensorflow as tf
+
+    import recsampled.layers  # noqa: F401  (tf.keras is tf-keras from here on)
+
+    model = tf.keras.Sequential([tf.keras.Input([2]), tf.keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros([12, 2], np.float32), np.zeros([12, 1], np.float32)
+    epochs, batches = harness.fit_timer("epoch"), harness.fit_timer("batch")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[epochs, batches])
+    assert len(epochs.seconds) == 2 and len(batches.seconds) == 6
+    assert all(s > 0 for s in epochs.seconds + batches.seconds)
+    with pytest.raises(ValueError, match="unit"):
+        harness.fit_timer("step")
