@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from recsampled import _io
 from recsampled._validation import check_positive_int, received
+from recsampled.data.interactions import user_item_matrix
 from recsampled.index import artifact
 from recsampled.index.artifact import (
     INDEX_FILE,
@@ -166,7 +167,7 @@ def as_csr(seen: object, num_users: int, num_items: int) -> tuple[np.ndarray, np
     elif isinstance(seen, tuple) and len(seen) == 2:
         indptr, indices = np.asarray(seen[0]), np.asarray(seen[1])
     elif isinstance(seen, Mapping) or isinstance(seen, Sequence):
-        rows = [[] for _ in range(num_users)]
+        users, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         entries = seen.items() if isinstance(seen, Mapping) else enumerate(seen)
         for user, items in entries:
             if isinstance(user, bool) or not isinstance(user, int | np.integer):
@@ -175,10 +176,12 @@ def as_csr(seen: object, num_users: int, num_items: int) -> tuple[np.ndarray, np
                 raise ValueError(
                     f"`seen` keys must be user indices in [0, {num_users}). Received: {user}."
                 )
-            rows[int(user)] = np.asarray(items, dtype=np.int64).ravel()
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        indices = np.concatenate([np.asarray(r, np.int64) for r in rows]) if rows else indptr[:0]
+            rows.append(np.asarray(items, dtype=np.int64).ravel())
+            users.append(np.full(len(rows[-1]), int(user), np.int64))
+        items = np.concatenate(rows)
+        width = max(num_items, int(items.max(initial=-1)) + 1)  # out-of-range rows: checked below
+        matrix = user_item_matrix(np.concatenate(users), items, num_users, width)
+        indptr, indices = np.asarray(matrix.indptr), np.asarray(matrix.indices)
     else:
         raise ValueError(
             "`seen` must be a SciPy sparse matrix, a (indptr, indices) tuple, a mapping user index "
