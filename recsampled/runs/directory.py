@@ -48,7 +48,7 @@ from recsampled.runs.build import load_split
 
 SCHEMA_VERSION = 1
 
-__all__ = ["RunDirectory", "RunDirectoryError", "TrainedRun", "load_run", "save_towers"]
+__all__ = ["RunDirectory", "RunDirectoryError", "TrainedRun", "load_run"]
 
 
 def _part(name: str, doc: str) -> property:
@@ -138,11 +138,22 @@ class RunDirectory:
         num_items: int,
         embedding_dim: int,
     ) -> None:
-        """Writes ``towers/`` (see :func:`save_towers`)."""
-        save_towers(
-            self.towers, query_model=query_model, candidate_model=candidate_model,
-            num_users=num_users, num_items=num_items, embedding_dim=embedding_dim,
-        )  # fmt: skip
+        """Writes ``towers/``: ``query/`` and ``candidate/`` SavedModels
+        (:func:`recsampled.models.save_tower`) and ``towers.json``, atomically."""
+        with atomic_directory(self.towers) as folder:
+            for name, tower in (("query", query_model), ("candidate", candidate_model)):
+                save_tower(tower, folder / name, name=f"{name}_tower")
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "query": {"path": "query", "num_ids": num_users, "vocabulary": "users.parquet"},
+                "candidate": {
+                    "path": "candidate", "num_ids": num_items, "vocabulary": "items.parquet"
+                },
+                "embedding_dim": embedding_dim,
+                "input": "[n] int64 vocabulary indices",
+                "output": "[n, embedding_dim] float32 embeddings (signature key 'embeddings')",
+            }  # fmt: skip
+            write_json(folder / "towers.json", manifest)
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         """Writes ``history.json``."""
@@ -155,30 +166,6 @@ class RunDirectory:
     def load(self) -> TrainedRun:
         """The finished run in this directory (see :func:`load_run`)."""
         return load_run(self.path)
-
-
-def save_towers(
-    path: str | os.PathLike,
-    *,
-    query_model: tf.keras.layers.Layer,
-    candidate_model: tf.keras.layers.Layer,
-    num_users: int,
-    num_items: int,
-    embedding_dim: int,
-) -> None:
-    """Writes ``query/`` and ``candidate/`` SavedModels and ``towers.json``, atomically."""
-    with atomic_directory(path) as folder:
-        for name, tower in (("query", query_model), ("candidate", candidate_model)):
-            save_tower(tower, folder / name, name=f"{name}_tower")
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "query": {"path": "query", "num_ids": num_users, "vocabulary": "users.parquet"},
-            "candidate": {"path": "candidate", "num_ids": num_items, "vocabulary": "items.parquet"},
-            "embedding_dim": embedding_dim,
-            "input": "[n] int64 vocabulary indices",
-            "output": "[n, embedding_dim] float32 embeddings (signature key 'embeddings')",
-        }
-        write_json(folder / "towers.json", manifest)
 
 
 @dataclass

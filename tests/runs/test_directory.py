@@ -9,7 +9,6 @@ import tensorflow as tf
 from recsampled.config import Config, load_config
 from recsampled.models import Tower, load_tower
 from recsampled.runs import RunDirectory, RunDirectoryError
-from recsampled.runs.directory import save_towers
 
 
 def _fake_checkpoint(run: RunDirectory) -> None:
@@ -55,8 +54,8 @@ def test_towers_round_trip_through_saved_models(tmp_path):
     ids = tf.range(7, dtype=tf.int64)
     expected = candidate(ids).numpy()
     query(ids[:5])
-    save_towers(tmp_path / "towers", query_model=query, candidate_model=candidate,
-                num_users=5, num_items=7, embedding_dim=4)  # fmt: skip
+    RunDirectory(tmp_path).save_towers(query_model=query, candidate_model=candidate,
+                                       num_users=5, num_items=7, embedding_dim=4)  # fmt: skip
     loaded = load_tower(tmp_path / "towers" / "candidate")
     np.testing.assert_allclose(loaded(ids).numpy(), expected, rtol=1e-6)
     served = loaded.signatures["serving_default"](ids=ids)
