@@ -603,8 +603,10 @@ def parse_options(
         text = helps.get(field.name, "").replace("%", "%%")
         if "type" in kwargs and "choices" not in kwargs:
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        default = getattr(defaults, field.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(flag, dest=field.name, default=argparse.SUPPRESS, **kwargs,
-                            help=f"{text} (default: {getattr(defaults, field.name)})")  # fmt: skip
+                            help=f"{text} (default: {shown})")  # fmt: skip
         fields[field.name] = (flag, field.metadata.get("min"))
     if extra is not None:
         extra(parser)
