@@ -240,6 +240,7 @@ class SampledSoftmaxModel(SampledSoftmaxMixin, tf.keras.Model):
     """A functional ``tf.keras.Model`` with a ``SampledSoftmax`` output: ``fit(x, y)`` just works.
 
     Example:
+        >>> from recsampled.layers import LazyAdam
         >>> inputs = tf.keras.Input([None], dtype="int32")
         >>> embedding = tf.keras.layers.Embedding(50_000, 256, mask_zero=True)
         >>> x = tf.keras.layers.LSTM(256, return_sequences=True)(embedding(inputs))

@@ -148,6 +148,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
     models warns otherwise (:mod:`recsampled.layers.optimizers`).
 
     Example:
+        >>> import recsampled
         >>> inputs = tf.keras.Input([None], dtype="int32")
         >>> x = tf.keras.layers.Embedding(1000, 32, mask_zero=True)(inputs)
         >>> x = tf.keras.layers.LSTM(64, return_sequences=True)(x)

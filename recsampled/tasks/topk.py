@@ -304,8 +304,9 @@ def split_lookup(tower: tf.keras.Sequential) -> LookupSplit:
         ...     tf.keras.layers.StringLookup(vocabulary=["a", "b", "c"], mask_token=None),
         ...     tf.keras.layers.Embedding(4, 2)])
         >>> lookup, ids_tower = split_lookup(tower)
-        >>> ids = lookup(tf.constant(["c", "a"]))
-        >>> ids.numpy().tolist(), bool(tf.reduce_all(ids_tower(ids) == tower(["c", "a"])))
+        >>> titles = tf.constant(["c", "a"])
+        >>> ids = lookup(titles)
+        >>> ids.numpy().tolist(), bool(tf.reduce_all(ids_tower(ids) == tower(titles)))
         ([3, 1], True)
     """
     lookups = (tf.keras.layers.StringLookup, tf.keras.layers.IntegerLookup)
