@@ -116,13 +116,6 @@ QUICK = LossBenchConfig(
 # Loss benchmark
 
 
-def log_uniform_labels(num_classes: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """``[batch_size, 1]`` int64 ids with ``P(k) = log((k+2)/(k+1)) / log(N+1)``."""
-    u = rng.random(batch_size)
-    ids = np.floor(np.exp(u * np.log(num_classes + 1.0))).astype(np.int64) - 1
-    return np.clip(ids, 0, num_classes - 1)[:, np.newaxis]
-
-
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
@@ -187,7 +180,7 @@ def _steps(num_classes: int, config: LossBenchConfig) -> tuple[dict, dict, tuple
     dim, batch = config.embedding_dim, config.batch_size
     weights = tf.Variable(rng.normal(0, 0.05, (num_classes, dim)).astype(np.float32), name="w")
     biases = tf.Variable(np.zeros(num_classes, np.float32), name="b")
-    labels = tf.constant(log_uniform_labels(num_classes, batch, rng))
+    labels = tf.constant(harness.log_uniform_ids(num_classes, (batch, 1), rng))
     inputs = tf.constant(rng.normal(0, 1, (batch, dim)).astype(np.float32))
     steps, skipped = {}, {}
     available = harness.available_memory_bytes()

@@ -475,6 +475,13 @@ def configure_logging(level: int = logging.INFO) -> None:
 # Benchmark inputs
 
 
+def log_uniform_ids(num_classes: int, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """int64 ids of ``shape`` with ``P(k) = log((k+2)/(k+1)) / log(N+1)`` (TF's log-uniform
+    law: ids sorted by decreasing frequency, as in text)."""
+    ids = np.floor(np.exp(rng.random(shape) * np.log(num_classes + 1.0))).astype(np.int64) - 1
+    return np.clip(ids, 0, num_classes - 1)
+
+
 def zipf_counts(num_classes: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     """``[num_classes]`` counts ``max(1, round(1e9 (k + 1)^-exponent))`` in a random id order."""
     counts = np.maximum(1.0, np.round(1e9 * np.arange(1, num_classes + 1) ** -exponent))

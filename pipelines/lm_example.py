@@ -308,10 +308,7 @@ def time_alternately(steps: dict[str, Callable[[], object]], num_steps: int) -> 
 
 
 def _speed_batches(vocab_size: int, batch_size: int, length: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(0)
-    # Zipf-like ids (log-uniform), as in text with ids sorted by frequency.
-    u = rng.random([batch_size, length + 1])
-    ids = np.minimum(np.exp(u * np.log(vocab_size + 1.0)).astype(np.int64) - 1, vocab_size - 1)
+    ids = harness.log_uniform_ids(vocab_size, (batch_size, length + 1), np.random.default_rng(0))
     return ids[:, :-1], ids[:, 1:]
 
 

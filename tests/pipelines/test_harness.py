@@ -225,3 +225,16 @@ def test_fit_timer_records_epochs_or_batches() -> None:
     assert all(s > 0 for s in epochs.seconds + batches.seconds)
     with pytest.raises(ValueError, match="unit"):
         harness.fit_timer("step")
+
+
+def test_log_uniform_ids_follow_the_log_uniform_law() -> None:
+    from scipy import stats
+
+    ids = harness.log_uniform_ids(20, (40_000,), np.random.default_rng(0))
+    k = np.arange(20)
+    expected = np.log((k + 2) / (k + 1)) / np.log(21) * ids.size
+    observed = np.bincount(ids, minlength=20)
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() <= 19
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    counts = harness.zipf_counts(50, 1.1, np.random.default_rng(0))
+    assert sorted(counts, reverse=True)[0] == 1e9 and counts.min() >= 1
