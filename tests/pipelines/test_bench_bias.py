@@ -138,17 +138,45 @@ def test_quick_report_structure(quick: tuple[dict, Path]) -> None:
                 assert set(stats) >= {"bias", "cosine", "per_draw_error", "mc_check"}
                 assert all(math.isfinite(v) for v in stats.values())
                 assert -1 <= stats["cosine"] <= 1 and stats["bias"] >= 0
+    # The tree's batch mixture is the brute-force mixture.
+    assert entry["bias"]["kernel_check"]["max_relative_difference_of_tree_mixture"] < 1e-4
     runs = entry["recall"]["runs"]
-    assert len(runs) == 1 + len(settings.recall_samplers) * len(settings.recall_num_sampled)
-    markdown = output.with_suffix(".md").read_text()
-    assert "### Gradient bias, `negatives_only` convention" in markdown
-    assert "## The claim" in markdown
+    assert [r["proposal"] for r in runs] == ["full_softmax", *bench_bias.TRAINED]
     for name in ("bias_synthetic.png", "bias_recall.png"):
         assert (output.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {r["metric"] for r in entry["bias"]["ratios"]} == set(bench_bias.RATIO_METRICS)
     for r in entry["bias"]["ratios"]:
         if r["ratio"] is not None:
             assert r["ratio"] == pytest.approx(r["reference_num_sampled"] / r["kernel_num_sampled"])
+
+
+def test_quick_step_times_and_equal_time(quick: tuple[dict, Path]) -> None:
+    entry = quick[0]["datasets"]["synthetic"]
+    settings = bench_bias.QUICK
+    times = entry["step_ms"]
+    assert set(times) == {"full_softmax", *bench_bias.TRAINED}
+    assert set(times["in_batch"]) == {str(settings.batch_size - 1)}
+    for proposal in ("uniform", "unigram", "kernel", "kernel_mixture"):
+        assert set(times[proposal]) == {str(s) for s in settings.bias_num_sampled}
+        assert all(t["median_ms"] > 0 for t in times[proposal].values())
+    rows = entry["equal_time"]
+    assert len(rows) == len(settings.bias_num_sampled) * len(bench_bias.TRAINED)
+    bias = {
+        (p["proposal"], p["num_sampled"]): p["tf"]["item_table"]["bias"]
+        for p in entry["bias"]["points"]
+    }
+    for row in rows:  # the unigram at its own budget affords its own S, with its own bias
+        if row["proposal"] == "unigram":
+            s = row["unigram_num_sampled"]
+            assert row["num_sampled"] == pytest.approx(s, rel=1e-6)
+            assert row["bias"] == pytest.approx(bias[("unigram", s)], rel=1e-6)
+        elif row["num_sampled"] is not None:
+            assert row["bias"] is not None and row["bias"] > 0
+
+
+def test_loglog_interpolation() -> None:
+    assert bench_bias._loglog([1, 100], [10, 1000], 10) == pytest.approx(100)
+    assert bench_bias._loglog([1, 100], [10, 1000], 1000) is None
 
 
 def _curve(points: list[dict], proposal: str, convention: str, key: str, part: str) -> list:
@@ -164,15 +192,16 @@ def test_quick_bias_is_sane(quick: tuple[dict, Path], part: str) -> None:
     points = quick[0]["datasets"]["synthetic"]["bias"]["points"]
     softmax = _curve(points, "softmax", "negatives_only", "bias", part)
     assert max(softmax) < 0.01  # the softmax proposal is (almost) unbiased
-    for proposal in ("uniform", "unigram", "kernel"):
+    for proposal in ("uniform", "unigram", "in_batch", "kernel", "kernel_mixture"):
         bias = _curve(points, proposal, "negatives_only", "bias", part)
         assert all(b > s for b, s in zip(bias, softmax, strict=True)), proposal
         assert all(x > y for x, y in itertools.pairwise(bias)), (proposal, bias)
         err = _curve(points, proposal, "negatives_only", "per_draw_error", part)
-        assert all(x > y for x, y in itertools.pairwise(err)), (proposal, err)
         assert all(e >= b for e, b in zip(err, bias, strict=True))  # Jensen
-    # The kernel follows the model: one draw is closer to g than a uniform draw at every S (its
-    # *bias* need not be lower: on MovieLens it is higher than uniform's at S = 4).
+    for proposal in ("uniform", "unigram", "kernel"):
+        err = _curve(points, proposal, "negatives_only", "per_draw_error", part)
+        assert all(x > y for x, y in itertools.pairwise(err)), (proposal, err)
+    # The kernel follows the model: one draw is closer to g than a uniform draw at every S.
     kernel = _curve(points, "kernel", "negatives_only", "per_draw_error", part)
     uniform = _curve(points, "uniform", "negatives_only", "per_draw_error", part)
     assert all(k < u for k, u in zip(kernel, uniform, strict=True))
@@ -190,3 +219,15 @@ def test_quick_recall_is_sane(quick: tuple[dict, Path]) -> None:
         assert run["steps"] > 0 and all(math.isfinite(x) for x in run["loss"])
     full = next(r for r in recall["runs"] if r["proposal"] == "full_softmax")
     assert full["metrics"]["recall@20"] > popularity
+
+
+def test_never_drawn_items_get_no_expected_gradient() -> None:
+    """q_i = 0 (an item the in-batch proposal never holds): coefficient 0 (by enumeration)."""
+    e = np.array([1.0, 2.0, 3.0, 4.0])
+    q = np.array([0.5, 0.0, 0.25, 0.25])
+    got = bench_bias.expected_coefficients(e, 0, q, [2])
+    for convention in bench_bias.CONVENTIONS:
+        exact = np.zeros(4)
+        for ids in itertools.product([0, 2, 3], repeat=2):
+            exact += np.prod(q[list(ids)]) * _sampled_gradient(e, 0, q, ids, convention)
+        np.testing.assert_allclose(got[(2, convention)], exact, rtol=1e-7, atol=1e-10)
