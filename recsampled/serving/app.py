@@ -24,7 +24,7 @@ Example:
     >>> items = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
     >>> _ = export_artifact("/tmp/recsampled-serving-example", item_embeddings=items,
     ...                     item_ids=[f"item{i}" for i in range(50)], index="flat",
-    ...                     progress=False, overwrite=True)
+    ...                     overwrite=True)
     >>> client = TestClient(create_app("/tmp/recsampled-serving-example"))
     >>> body = {"query_embeddings": [[1.0, 0.0, 0.0, 0.0]], "k": 3}
     >>> answer = client.post("/recommend-by-embedding", json=body)

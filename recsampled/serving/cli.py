@@ -89,6 +89,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenMP threads per FAISS search (default 1; 0: one per core)",
     )
     parser.add_argument(
+        "--tf-threads",
+        type=int,
+        default=1,
+        help="TensorFlow inter- and intra-op threads (default 1; 0: TensorFlow's default)",
+    )
+    parser.add_argument(
         "--admin-token",
         default=os.environ.get("RECSAMPLED_ADMIN_TOKEN"),
         help="bearer token POST /admin/reload needs (default: "
@@ -134,6 +140,7 @@ def serve_main(args: argparse.Namespace) -> int:
             port=args.port,
             settings=settings,
             faiss_threads=args.faiss_threads or None,
+            tf_threads=args.tf_threads or None,
             log_level=args.log_level,
         )
     except ArtifactError as e:

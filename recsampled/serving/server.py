@@ -12,6 +12,7 @@ import os
 import signal
 
 import faiss
+import tensorflow as tf
 import uvicorn
 
 from recsampled.index import Retriever
@@ -28,6 +29,7 @@ def serve(
     port: int = 8080,
     settings: ServingSettings | None = None,
     faiss_threads: int | None = 1,
+    tf_threads: int | None = 1,
     log_level: str = "info",
 ) -> None:
     """Loads the artifact, then serves it with uvicorn until SIGINT/SIGTERM.
@@ -43,6 +45,9 @@ def serve(
         faiss_threads: OpenMP threads per FAISS search (``None``: FAISS's default, one per
             core). One is the default: a server answers many small searches at once, and
             OpenMP threads spinning on a busy machine cost more than they bring.
+        tf_threads: TensorFlow's inter- and intra-op threads (``None``: TensorFlow's default);
+            one by default, for the same reason (the query tower is a few small ops per call).
+            Takes effect only if TensorFlow has not run an op in this process yet.
         log_level: uvicorn's log level.
 
     Raises:
@@ -50,6 +55,12 @@ def serve(
     """
     if faiss_threads is not None:
         faiss.omp_set_num_threads(faiss_threads)
+    if tf_threads is not None:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(tf_threads)
+            tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
+        except RuntimeError:  # TensorFlow already initialised (an embedding process)
+            logger.warning("TensorFlow is initialised already; tf_threads=%d ignored", tf_threads)
     app = create_app(artifacts, settings=settings)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"

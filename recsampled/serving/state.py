@@ -17,7 +17,7 @@ Example:
     >>> items = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
     >>> _ = export_artifact("/tmp/recsampled-serving-example", item_embeddings=items,
     ...                     item_ids=[f"item{i}" for i in range(50)], index="flat",
-    ...                     progress=False, overwrite=True)
+    ...                     overwrite=True)
     >>> holder = ArtifactHolder("/tmp/recsampled-serving-example")
     >>> holder.current.generation, holder.reload().generation
     (1, 2)

@@ -67,7 +67,6 @@ def build(path: Path, *, seed: int, metric: str = "cosine", with_seen: bool = Tr
         index="flat",
         seen=seen if with_seen else None,
         item_popularity=rng.integers(0, 100, NUM_ITEMS),
-        progress=False,
     )
     return path
 

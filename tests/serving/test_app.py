@@ -178,7 +178,7 @@ BODIES = st.fixed_dictionaries({}, optional=FIELDS) | JSON
 PATHS = st.sampled_from(["/recommend", "/similar-items", "/recommend-by-embedding"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(path=PATHS, body=BODIES)
 def test_generated_bodies_never_give_a_5xx(client, path, body):
     response = client.post(
