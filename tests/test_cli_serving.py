@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from recsampled import cli
+from recsampled._io import sha256_part
 from recsampled.config import Config
 from recsampled.data import read_item_titles
 from recsampled.evaluation import retrieval_scores
@@ -77,6 +78,8 @@ def test_export_writes_a_loadable_artifact_with_the_runs_metric_and_titles(flat_
     assert np.array_equal(retriever.item_ids, run.items.original_ids)
     titles = dict(zip(retriever.item_ids.tolist(), retriever.item_titles.tolist(), strict=True))
     assert titles[UNTITLED] == "" and titles[42] == "Movie 42 Caf\xe9 (1942)"
+    # The query tower is the run's SavedModel, copied (not traced again): the same files.
+    assert sha256_part(flat_artifact / "query_model") == sha256_part(run_dir / "towers" / "query")
 
 
 def test_export_tunes_an_ann_index_on_real_user_queries(run_dir, capsys):

@@ -147,3 +147,21 @@ def test_select_and_validation():
         Interactions(
             np.zeros(2, np.int32), np.zeros(2, np.int32), users, users, timestamps=np.zeros(3)
         )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_user_items_is_the_user_item_matrix_with_repeats_kept(seed):
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"user": rng.integers(20, size=200), "item": rng.integers(15, size=200)})
+    log = read_interactions(frame, user_col="user", item_col="item", dedupe=False)
+    matrix = log.user_items()
+    assert matrix.shape == (log.num_users, log.num_items)
+    dense = np.zeros(matrix.shape, np.int64)  # reference: count every (user, item) row
+    np.add.at(dense, (log.user_ids, log.item_ids), 1)
+    np.testing.assert_array_equal(matrix.toarray(), dense)  # duplicates sum when densified
+    np.testing.assert_array_equal(np.diff(matrix.indptr), log.user_counts)  # one entry per row
+    for user in range(log.num_users):  # each row lists the user's items in log order
+        np.testing.assert_array_equal(
+            matrix[user].indices, log.item_ids[log.user_ids == user]
+        )
+    assert log.user_items(num_users=log.num_users + 3).shape[0] == log.num_users + 3

@@ -203,3 +203,57 @@ def test_bad_arguments(kwargs, match):
 def test_embedding_scores_checks_shapes():
     with pytest.raises(ValueError, match="same D"):
         embedding_scores(np.zeros((2, 3)), np.zeros((4, 5)))
+
+
+def _interactions(user_ids, item_ids, num_users: int, num_items: int):
+    """Interactions over indices ``0..num_users-1`` / ``0..num_items-1`` (vocabularies in order)."""
+    from recsampled.data import Interactions, Vocabulary
+
+    return Interactions(
+        user_ids=np.asarray(user_ids, np.int32),
+        item_ids=np.asarray(item_ids, np.int32),
+        users=Vocabulary(np.arange(num_users), np.ones(num_users, np.int64)),
+        items=Vocabulary(np.arange(num_items), np.ones(num_items, np.int64)),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_interactions_and_arrays_give_the_same_metrics(seed):
+    rng = np.random.default_rng(seed)
+    queries, items = rng.normal(size=(50, 8)), rng.normal(size=(60, 8))
+    train_u, train_i = rng.integers(50, size=300), rng.integers(60, size=300)
+    test_u, test_i = rng.integers(50, size=80), rng.integers(60, size=80)
+    train, test = _interactions(train_u, train_i, 50, 60), _interactions(test_u, test_i, 50, 60)
+    score = embedding_scores(queries, items)
+    by_arrays = ranking_metrics(
+        score, num_users=50, num_items=60, train_user_ids=train_u, train_item_ids=train_i,
+        test_user_ids=test_u, test_item_ids=test_i, ks=(1, 10),
+    )  # fmt: skip
+    assert ranking_metrics(score, train, test, ks=(1, 10)) == by_arrays
+    assert ranking_metrics(score, train.user_items(), test.user_items(), num_users=50,
+                           num_items=60, ks=(1, 10)) == by_arrays  # fmt: skip
+
+
+def test_evaluate_scores_every_scorer_and_popularity_on_the_same_sample():
+    from recsampled.evaluation import evaluate
+
+    rng = np.random.default_rng(3)
+    train = _interactions(rng.integers(40, size=400), rng.integers(30, size=400), 40, 30)
+    test = _interactions(rng.integers(40, size=60), rng.integers(30, size=60), 40, 30)
+    score = embedding_scores(rng.normal(size=(40, 4)), rng.normal(size=(30, 4)))
+    result = evaluate({"model": score}, train, test, ks=(5,), max_users=10, seed=1)
+    assert list(result) == ["model", "popularity"]
+    users = sample_users(test.user_ids, 10, 1)
+    assert result["model"] == ranking_metrics(score, train, test, ks=(5,), users=users)
+    assert result["popularity"] == ranking_metrics(
+        popularity_scores(train.item_counts), train, test, ks=(5,), users=users
+    )
+    assert list(evaluate({"m": score}, train, test, ks=(5,), popularity=False)) == ["m"]
+
+
+def test_a_matrix_of_the_wrong_shape_is_an_error():
+    train = _interactions([0, 1], [0, 1], 2, 3)
+    with pytest.raises(ValueError, match=r"`train` must cover \[num_users=2, num_items=4\]"):
+        ranking_metrics(lambda u: np.zeros((u.size, 4)), train, train, num_items=4)
+    with pytest.raises(ValueError, match="`test` .* required"):
+        ranking_metrics(lambda u: np.zeros((u.size, 3)), train, num_users=2, num_items=3)
