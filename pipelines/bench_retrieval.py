@@ -164,8 +164,8 @@ def load_movielens(path: Path) -> BenchData:
         with open(path / name, encoding="latin-1") as f:
             return {int(r[0]): r[1:] for r in (line.rstrip("\n").split("|") for line in f if line)}
 
-    movies, people = rows("u.item"), rows("u.user")
-    users = [people[int(u)][:3] for u in split.train.users.original_ids]
+    movies, people = rows("u.item"), {user: row[:3] for user, row in rows("u.user").items()}
+    users = [people[int(u)] for u in split.train.users.original_ids]  # age, gender, occupation
     jobs = sorted({job for _, _, job in people.values()})
     genres = [[int(g) for g in movies[int(i)][4:]] for i in split.train.items.original_ids]
     return BenchData(

@@ -170,3 +170,20 @@ def test_popularity_recall_equals_a_direct_recomputation(run: tuple[dict, Path])
     popularity = report["datasets"]["synthetic"]["popularity"]
     assert popularity["recall@20"] == pytest.approx(np.mean(recalls), abs=2e-3)
     assert all(0.0 <= popularity[m] <= 1.0 for m in bench.METRICS)
+
+
+@pytest.mark.skipif(not (bench.MOVIELENS / "u.data").exists(), reason="MovieLens 100K absent")
+def test_movielens_tower_features() -> None:
+    data = bench.load_movielens(bench.MOVIELENS)
+    users, items = data.user_features, data.item_features
+    assert (data.num_users, data.num_items) == (943, 1682)
+    assert set(users["categorical"]) == {"gender", "occupation"} and set(users["numeric"]) == {
+        "age"
+    }
+    for column in (*users["categorical"].values(), *users["numeric"].values()):
+        assert column.shape == (943,)
+    assert users["categorical"]["occupation"].max() == 20  # 21 occupations
+    assert set(np.unique(users["categorical"]["gender"])) == {0, 1}
+    assert 7 <= users["numeric"]["age"].min() and users["numeric"]["age"].max() <= 73
+    genres = items["categorical"]["genres"]
+    assert genres.shape == (1682, 19) and set(np.unique(genres)) == {0.0, 1.0}
