@@ -470,17 +470,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return report
 
 
-# Temporary: bench_kernel and bench_bias import these until they use the harness (helper B).
-machine_info, zipf_counts = harness.machine_info, harness.zipf_counts
-_fmt, _available_memory_bytes = harness.fmt, harness.available_memory_bytes
-
-
-def time_round_robin(steps: dict, repeats: dict, warmup: dict, *, record_errors: bool = False):
-    errors = (tf.errors.OpError,) if record_errors else ()
-    return harness.time_round_robin(
-        steps, repeats=repeats, warmup=warmup, errors=errors
-    ).summaries()
-
-
 if __name__ == "__main__":
     main()
