@@ -1,0 +1,48 @@
+"""The README's code for each audience runs: every fenced ``python`` block that follows a
+``<!-- tested: NAME -->`` marker is run in its own fresh interpreter (in a temporary folder,
+without ``TF_USE_LEGACY_KERAS``, as a user's script would start) with a timeout."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKER = re.compile(r"<!-- tested: ([\w-]+) -->\s*\n```python\n(.*?)\n```", re.DOTALL)
+AUDIENCES = {"tfrs", "keras2", "keras3"}
+
+
+def tested_blocks() -> dict[str, str]:
+    """``{name: code}`` of the marked blocks (a name used twice is an error)."""
+    blocks: dict[str, str] = {}
+    for name, code in MARKER.findall(README.read_text(encoding="utf-8")):
+        if name in blocks:
+            raise ValueError(f"README.md marks two blocks `tested: {name}`")
+        blocks[name] = code
+    return blocks
+
+
+def test_every_audience_has_a_tested_block():
+    assert AUDIENCES <= set(tested_blocks())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(AUDIENCES))
+def test_readme_block_runs(name, tmp_path):
+    code = tested_blocks()[name]
+    environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    environment |= {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(README.parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"README block {name!r} failed:\n{result.stderr[-4000:]}"
