@@ -3,11 +3,11 @@
 Requests submit their :class:`~recsampled.serving.queries.Query` to a :class:`MicroBatcher` and
 await the answer. One collector task (on the server's event loop) takes the first waiting
 query, then gathers more until the batch holds ``max_batch_size`` query rows or
-``max_wait_ms`` has passed since the first, and hands the batch to one worker thread, which
-calls :func:`~recsampled.serving.queries.answer` once per artifact in the batch (queries keep
-the artifact they started on, so a batch straddling a reload runs as two groups). While the
-worker runs, new requests queue up and form the next batch: under load, batches fill without
-waiting.
+``max_wait_ms`` has passed since the first, and calls ``run`` (the service's
+:func:`~recsampled.serving.queries.answer`) once per artifact in the batch (queries keep the
+artifact they started on, so a batch straddling a reload runs as two groups), on the event loop
+itself or, with ``in_thread=True``, in one worker thread. While it runs, new requests queue up
+and form the next batch: under load, batches fill without waiting.
 
 The collector waits for more only while requests are known to be on their way (counted by
 :meth:`MicroBatcher.arrived` / :meth:`MicroBatcher.left` around each request and not yet
@@ -48,6 +48,7 @@ class MicroBatcher:
         max_wait_ms: how long the first query of a batch waits for others.
         group_key: queries with different keys never share a call (the artifact they use).
         on_batch: called with ``(number of queries, number of rows)`` after each call.
+        in_thread: call ``run`` in a worker thread rather than on the event loop.
     """
 
     def __init__(
@@ -58,8 +59,10 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         group_key: Callable[[Any], Hashable] = lambda query: id(query.artifact),
         on_batch: Callable[[int, int], None] | None = None,
+        in_thread: bool = True,
     ):
         self.run = run
+        self.in_thread = in_thread
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.group_key = group_key
@@ -96,7 +99,7 @@ class MicroBatcher:
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._queue = asyncio.Queue()
-        if self._executor is None:
+        if self._executor is None and self.in_thread:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="recsampled-batch")
         self._task = loop.create_task(self._collect(), name="recsampled-micro-batcher")
 
@@ -163,7 +166,10 @@ class MicroBatcher:
             for items in groups.values():
                 queries = [q for q, _ in items]
                 try:
-                    answers = await loop.run_in_executor(self._executor, self.run, queries)
+                    if self._executor is None:  # on the event loop: no GIL hand-offs
+                        answers = self.run(queries)
+                    else:
+                        answers = await loop.run_in_executor(self._executor, self.run, queries)
                 except Exception as e:  # noqa: BLE001 - each request answers with the error
                     logger.exception("a batch of %d queries failed", len(queries))
                     for _, future in items:

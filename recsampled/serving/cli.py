@@ -53,6 +53,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer each request on its own (no micro-batching)",
     )
     parser.add_argument(
+        "--batch-in-thread",
+        action="store_true",
+        help="run the shared searches in a worker thread instead of on the event loop",
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         default=_DEFAULTS.max_batch_size,
@@ -113,6 +118,7 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         settings = ServingSettings(
             batching=args.batching,
+            batch_in_thread=args.batch_in_thread,
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
             max_ids=args.max_ids,

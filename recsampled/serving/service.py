@@ -57,6 +57,7 @@ class Service:
                 max_batch_size=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms,
                 on_batch=metrics.observe_batch,
+                in_thread=settings.batch_in_thread,
             )
         self.shutting_down = False
         self._background: set[asyncio.Task] = set()

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import time
 
+import pytest
+
 from recsampled.serving.batching import MicroBatcher
 
 
@@ -35,8 +37,16 @@ class query:  # noqa: N801 - reads like the helper it is
         return self.rows
 
 
+IN_THREAD = [False]  # the mode under test (both run: see the parametrized fixture)
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["on_loop", "in_thread"])
+def mode(request):
+    IN_THREAD[0] = request.param
+
+
 def batcher(run, **kwargs) -> MicroBatcher:
-    return MicroBatcher(run, group_key=lambda q: q.group, **kwargs)
+    return MicroBatcher(run, group_key=lambda q: q.group, in_thread=IN_THREAD[0], **kwargs)
 
 
 async def submit_all(b: MicroBatcher, queries: list) -> list:
