@@ -31,7 +31,9 @@ def test_tiny_run_in_process(tmp_path):
     for name in ("load_parquet", "load_csv"):
         stage = stages[name]
         assert stage["peak_above_baseline_bytes"] >= 0 and stage["seconds"] >= 0
-        assert stage["peak_rss_bytes"] >= stage["baseline_rss_bytes"] > 0
+        # Linux's RSS counters are synced lazily, so a peak may read a little under its baseline.
+        peak, baseline = stage["peak_rss_bytes"], stage["baseline_rss_bytes"]
+        assert stage["peak_above_baseline_bytes"] == max(peak - baseline, 0) and baseline > 0
         assert stage["ratio_to_raw_id_columns"] == round(
             stage["peak_above_baseline_bytes"] / raw, 3
         )
