@@ -27,6 +27,14 @@ from keras import ops
 
 from recsampled.keras3.layer import SampledSoftmax, step_weights
 
+try:  # Keras keeps masks of arrays without attributes (JAX) in a side table
+    from keras.src.backend.common.masking import get_keras_mask
+except ImportError:  # pragma: no cover - older Keras 3
+
+    def get_keras_mask(x: Any) -> Any:
+        return getattr(x, "_keras_mask", None)
+
+
 SAMPLED_METRICS = frozenset(
     {
         "sparse_categorical_accuracy",
@@ -61,7 +69,7 @@ class SampledSoftmaxModel(keras.Model):
         self.cross_entropy_tracker = keras.metrics.Mean(name="cross_entropy")
         # What compute_loss leaves for compute_metrics in the same step (a namespace, which Keras
         # does not track).
-        self._step = types.SimpleNamespace(training=False, sampled=None)
+        self._step = types.SimpleNamespace(training=False)
         self.sampled_softmax_head()
 
     def sampled_softmax_head(self) -> SampledSoftmax:
@@ -104,20 +112,27 @@ class SampledSoftmaxModel(keras.Model):
         sample_weight: Any = None,
         training: bool = True,
     ) -> Any:
-        """Sampled loss in training, full cross-entropy otherwise (plus regularization)."""
+        """Sampled loss in training, full cross-entropy otherwise (plus regularization).
+
+        In training it also updates the sampled metrics, from the same draw as the loss (JAX
+        lets metrics change here, inside the gradient's trace, not later).
+        """
         del x
         head = self.sampled_softmax_head()
-        targets = _check_targets(y, y_pred, head.num_classes, probabilities=not training)
-        mask = getattr(y_pred, "_keras_mask", None)
+        targets = _check_targets(y, y_pred, head.num_classes)
+        mask = get_keras_mask(y_pred)
         weights, real = step_weights(targets, mask, sample_weight)
         count = ops.sum(real)
         regularization = ops.sum(self.losses) if self.losses else 0.0
         self._step.training = bool(training)
         if training:
-            self._step.sampled = (head, targets, y_pred, weights)
-            loss = head.sampled_loss(targets, y_pred, mask=mask, sample_weight=sample_weight)
-            loss = loss + regularization
+            if not head.built:
+                head.build(tuple(y_pred.shape))
+            logits = head.sampled_logits(targets, y_pred)
+            losses = ops.logsumexp(logits, axis=1) - logits[:, 0]
+            loss = ops.sum(weights * losses) / ops.maximum(count, 1.0) + regularization
             self.sampled_loss_tracker.update_state(loss, sample_weight=count)
+            self._update_sampled_metrics(ops.stop_gradient(logits), weights)
             return loss
         losses = keras.losses.sparse_categorical_crossentropy(targets, y_pred)
         mean = ops.sum(ops.reshape(losses, (-1,)) * weights) / ops.maximum(count, 1.0)
@@ -125,30 +140,43 @@ class SampledSoftmaxModel(keras.Model):
         self.full_loss_tracker.update_state(mean + regularization, sample_weight=count)
         return mean + regularization
 
+    def _sampled_metrics(self) -> list[keras.metrics.Metric]:
+        compiled = getattr(self, "_compile_metrics", None)
+        if compiled is None or not compiled.built:
+            return []
+        return [
+            metric
+            for metric in compiled.metrics
+            if getattr(getattr(metric, "_fn", None), "__name__", None) in SAMPLED_METRICS
+        ]
+
+    def _update_sampled_metrics(self, logits: Any, weights: Any) -> None:
+        """Compiled metrics over the ``1 + S`` sampled classes, the target in column 0."""
+        compiled = getattr(self, "_compile_metrics", None)
+        if compiled is None:
+            return
+        column_zero = ops.zeros(ops.shape(logits)[:1], "int32")
+        probabilities = ops.softmax(logits, axis=-1)
+        if not compiled.built:
+            compiled.build(column_zero, probabilities)
+        for metric in self._sampled_metrics():
+            metric.update_state(column_zero, probabilities, sample_weight=weights)
+
     def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict:
         """The logs: ``sampled_*`` in training, the full-softmax values in evaluation."""
-        compiled = getattr(self, "_compile_metrics", None)
         if self._step.training:
-            head, targets, hidden, weights = self._step.sampled
-            logits = head.sampled_logits(targets, hidden)
             logs = {"sampled_loss": self.sampled_loss_tracker.result()}
-            if compiled is not None:
-                column_zero = ops.zeros(ops.shape(logits)[:1], "int32")
-                probabilities = ops.softmax(logits, axis=-1)
-                if not compiled.built:
-                    compiled.build(column_zero, probabilities)
-                for metric in compiled.metrics:
-                    if getattr(getattr(metric, "_fn", None), "__name__", None) in SAMPLED_METRICS:
-                        metric.update_state(column_zero, probabilities, sample_weight=weights)
-                        logs[f"sampled_{metric.name}"] = metric.result()
+            for metric in self._sampled_metrics():
+                logs[f"sampled_{metric.name}"] = metric.result()
             return logs
-        mask = getattr(y_pred, "_keras_mask", None)
+        mask = get_keras_mask(y_pred)
         weights, _ = step_weights(y, mask, sample_weight)
         logs = {
             "loss": self.full_loss_tracker.result(),
             "cross_entropy": self.cross_entropy_tracker.result(),
             "perplexity": ops.exp(self.cross_entropy_tracker.result()),
         }
+        compiled = getattr(self, "_compile_metrics", None)
         if compiled is not None:
             flat = ops.reshape(y_pred, (-1, ops.shape(y_pred)[-1]))
             compiled.update_state(ops.reshape(y, (-1,)), flat, sample_weight=weights)
@@ -156,7 +184,7 @@ class SampledSoftmaxModel(keras.Model):
         return logs
 
 
-def _check_targets(y: Any, y_pred: Any, num_classes: int, *, probabilities: bool) -> Any:
+def _check_targets(y: Any, y_pred: Any, num_classes: int) -> Any:
     """Integer targets shaped ``y_pred.shape[:-1]`` (a trailing axis of 1 squeezed)."""
     if y is None:
         raise ValueError(
@@ -173,5 +201,4 @@ def _check_targets(y: Any, y_pred: Any, num_classes: int, *, probabilities: bool
             "`y = np.argmax(y, axis=-1)`). Received: y of dtype "
             f"{y.dtype} and shape {tuple(y.shape)}."
         )
-    del probabilities
     return y

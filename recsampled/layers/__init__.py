@@ -3,10 +3,13 @@
 - :class:`SampledSoftmax`: output layer over ``num_classes``; sampled softmax in training, full
   softmax in ``predict``/``evaluate``; optional weight tying with an ``Embedding``.
 - :class:`SampledSoftmaxModel` / :class:`SampledSoftmaxSequential` (:class:`SampledSoftmaxMixin`):
-  ``compile(optimizer=...)`` and ``fit(x, y)`` with integer ``y``; ``evaluate`` reports the full
-  cross-entropy and perplexity.
+  ``compile(optimizer=...)`` and ``fit(x, y)`` with integer ``y``; training logs
+  ``sampled_loss`` (and ``sampled_accuracy``, ...), ``evaluate`` the full ``loss``,
+  ``cross_entropy`` and ``perplexity``.
 - :class:`LazyAdam`: Adam that updates only the rows of a sparse gradient; ``fit`` warns about
   optimizers that rewrite the whole output table every step (tf-keras ``SGD``, ``Adam``, ...).
+
+These are tf-keras (Keras 2) classes; the Keras 3 ones are in :mod:`recsampled.keras3`.
 """
 
 # ruff: noqa: E402 (TF_USE_LEGACY_KERAS must be set before the imports below)
