@@ -40,6 +40,11 @@ step breakdown times, on one fixed batch: the whole train step, the towers' forw
 task's forward and backward on fixed embeddings, and a bare score matmul ``[B, D]·[D, B+S]`` with
 its two gradient matmuls (``3·B·(B+S)·D`` multiply-adds), also converted to time at the machine's
 measured peak matmul rate.
+
+``benchmarks/retrieval.json`` was measured before this benchmark moved onto the library's
+builders: same towers, initial weights and settings, but batches from ``tf.data``'s shuffle and
+a unigram sampler over ``counts + 1`` (now the training counts, as ``task.sampler: unigram``
+builds it), so a re-run moves its numbers by about the seed-to-seed noise.
 """
 
 from __future__ import annotations
