@@ -1,37 +1,15 @@
 """Benchmark: full softmax vs ``tf.nn.sampled_softmax_loss`` vs ``recsampled.sampled_softmax_loss``.
 
-Run ``python -m pipelines.bench_loss --output benchmarks/loss.json`` (``--quick``: a smoke run); it
-writes the JSON and a Markdown table beside it (``benchmarks/loss.md``) and prints the table.
+Run ``python -m pipelines.bench_loss --output benchmarks/loss.json`` (``--quick``: a smoke run).
 
-**Loss step.** One ``tf.function`` per variant computes the mean loss of a batch and its gradients
-with respect to the weights variable, the biases variable and the inputs, without applying them.
-The weight and bias gradients of the sampled losses stay ``tf.IndexedSlices``, as an optimizer
-receives them; the full softmax's are dense. Labels are drawn from the log-uniform distribution
-(ids sorted by popularity, the assumption of TF's default sampler), so accidental hits occur as
-they would in training. The sampled losses draw log-uniform candidates, ``unique=True``, *inside
-the step*, in three ways (``sampled_values`` in the results):
-
-- ``tf_op``: the step calls TF's ``tf.random.log_uniform_candidate_sampler`` (the default of
-  ``tf.nn.sampled_softmax_loss``) and passes the same triple to both losses: the losses compared
-  with the same sampler;
-- ``LogUniformSampler``: the same, with ``recsampled.LogUniformSampler(N).sample(...)``;
-- ``None``: each loss calls its own default sampler (TF's op; ``LogUniformSampler`` for ours), so
-  the difference includes the samplers.
-
-**Timing** (``pipelines.harness.time_round_robin``). For each ``N`` all variants (full softmax
-and the sampled losses at every ``S``) are traced and warmed up, then timed one call at a time,
-round-robin in a rotating order, so that noise from other processes hits all alike; the full
-softmax (one warm-up call, its first) runs in fewer, evenly spread rounds. We report medians of
-wall-clock time, and of the process's CPU time, which other processes on a shared machine
-disturb far less, and the per-round ratio ours / TF with its standard error. Beside
-``recsampled.full_softmax_loss`` we time TF's fused ``sparse_softmax_cross_entropy_with_logits``
-on the same logits for reference;
-a full softmax that would not fit in the available memory is skipped and reported as such.
-
-**Samplers.** ``recsampled.UnigramSampler`` at Zipf-like counts: construction time and time per
-call (eager and in a ``tf.function``, ``unique`` True and False), beside TF's
-``tf.random.fixed_unigram_candidate_sampler`` with the counts as its ``unigrams`` attribute
-(trace plus first call, then per call), which is slow to build at large N.
+Loss step: one ``tf.function`` per variant computes the mean loss and its gradients w.r.t.
+weights, biases and inputs (unapplied; sampled ones stay ``IndexedSlices``). Labels are
+log-uniform; sampled losses draw log-uniform candidates (``unique=True``) inside the step via TF's
+op (``tf_op``), ``LogUniformSampler`` or each loss's default (``None``). All variants at one N are
+timed round-robin (wall and CPU medians, per-round ours/TF ratio ± SE); the full softmax (and TF's
+fused cross-entropy, for reference) is skipped where it would not fit in memory. Samplers:
+``UnigramSampler`` construction and per-call time (eager, ``tf.function``, ``unique`` on/off)
+beside TF's ``fixed_unigram_candidate_sampler`` at Zipf-like counts.
 """
 
 from __future__ import annotations
@@ -68,7 +46,7 @@ _POSITIVE = {"min": 1}
 
 @dataclasses.dataclass(frozen=True)
 class LossBenchConfig:
-    """Settings of one benchmark run (the defaults are those of the published table).
+    """Settings of one run (the defaults are those of the published table).
 
     Attributes:
         sizes: numbers of classes N.
@@ -77,11 +55,9 @@ class LossBenchConfig:
         embedding_dim: D.
         repeats: timed calls of each sampled-loss step per N.
         full_repeats: timed calls of the full-softmax step per N.
-        warmup: untimed calls of each sampled-loss and sampler step before timing (the first
-            one traces); the full softmax gets one.
+        warmup: untimed calls of each sampled step before timing (the full softmax gets one).
         sampler_sizes: N for ``recsampled.UnigramSampler``.
-        tf_sampler_sizes: N for TF's ``fixed_unigram_candidate_sampler`` (slow to trace: 1e7
-            takes minutes).
+        tf_sampler_sizes: N for TF's ``fixed_unigram_candidate_sampler`` (slow to trace).
         sampler_num_sampled: S for the sampler benchmark.
         sampler_repeats: timed calls of each sampler variant.
         construct_repeats: timed constructions of ``UnigramSampler`` per N.
@@ -200,14 +176,7 @@ def _steps(num_classes: int, config: LossBenchConfig) -> tuple[dict, dict, tuple
 
 
 def bench_loss_size(num_classes: int, config: LossBenchConfig) -> list[dict]:
-    """Times every variant at one N: the full softmax and the sampled losses at every S.
-
-    A full-softmax variant that would not fit in the available memory is skipped (and reported
-    as such) rather than risking the out-of-memory killer on a shared machine.
-
-    Returns:
-        One result dict per (S, sampled-values mode).
-    """
+    """Times every variant at one N; one result per (S, sampled-values mode)."""
     steps, skipped, (labels, inputs) = _steps(num_classes, config)
     full = {name for name in ("full", "full_tf") if name in steps}
     timings = harness.time_round_robin(
@@ -338,71 +307,13 @@ def bench_sampler_size(num_classes: int, config: LossBenchConfig, with_tf: bool)
 
 
 # ---------------------------------------------------------------------------------------------
-# Report
-
-
-def _times(speedup: float | None) -> str:
-    return "—" if speedup is None else f"{speedup:,.0f}x"
-
-
-def markdown_report(report: dict) -> str:
-    """The Markdown summary written beside the JSON: both tables and the targets."""
-    m, s, load = report["machine"], report["settings"], report["load_average"]
-    loss = harness.markdown_table(
-        ["N", "S", "`sampled_values`", "full softmax (ms)", "TF fused full (ms)",
-         "`tf.nn` sampled (ms)", "ours (ms)", "ours / TF", "ours / TF (CPU)",
-         "per round ± SE (CPU)", "TF speed-up", "ours speed-up"],
-        [[p["num_classes"], p["num_sampled"], p["sampled_values"], harness.fmt(p["full_ms"]),
-          harness.fmt(p["full_tf_ms"]), p["tf_ms"], p["ours_ms"], f"{p['ratio_ours_tf']:.2f}",
-          f"{p['ratio_ours_tf_cpu']:.2f}", _mean_se(p.get("ratio_ours_tf_per_round", {})),
-          _times(p["speedup_tf_over_full"]), _times(p["speedup_ours_over_full"])]
-         for p in report["loss"]["points"]],
-    )  # fmt: skip
-    samplers = harness.markdown_table(
-        ["N", "sampler", "mode", "unique", "build (ms)", "first call (ms)", "per call (ms)"],
-        [[p["num_classes"], "`UnigramSampler`" if v["library"] == "ours" else "TF `fixed_unigram`",
-          v["mode"], v["unique"], p["construct_ms"] if v["library"] == "ours" else "in first call",
-          v.get("first_call_ms", "error"), v.get("median_ms", v.get("error", ""))]
-         for p in report["samplers"]["points"] for v in p["variants"].values()],
-    )  # fmt: skip
-    verdict = {None: "not evaluated", True: "met", False: "NOT met"}
-    targets = [f"- {t['description']}: **{verdict[t['met']]}**" for t in report["targets"].values()]
-    return "\n".join([
-        "## Loss step: forward + backward (median ms)", "",
-        f"B={s['batch_size']}, D={s['embedding_dim']}; gradients w.r.t. weights, biases and "
-        "inputs, not applied; log-uniform candidates, `unique=True`, drawn inside the step. "
-        f"{m['cpu_count']} CPUs ({m['cpu_model']}), TensorFlow {m.get('tensorflow')}, load average "
-        f"{load['start'][:1]} at start, {load['end'][:1]} at end.", "", loss, "", *targets, "",
-        f"## Unigram samplers (S={s['sampler_num_sampled']}, Zipf exponent {s['zipf_exponent']})",
-        "", samplers, "",
-    ])  # fmt: skip
-
-
-def _mean_se(rounds: dict) -> str:
-    cpu = rounds.get("cpu") or {}
-    if cpu.get("mean") is None:
-        return "—"
-    return (
-        f"{cpu['mean']:.2f} ± {cpu['se']:.2f}"
-        if cpu.get("se") is not None
-        else f"{cpu['mean']:.2f}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Pipeline
 
 
 def run_benchmark(
     config: LossBenchConfig, checkpoint: Callable[[dict], None] | None = None
 ) -> dict:
-    """Runs the sampler and loss benchmarks and returns the report (see ``main``).
-
-    Args:
-        config: sizes, repeats and seeds.
-        checkpoint: called with the report so far after each N, so that a long run that is
-            killed (the full softmax at N=10^6 needs ~20 GB) keeps what it measured.
-    """
+    """Runs both parts; ``checkpoint`` gets the report so far after each N."""
     bench = harness.Benchmark("pipelines.bench_loss", config, schema_version=SCHEMA_VERSION)
     tf.random.set_seed(config.seed)
     sampler_points: list[dict] = []
@@ -432,7 +343,7 @@ def run_benchmark(
             loss_points.extend(points := bench_loss_size(n, config))
             for p in points:
                 LOG.info("N=%s S=%s %s: full %s ms, tf %.2f ms, ours %.2f ms (ours/tf %.2f)",
-                         n, p["num_sampled"], p["sampled_values"], harness.fmt(p["full_ms"]),
+                         n, p["num_sampled"], p["sampled_values"], p["full_ms"],
                          p["tf_ms"], p["ours_ms"], p["ratio_ours_tf"])  # fmt: skip
             gc.collect()
             if checkpoint is not None:
@@ -449,7 +360,7 @@ def _modes(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Runs the benchmark; writes the JSON and the Markdown table beside it; prints the table."""
+    """Runs the benchmark and writes the JSON."""
     harness.configure_logging()
     config, args = harness.parse_options(
         LossBenchConfig, argv, prog="python -m pipelines.bench_loss", description=__doc__,
@@ -463,10 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = dataclasses.replace(config, **skip)
     report = run_benchmark(config, checkpoint=lambda r: harness.write_json(args.output, r))
     harness.write_json(args.output, report)
-    markdown = markdown_report(report)
-    harness.write_text(args.output.with_suffix(".md"), markdown)
-    print(markdown)
-    LOG.info("wrote %s and its .md in %.0f s", args.output, report["wall_s"])
+    LOG.info("wrote %s in %.0f s", args.output, report["wall_s"])
     return report
 
 
