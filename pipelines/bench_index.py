@@ -1,44 +1,19 @@
 """Benchmark: exact and approximate top-10 search (FAISS Flat, HNSW, IVF-Flat, IVF-PQ, TFRS).
 
-Run ``python -m pipelines.bench_index --output benchmarks/index.json``; it writes the JSON, a
-Markdown table (``benchmarks/index.md``) and a recall-vs-queries/s plot (``benchmarks/index.png``)
-and prints the table. Sizes are arguments (``--num-items``, ``--dim``, ``--num-queries``).
+Run ``python -m pipelines.bench_index --output benchmarks/index.json``; it writes the JSON and a
+recall-vs-queries/s plot (``benchmarks/index.png``).
 
-**Data.** Synthetic by default: N item and Q query embeddings drawn from one Gaussian mixture in
-D dimensions (``--num-clusters`` centres ``~ N(0, I)``, each cluster with its own scale in
-[0.5, 1.5]), so that neighbourhoods have structure, as trained embeddings do, but clusters
-overlap. Or real embeddings: ``--item-embeddings items.npy --query-embeddings queries.npy``
-(e.g. the catalogue and test users of a trained model, from ``embed_catalogue`` and the query
-tower). The metric (``--metric``, default cosine) is applied as in ``recsampled.index``.
-
-**Ground truth.** Exact top-10 of every query with ``IndexFlatIP``; recall@10 of an index is
-``mean_q |found ∩ exact| / 10`` over all Q queries.
-
-**Indexes** (built with ``recsampled.index.build.create_index``, the code the export uses):
-``Flat``; ``HNSW32,Flat`` with an ``efSearch`` sweep; ``IVF{4√N},Flat`` with an ``nprobe``
-sweep; ``IVF{4√N},PQ{D/2}x4fs,RFlat`` (4-bit fast-scan PQ, exact re-ranking of
-``k_factor_rf·10`` candidates) with an (``nprobe``, ``k_factor_rf``) sweep. For each: build time,
-serialized size, growth of the process's resident memory during the build, and for every search
-setting recall@10 and queries/s with one FAISS thread (on the first ``--timing-queries`` queries,
-best of ``--repeats``) and with all threads (``--threads``, all Q queries, best of
-``--repeats``). TFRS's ``BruteForce`` layer (exact, TensorFlow matmul + ``top_k``) is timed on
-batches of ``--tfrs-batch`` queries with TensorFlow's default threads, and, in a child process,
-with one intra-op thread.
-
-**Interleaved timing** (``pipelines.harness.time_round_robin``). Every index is built first
-(one after the other, each build timed alone); then every (index, setting, threads) search and
-TFRS are called once untimed (the recall is read from that call), then timed in ``--repeats``
-rounds, in an order that rotates every round, and each keeps its best round. A shared, loaded
-machine thus slows every method alike rather than whichever ran during a burst; the 1-, 5- and
-15-minute load averages are recorded at the start, after every round and at the end
-(``report["load"]``).
-
-**Trained model.** ``--run RUN_DIR`` adds a second data set: the catalogue and every user of a
-trained run (``recsampled train``), embedded by its towers (``recsampled.runs.load_run``), with
-the run's metric; its report goes under ``report["real"]`` and its table after the first.
-
-**Target.** Some ANN configuration with recall@10 >= 0.95 at >= 10x Flat's queries/s, checked
-separately with one thread and with all threads. The check is computed from the numbers.
+Data: N items and Q queries from one Gaussian mixture in D dimensions (``--num-clusters``
+centres, per-cluster scales in [0.5, 1.5]), or ``--item-embeddings``/``--query-embeddings``
+``.npy`` files, or (``--run``, under ``report["real"]``) a trained run's catalogue and users.
+Recall@10 is against the exact top-10 (``IndexFlatIP``). Indexes come from
+``recsampled.index.build.create_index``: Flat, ``HNSW32,Flat`` (``efSearch`` sweep),
+``IVF{4√N},Flat`` (``nprobe``), ``IVF{4√N},PQ{D/2}x4fs,RFlat`` (``nprobe`` x ``k_factor_rf``):
+build time, size, RSS growth, and per setting recall and queries/s with one FAISS thread
+(``--timing-queries``) and all threads. TFRS ``BruteForce`` is timed with TF's default threads
+and, in a child process, one thread. All searches are timed round-robin (best of ``--repeats``
+rounds), load average after every round. Target: some ANN setting with recall@10 >= 0.95 at
+>= 10x Flat's queries/s, checked for 1 thread and all threads.
 """
 
 from __future__ import annotations
@@ -234,8 +209,7 @@ def _tfrs_step(items: np.ndarray, queries: np.ndarray, batch: int, found: dict) 
 
 
 def _tfrs_child(folder: str, items: np.ndarray, queries: np.ndarray, batch: int) -> float:
-    """TFRS queries/s with one intra-op thread, in a child process (TF's threads are fixed at
-    start-up)."""
+    """TFRS queries/s with one intra-op thread, in a child process."""
     if not Path(folder, "items.npy").exists():
         np.save(Path(folder, "items.npy"), items)
         np.save(Path(folder, "queries.npy"), queries)
@@ -264,11 +238,7 @@ def bench_faiss(
     config: IndexBenchConfig,
     threads: int,
 ) -> tuple[list[dict], dict | None, list]:
-    """Builds every index, then times every setting (and TFRS) in interleaved rounds.
-
-    Returns:
-        The index entries with their points, the TFRS result (or None) and the load record.
-    """
+    """Builds every index, then times every setting (and TFRS) in interleaved rounds."""
     entries = build_indexes(items, config, threads)
     timing = queries[: config.timing_queries]
     steps, found, load = {}, {}, [{"at": "start", "load_average": harness.load_average()}]
@@ -365,53 +335,8 @@ def run_dataset(config: IndexBenchConfig, threads: int) -> dict:
     }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
 def _params(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
-
-
-def markdown_dataset(report: dict, heading: str = "#") -> str:
-    """The table of one data set (one row per index and setting, and TFRS), the target check
-    and the load average during the run."""
-    data, flat, target = report["data"], report["flat"], report["target"]
-    rows = [
-        [entry["name"], _params(point["params"]), f"{point['recall']:.4f}",
-         *[v for key in QPS_KEYS for v in (point[key], point[key] / flat[key])],
-         entry["build_seconds"], entry["size_bytes"] / 2**20]
-        for entry in report["indexes"] for point in entry["points"]
-    ]  # fmt: skip
-    if tfrs := report.get("tfrs"):
-        ratios = [v for key in QPS_KEYS for v in (tfrs[key], (tfrs[key] or 0) / flat[key])]
-        rows.append(["TFRS BruteForce", f"batch {tfrs['batch_size']}", f"{tfrs['recall']:.4f}",
-                     *ratios, "", ""])  # fmt: skip
-    all_threads = f"q/s {report['faiss_threads']} threads"
-    headers = ["index", "search params", f"recall@{RECALL_K}", "q/s 1 thread", "x Flat",
-               all_threads, "x Flat", "build s", "size MiB"]  # fmt: skip
-    lines = [
-        f"{heading} Top-{RECALL_K} search: {data['num_items']:,} items x D={data['dim']}, "
-        f"{data['num_queries']:,} queries, {data['metric']}", "",
-        f"Data: {data['source']}.", "", harness.markdown_table(headers, rows), "",
-        f"**Target**: recall@{RECALL_K} >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:g}x Flat's "
-        f"queries/s: **{'met' if target['met'] else 'NOT met'}**.",
-    ]  # fmt: skip
-    for key, label in QPS_KEYS.items():
-        best = target[key]["best"]
-        if best is None:
-            lines.append(f"- {label}: no ANN setting reached recall {TARGET_RECALL}.")
-        else:
-            lines.append(
-                f"- {label}: {best['index']} ({_params(best['params'])}), recall "
-                f"{best['recall']:.4f}, {best['qps']:,.0f} q/s = {best['speedup_vs_flat']}x Flat."
-            )
-    load = "; ".join(
-        f"{e.get('at') or 'round ' + str(e.get('after_round'))}: "
-        + " / ".join(f"{x:.1f}" for x in e["load_average"])
-        for e in report["load"]
-    )
-    return "\n".join([*lines, "", f"Load average (1 / 5 / 15 min) during the run: {load}.", ""])
 
 
 def plot(report: dict, path: Path) -> None:
@@ -453,7 +378,7 @@ def _worker_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Runs the benchmark; writes JSON, Markdown and PNG side by side; prints the table."""
+    """Runs the benchmark; writes the JSON and the PNG beside it."""
     harness.configure_logging()
     config, args = harness.parse_options(
         IndexBenchConfig, argv, prog="python -m pipelines.bench_index", description=__doc__,
@@ -475,12 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         report["real"] = run_dataset(config, threads)
         report["wall_s"] = bench.report()["wall_s"]
     harness.write_json(args.output, report)
-    markdown = markdown_dataset(report, "#")
-    if report.get("real"):
-        markdown += "\n" + markdown_dataset(report["real"], "##")
-    harness.write_text(args.output.with_suffix(".md"), markdown)
     plot(report, args.output.with_suffix(".png"))
-    print(markdown)
     return report
 
 

@@ -40,7 +40,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 def test_report_and_files(run: tuple[dict, Path]) -> None:
     report, output = run
     assert output.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    assert output.with_suffix(".md").read_text().strip()
     assert [e["name"] for e in report["indexes"]] == ["Flat", "HNSW", "IVF-Flat", "IVF-PQ"]
     assert report["settings"]["num_items"] == 3000 and report["machine"]["faiss_threads"] == 1
     assert report["data"] == {"num_items": 3000, "dim": 8, "num_queries": 200,
