@@ -1,33 +1,14 @@
 """Benchmark: peak memory of generating, writing and loading a 10^7-row synthetic log.
 
-Run ``python -m pipelines.bench_memory --output benchmarks/memory.json``; it writes the JSON and a
-Markdown table beside it (``benchmarks/memory.md``) and prints the table.
+Run ``python -m pipelines.bench_memory --output benchmarks/memory.json``.
 
-**Stages.** Each stage runs in a fresh process (``multiprocessing`` "spawn"), so that one stage's
-memory never counts towards another's:
-
-1. ``generate``: ``recsampled.data.synthetic.generate`` (``SIZES["large"]``: 2*10^5 users,
-   10^6 items, 10^7 rows), then the log written as Parquet and as CSV.
-2. ``load_parquet``, ``load_csv``: ``read_interactions(path, timestamp_col="timestamp")`` with the
-   defaults (de-duplication on), as training would load the file.
-3. ``dataset_pass``: load the Parquet file, then one shuffled pass of
-   ``recsampled.data.training_batches`` (batch size 8192) over the training rows.
-4. ``train``: ``recsampled.training.train`` with ``configs/large-catalogue.yaml`` (mixed negatives,
-   streaming logQ, Adagrad) reading the Parquet log as a user's file (``data.source: file``),
-   for ``--train-epochs`` epochs (default 1): load, split, fit with checkpoints, save the towers,
-   evaluate on the full catalogue. Its peak is reported against the same raw id columns.
-
-**Memory.** After its imports, each stage resets the kernel's high-water mark of its resident
-set (``pipelines.harness.reset_peak_rss``), which restarts at the current resident set
-(``baseline``), runs,
-and reports ``peak - baseline``: the memory the stage itself needed. Where the reset is not
-permitted (``peak_reset: false``), the baseline is the resident set and the peak the high-water
-mark since the process started: an upper bound. ``arrow_peak_bytes`` is the peak of Arrow's
-allocator.
-
-**Target.** Loading needs at most ``3x`` the raw id columns, i.e. ``2 * rows * 8`` bytes for two
-int64 columns (160 MB at 10^7 rows). The timestamp column (another ``rows * 8`` bytes) is read
-too, inside the same budget.
+Each stage runs in a fresh ("spawn") process: ``generate`` (``SIZES["large"]`` log written as
+Parquet and CSV), ``load_parquet``/``load_csv`` (``read_interactions``, de-duplication on),
+``dataset_pass`` (one pass of ``training_batches``, batch 8192) and ``train``
+(``configs/large-catalogue.yaml`` on the Parquet log, ``--train-steps`` steps). Each resets the
+kernel's peak-RSS mark after its imports and reports ``peak - baseline`` (``peak_reset: false``:
+an upper bound since process start) and Arrow's allocator peak. Target: loading needs at most
+3x the raw id columns (``2 * rows * 8`` bytes).
 """
 
 from __future__ import annotations
@@ -54,7 +35,7 @@ TRAIN_CONFIG = REPO / "configs" / "large-catalogue.yaml"
 
 @dataclasses.dataclass(frozen=True)
 class MemoryBenchConfig:
-    """Settings of one run (the defaults, ``SIZES["large"]``, are those of the published table).
+    """Settings of one run (the defaults are those of the published table).
 
     Attributes:
         num_interactions: rows of the synthetic log.
@@ -175,10 +156,7 @@ def run(
     workdir: str,
     run_stage: Callable[[str, MemoryBenchConfig, str], dict] = _run_stage,
 ) -> dict:
-    """Runs ``generate`` and then ``config.stages`` and returns the report.
-
-    ``run_stage(name, config, workdir)`` runs one stage; by default in a fresh process.
-    """
+    """Runs ``generate`` then ``config.stages`` (each by ``run_stage``) and returns the report."""
     bench = harness.Benchmark("pipelines.bench_memory", config, schema_version=SCHEMA_VERSION)
     results = {}
     for name in ("generate", *[s for s in config.stages if s != "generate"]):
@@ -199,29 +177,6 @@ def run(
     )  # fmt: skip
 
 
-def table(report: dict) -> str:
-    """The report as Markdown: the target line and one row per stage."""
-    mb, raw = 1e6, report["raw_id_columns"]["bytes"]
-    rows = [
-        [name, stage["seconds"], stage["peak_above_baseline_bytes"] / mb,
-         stage["peak_above_baseline_bytes"] / raw, stage["arrow_peak_bytes"] / mb]
-        for name, stage in report["stages"].items()
-    ]  # fmt: skip
-    headers = [
-        "stage",
-        "seconds",
-        "peak above baseline (MB)",
-        "x raw id columns",
-        "Arrow peak (MB)",
-    ]
-    return (
-        f"Rows: {report['raw_id_columns']['rows']:,}; raw id columns (2 x int64): {raw / mb:.0f} "
-        f"MB; target: loading <= {RATIO_TARGET:g}x raw "
-        f"({'passed' if report['passed'] else 'FAILED'}).\n\n"
-        + harness.markdown_table(headers, rows)
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     harness.configure_logging()
     config, args = harness.parse_options(
@@ -234,9 +189,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=config.workdir) as workdir:
         report = run(config, workdir)
     harness.write_json(args.output, report)
-    markdown = table(report)
-    harness.write_text(args.output.with_suffix(".md"), markdown + "\n")
-    print(markdown)
     return report
 
 

@@ -1,50 +1,26 @@
 """Benchmark: retrieval quality and training speed of sampled-softmax variants on the same towers.
 
 Run ``python -m pipelines.bench_retrieval`` (or ``make bench-retrieval``); it writes
-``benchmarks/retrieval.json``, a Markdown report (``.md``) and a plot (``.png``) beside it.
-``--quick`` runs tiny settings (a smoke test); ``--render`` recomputes the checks from the JSON;
-``--throughput-only`` re-measures the ``fit`` throughput into an existing JSON.
+``benchmarks/retrieval.json`` and a plot (``.png``) beside it. ``--quick``: tiny settings;
+``--render``: recompute the checks from the JSON; ``--throughput-only``: re-measure the ``fit``
+throughput into an existing JSON.
 
-**Data.** MovieLens 100K from ``../shared/datasets/movielens-100k`` (skipped, and recorded as
-skipped, when absent): every rating is an interaction, genres per movie and age, gender and
-occupation per user as tower features. And the synthetic log of ``recsampled.data.synthetic``
-(the embedded default of ``make demo``), ids only. Both are split by
-``recsampled.data.random_holdout`` (20% of each user's interactions, seed 0); item indices are
-ordered by decreasing popularity (what ``LogUniformSampler`` assumes).
+Data: MovieLens 100K (``../shared/datasets/movielens-100k``, skipped when absent; user
+age/gender/occupation and movie genres as tower features) and the synthetic log of
+``make demo``, split by ``random_holdout`` (20%, seed 0). Every variant is built by
+``recsampled.runs.build_model`` from a ``Config`` (same L2-normalised towers, seeds, Adam, epochs,
+learning rate, batch and temperature): ``full_softmax``, ``in_batch`` (``tfrs.tasks.Retrieval``),
+``in_batch_logq_counts``, ``in_batch_logq_streaming``, ``mixed_logq`` (in-batch + S uniform
+negatives) and ``sampled_<uniform|log_uniform|unigram>``. Evaluation: ``recsampled.evaluation``
+on the whole catalogue, mean ± std over seeds; checks: each logQ variant beats ``in_batch`` on
+Recall@20, the best non-full variant is within 3% of ``full_softmax``. Throughput: examples/s in
+``fit``; TFRS's ``Retrieval`` vs ours head to head (epochs alternated round-robin, per-round
+ratio ± SE); a step breakdown (train step, towers, task forward+backward, the bare score matmuls
+``3·B·(B+S)·D``, and that floor at the machine's peak matmul rate).
 
-**Variants.** Every model comes from the library's builder (``recsampled.runs.build_model``) with
-a ``Config`` per variant: the same towers (L2-normalised, so scores are cosines / τ), initial
-weights and data order per seed (``recsampled.data.training_batches``), Adam, and the same
-epochs, learning rate, batch size and temperature for every variant (those of
-``configs/movielens-100k.yaml``, 6 epochs instead of 10: within about 1.5% of their epoch-10
-Recall@20 on MovieLens, the epoch-to-epoch noise):
-
-- ``full_softmax``: every item a column every step (``recsampled.full_softmax_loss``);
-- ``in_batch``: ``tfrs.tasks.Retrieval`` itself, no correction (as TFRS users train);
-- ``in_batch_logq_counts``: our task, ``π`` from the training counts (``task.logq: counts``);
-- ``in_batch_logq_streaming``: our task, Yi et al.'s streaming estimator (``task.logq: streaming``);
-- ``mixed_logq``: in-batch plus ``S`` uniform catalogue negatives, union correction (Yang et al.);
-- ``sampled_<sampler>``: positive plus ``S`` catalogue negatives only (TF's sampled softmax over
-  the candidate tower) with the uniform, log-uniform and unigram samplers.
-
-**Evaluation**: ``recsampled.evaluation.evaluate`` (DESIGN.md's protocol: the whole catalogue for
-every test user, the user's training items removed) and its popularity baseline; mean ± standard
-deviation over seeds. Checks are computed from those numbers: each logQ variant beats
-``in_batch`` on mean Recall@20; the best non-full variant is within 3% of ``full_softmax``.
-
-**Throughput.** Each quality run reports examples/s in ``fit`` (median epoch, the first, which
-traces, left out). The head-to-head trains ``tfrs.tasks.Retrieval`` and our ``Retrieval`` (same
-arguments) on the same towers and cached batches, one ``fit`` epoch each, alternated round-robin
-(``pipelines.harness.time_round_robin``), and reports medians and the per-round ratio ± SE. The
-step breakdown times, on one fixed batch: the whole train step, the towers' forward pass, the
-task's forward and backward on fixed embeddings, and a bare score matmul ``[B, D]·[D, B+S]`` with
-its two gradient matmuls (``3·B·(B+S)·D`` multiply-adds), also converted to time at the machine's
-measured peak matmul rate.
-
-``benchmarks/retrieval.json`` was measured before this benchmark moved onto the library's
-builders: same towers, initial weights and settings, but batches from ``tf.data``'s shuffle and
-a unigram sampler over ``counts + 1`` (now the training counts, as ``task.sampler: unigram``
-builds it), so a re-run moves its numbers by about the seed-to-seed noise.
+``benchmarks/retrieval.json`` predates the move onto the library's builders (``tf.data``
+shuffle, a unigram sampler over ``counts + 1``): a re-run moves its numbers by about the
+seed-to-seed noise.
 """
 
 from __future__ import annotations
@@ -318,12 +294,8 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
 
 
 def compare_fit_throughput(data: BenchData, config: RetrievalBenchConfig) -> dict:
-    """Examples/s in ``fit``: ``tfrs.tasks.Retrieval`` vs ours, same towers, epochs alternated.
-
-    Both fit the same cached batches (one order, so that no shuffle runs inside the timings),
-    one epoch per call, round-robin (the order flips every round). Reported: examples over the
-    median epoch of each, and the per-round ratio ``tfrs_seconds / ours_seconds``.
-    """
+    """Examples/s in ``fit`` of TFRS's task vs ours on the same cached batches, epochs
+    alternated; the per-round ratio is ``tfrs_seconds / ours_seconds``."""
     models = {name: build_variant(name, data, config, seed=0) for name in THROUGHPUT_TASKS}
     dataset = batches(data, config, seed=0).cache()
     steps = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
@@ -426,12 +398,7 @@ def _paired(a: dict, b: dict, fn: Callable[[float, float], float]) -> dict | Non
 
 
 def quality_checks(variants: dict[str, dict]) -> dict:
-    """The quality claims, from the mean Recall@20 of each variant (paired per-seed differences
-    reported beside them).
-
-    Args:
-        variants: variant -> summary with ``["recall@20"]["mean"]`` (and ``"per_seed"``).
-    """
+    """The quality checks from each variant's mean Recall@20 (paired per-seed differences too)."""
     recall = {name: v["recall@20"]["mean"] for name, v in variants.items()}
     beats = {}
     for name in (n for n in LOGQ_VARIANTS if n in recall and "in_batch" in recall):
@@ -518,38 +485,6 @@ def run_dataset(data: BenchData, config: RetrievalBenchConfig) -> dict:
     return entry
 
 
-def markdown(results: dict) -> str:
-    """Per dataset: the quality table, the checks and the step breakdown."""
-    lines = [f"Settings: {results['settings']}; load average {results['load_average']}."]
-    for name, reason in results["skipped"].items():
-        lines += ["", f"**{name}: skipped** ({reason})."]
-    for name, entry in results["datasets"].items():
-        pop = entry["popularity"]
-        quality = [["popularity", *(f"{pop[m]:.4f}" for m in METRICS), "-"]] + [
-            [variant, *(f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRICS),
-             v["examples_per_second"]["mean"]]
-            for variant, v in entry["variants"].items()
-        ]  # fmt: skip
-        checks = []
-        for check, c in entry["checks"].items():
-            verdict = {True: "PASS", False: "FAIL"}.get(c.get("passed"), "info")
-            values = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in c.items() if not isinstance(v, dict | list | bool)]  # fmt: skip
-            values += [f"{k} {v['difference']:+.4f}" for k, v in c.get("variants", {}).items()]
-            checks.append(f"- `{check}`: **{verdict}** " + ", ".join(values))
-        breakdown = [[b["variant"], b["num_sampled"], b["fit_step_ms"],
-                      *(b[f"{c}_ms"] for c in COMPONENTS), b["floor_ms_at_peak"]]
-                     for b in entry["step_breakdown"]]  # fmt: skip
-        lines += [
-            "", f"## {name} ({entry['users']} users, {entry['items']} items, {entry['train']} "
-            f"train / {entry['test']} test)", "",
-            harness.markdown_table(["variant", *METRICS, "examples/s"], quality), "", *checks, "",
-            harness.markdown_table(["task", "S", "`fit` step ms", *(f"{c} ms" for c in COMPONENTS),
-                                    "3·B·(B+S)·D at peak ms"], breakdown),
-        ]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
 def plot(results: dict, path: Path) -> None:
     """Recall@20 of every variant (mean ± std over seeds) and popularity, a panel per dataset."""
     names = list(results["datasets"])
@@ -578,7 +513,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def _modes(parser: argparse.ArgumentParser) -> None:
-    render = "only recompute the checks and rewrite the Markdown and plot from --output's JSON"
+    render = "only recompute the checks and redraw the plot from --output's JSON"
     parser.add_argument("--render", action="store_true", help=render)
     remeasure = "re-measure only the fit throughput (ours vs TFRS) into --output's JSON"
     parser.add_argument("--throughput-only", action="store_true", help=remeasure)
@@ -621,9 +556,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for entry in results["datasets"].values():  # the checks always follow the stored numbers
         entry["checks"] = all_checks(entry)
     harness.write_json(args.output, results)
-    harness.write_text(args.output.with_suffix(".md"), text := markdown(results))
     plot(results, args.output.with_suffix(".png"))
-    print(text)
     return results
 
 

@@ -50,7 +50,6 @@ def test_tiny_run_in_process(tmp_path):
         "bytes": 16_000,
     }
     assert report["settings"]["num_interactions"] == 1_000
-    assert bench_memory.table(report).count("\n| ") == len(stages) + 1  # header and one per stage
 
 
 def test_command_line_options():
