@@ -38,12 +38,7 @@ from recsampled._validation import (
 )
 from recsampled.losses import full_logits
 from recsampled.losses import sampled_logits as compute_sampled_logits
-from recsampled.samplers.registry import (  # noqa: F401 (SAMPLERS: the old import path)
-    SAMPLERS,
-    SamplerLike,
-    get_sampler,
-    serialize_sampler,
-)
+from recsampled.samplers.registry import SamplerLike, get_sampler, serialize_sampler
 
 _PLAIN_MODEL_ERROR = (
     "SampledSoftmax {name!r} was called in training by a model that is not a "
