@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import httpx
 import numpy as np
@@ -25,7 +26,7 @@ USERS = USER_IDS.tolist()
 K = 10
 
 
-def wait_until_up(process: subprocess.Popen, url: str, log, timeout: float = 120.0) -> None:
+def wait_until_up(process: subprocess.Popen, url: str, log, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -46,17 +47,28 @@ def server(artifacts, tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     link = root / "current"
     point(link, artifacts["a"])
-    port = free_port()
-    command = [
-        sys.executable, "-m", "recsampled.serving", "--artifacts", str(link),
-        "--port", str(port), "--max-wait-ms", "2", "--log-level", "warning",
-    ]  # fmt: skip
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(root / "server.log", "w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
+        for attempt in range(2):  # a second port if another process took the first one
+            port = free_port()
+            command = [
+                sys.executable, "-m", "recsampled.serving", "--artifacts", str(link),
+                "--port", str(port), "--max-wait-ms", "2", "--log-level", "warning",
+            ]  # fmt: skip
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_until_up(process, url, log)
+                break
+            except RuntimeError as e:
+                process.kill()
+                process.wait()
+                if attempt:
+                    raise
+                warnings.warn(f"retrying the server on another port: {e}", stacklevel=1)
+                log.seek(0)
+                log.truncate()
         try:
-            wait_until_up(process, url, log)
             yield url, process, link
         finally:
             process.send_signal(signal.SIGTERM)
