@@ -1,20 +1,14 @@
-"""The benchmark harness: timing, machine facts, reports and command lines, shared by every
-benchmark in ``pipelines/``.
+"""The benchmark harness shared by every benchmark in ``pipelines/``.
 
-- **Timing** (:func:`time_round_robin`): the variants of a comparison are called one at a time,
-  round after round, in an order that rotates every round, so that load from other processes
-  hits all of them alike. Each call is timed in wall-clock and in process CPU time (all threads;
-  other processes on a shared machine disturb it far less). :meth:`Timings.ratio` gives the
-  per-round ratios of two variants with their mean and standard error: the two calls of a round
-  run back to back, so a change of load between rounds cancels in them.
-- **Machine and run facts** (:class:`Benchmark`): CPU model, cores and memory (``psutil``),
-  library versions, the load average at start and end, peak RSS and wall time, written at the
-  top and bottom of every report.
-- **Reports**: JSON written atomically (:func:`write_json`), Markdown tables
-  (:func:`markdown_table`), plots (:func:`save_figure`), progress bars (:func:`progress`).
-- **Command lines** (:func:`parse_options`): one frozen dataclass of options per benchmark
-  becomes its parser; the help of each flag is the dataclass's ``Attributes:`` docstring entry,
-  ``tuple[int, ...]`` fields take ``1e4,100000``, and ``--quick`` starts from a preset.
+- :func:`time_round_robin`: the variants of a comparison are called one at a time, round after
+  round, in an order rotated every round, so that load from other processes hits all alike; each
+  call is timed in wall-clock and process CPU time; :meth:`Timings.ratio` gives per-round ratios
+  with their mean and standard error (a change of load between rounds cancels in them).
+- :class:`Benchmark`: machine facts (``psutil``), library versions, load average at start and end,
+  peak RSS and wall time around every report.
+- Reports: atomic JSON (:func:`write_json`), Markdown tables, plots.
+- :func:`parse_options`: one frozen options dataclass per benchmark becomes its parser (help from
+  its ``Attributes:`` docstring; ``tuple[int, ...]`` takes ``1e4,100000``; ``--quick`` preset).
 """
 
 from __future__ import annotations
@@ -44,9 +38,6 @@ import numpy as np
 LOG = logging.getLogger("pipelines")
 T = TypeVar("T")
 
-# ---------------------------------------------------------------------------------------------
-# Timing
-
 
 @dataclasses.dataclass
 class Timings:
@@ -69,24 +60,15 @@ class Timings:
     calls: list[str]
 
     def summary(self, name: str, *, samples: bool = False) -> dict[str, Any]:
-        """``median_ms, q1_ms, q3_ms, min_ms, cpu_median_ms, repeats, first_call_ms`` of
-        ``name`` (plus the lists ``wall_ms`` and ``cpu_ms`` with ``samples``), or
-        ``{"error": message}``."""
+        """Median, quartiles, min, CPU median, repeats and first call of ``name`` (plus the
+        samples with ``samples``), or ``{"error": message}``."""
         if name in self.errors:
             return {"error": self.errors[name]}
         wall, cpu = self.wall_ms[name], self.cpu_ms[name]
-        q1, _, q3 = (
-            statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else wall * 3
-        )
-        out = {
-            "median_ms": statistics.median(wall),
-            "q1_ms": q1,
-            "q3_ms": q3,
-            "min_ms": min(wall),
-            "cpu_median_ms": statistics.median(cpu),
-            "repeats": len(wall),
-            "first_call_ms": self.first_call_ms[name],
-        }
+        q1, q3 = np.percentile(wall, [25, 75]).tolist()  # = statistics' "inclusive" quartiles
+        out = {"median_ms": statistics.median(wall), "q1_ms": q1, "q3_ms": q3, "min_ms": min(wall),
+               "cpu_median_ms": statistics.median(cpu), "repeats": len(wall),
+               "first_call_ms": self.first_call_ms[name]}  # fmt: skip
         return out | ({"wall_ms": list(wall), "cpu_ms": list(cpu)} if samples else {})
 
     def summaries(self, *, samples: bool = False) -> dict[str, dict[str, Any]]:
@@ -94,21 +76,17 @@ class Timings:
         return {name: self.summary(name, samples=samples) for name in self.first_call_ms}
 
     def ratio(self, numerator: str, denominator: str, *, cpu: bool = False) -> dict[str, Any]:
-        """``numerator / denominator`` time per round (rounds where both ran), with
-        :func:`ratio_stats` of those and the ratio of the two medians (``of_medians``)."""
+        """``numerator / denominator`` per round where both ran, :func:`ratio_stats` of those,
+        and the ratio of the medians (``of_medians``)."""
         times = self.cpu_ms if cpu else self.wall_ms
-        by_round = [
-            dict(zip(self.rounds[n], times[n], strict=True)) for n in (numerator, denominator)
-        ]
-        common = sorted(set(by_round[0]) & set(by_round[1]))
-        per_round = [by_round[0][r] / by_round[1][r] for r in common]
+        a, b = (dict(zip(self.rounds[n], times[n], strict=True)) for n in (numerator, denominator))
+        per_round = [a[r] / b[r] for r in sorted(set(a) & set(b))]
         of_medians = statistics.median(times[numerator]) / statistics.median(times[denominator])
         return {"of_medians": of_medians, "per_round": per_round, **ratio_stats(per_round)}
 
 
 def ratio_stats(values: Sequence[float]) -> dict[str, float | int | None]:
-    """``mean``, ``se`` (sample standard deviation / sqrt(n); None below two values),
-    ``median`` and ``n`` of per-round ratios."""
+    """``mean``, ``se`` (sample std / sqrt(n); None below two values), ``median`` and ``n``."""
     n = len(values)
     if n == 0:
         return {"mean": None, "se": None, "median": None, "n": 0}
@@ -116,47 +94,37 @@ def ratio_stats(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"mean": statistics.fmean(values), "se": se, "median": statistics.median(values), "n": n}
 
 
-def _per_step(value: int | Mapping[str, int], names: Iterable[str]) -> dict[str, int]:
-    return {name: value if isinstance(value, int) else value[name] for name in names}
-
-
-def spread_rounds(count: int, rounds: int) -> set[int]:
-    """``count`` round indices spread evenly over ``range(rounds)``."""
-    return {(i * rounds) // count for i in range(min(count, rounds))}
-
-
 def time_round_robin(
     steps: Mapping[str, Callable[[], object]],
     *,
     repeats: int | Mapping[str, int],
     warmup: int | Mapping[str, int] = 1,
-    rotate: bool = True,
     errors: tuple[type[BaseException], ...] = (),
     on_round_end: Callable[[int], None] | None = None,
     desc: str | None = None,
 ) -> Timings:
     """Times each step call by call, interleaving the steps round by round.
 
-    Every step is first called ``warmup`` times (at least once; the first call, which traces,
-    is reported as ``first_call_ms``). Then ``max(repeats)`` rounds run; in each, every step due
-    that round is called once, in the given order rotated by one place per round (``rotate``),
-    so that no step always runs first. A step with fewer repeats than others runs in rounds
-    spread evenly over the run.
+    Every step is first called ``warmup`` times (at least once; the first call is reported as
+    ``first_call_ms``). Then ``max(repeats)`` rounds run; each calls every step due that round
+    once, in the given order rotated by one place per round. A step with fewer repeats runs in
+    rounds spread evenly over the run.
 
     Args:
         steps: name -> a function of no arguments that runs one step to completion.
         repeats: timed calls per step (or name -> count).
         warmup: untimed calls per step before timing (or name -> count), at least 1.
-        rotate: rotate the order every round (else the same order every round).
-        errors: exception types that, raised by a step while warming up, are recorded in
+        errors: exception types that, raised while warming up, are recorded in
             ``Timings.errors`` while the other steps are timed (others propagate).
-        on_round_end: called with the round index after every round (e.g. to read the load).
-        desc: a tqdm progress bar over the rounds with this label.
-
-    Returns:
-        The samples (:class:`Timings`).
+        on_round_end: called with the round index after every round.
+        desc: a tqdm progress bar (stderr) over the rounds with this label.
     """
-    repeats_, warmup_ = _per_step(repeats, steps), _per_step(warmup, steps)
+    from tqdm.auto import tqdm
+
+    def per_step(value: int | Mapping[str, int]) -> dict[str, int]:
+        return {name: value if isinstance(value, int) else value[name] for name in steps}
+
+    repeats_, warmup_ = per_step(repeats), per_step(warmup)
     first_call, failed = {}, {}
     for name, step in steps.items():
         try:
@@ -173,9 +141,11 @@ def time_round_robin(
     timings = Timings({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names},
                       first_call, failed, [])  # fmt: skip
     num_rounds = max((repeats_[n] for n in names), default=0)
-    schedule = {name: spread_rounds(repeats_[name], num_rounds) for name in names}
-    for r in progress(range(num_rounds), desc=desc, disable=desc is None):
-        shift = r % len(names) if rotate else 0
+    schedule = {n: {(i * num_rounds) // repeats_[n] for i in range(min(repeats_[n], num_rounds))}
+                for n in names}  # fmt: skip
+    rounds = tqdm(range(num_rounds), desc=desc, disable=desc is None, file=sys.stderr, leave=False)
+    for r in rounds:
+        shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             if r in schedule[name]:
                 cpu_start, start = time.process_time(), time.perf_counter()
@@ -190,9 +160,13 @@ def time_round_robin(
 
 
 def fit_timer(unit: str = "epoch") -> Any:
-    """A Keras callback that records the wall seconds of every ``"epoch"`` or ``"batch"`` of
-    ``fit`` in its ``seconds`` list (the first one includes tracing)."""
+    """A Keras callback recording the wall seconds of every ``"epoch"`` or ``"batch"`` of ``fit``
+    in its ``seconds`` list (the first one includes tracing)."""
     import tensorflow as tf
+
+    if unit not in ("epoch", "batch"):
+        raise ValueError(f"`unit` must be 'epoch' or 'batch'. Received: unit={unit!r}")
+    hook = "on_train_batch" if unit == "batch" else "on_epoch"  # only `unit`'s hooks are set
 
     class FitTimer(tf.keras.callbacks.Callback):
         def on_train_begin(self, logs: dict | None = None) -> None:
@@ -204,10 +178,7 @@ def fit_timer(unit: str = "epoch") -> Any:
         def stop(self, *_: object) -> None:
             self.seconds.append(time.perf_counter() - self._start)
 
-    if unit not in ("epoch", "batch"):
-        raise ValueError(f"`unit` must be 'epoch' or 'batch'. Received: unit={unit!r}")
-    # Only the hooks of `unit` are set, so that an epoch timer adds nothing to each step.
-    timer, hook = FitTimer(), "on_train_batch" if unit == "batch" else "on_epoch"
+    timer = FitTimer()
     setattr(timer, f"{hook}_begin", timer.start)
     setattr(timer, f"{hook}_end", timer.stop)
     return timer
@@ -225,35 +196,13 @@ def load_average() -> list[float]:
         return []
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Restarts the kernel's peak-RSS mark of this process at its current RSS (Linux);
-    False where that is not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (since the start or :func:`reset_peak_rss`)."""
-    hwm = _status_kib("VmHWM")
-    if hwm is not None:
-        return hwm * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak if sys.platform == "darwin" else peak * 1024
+    """Peak resident set size of this process (Linux's ``VmHWM``, which ``clear_refs`` resets)."""
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())[1]) * 1024
+    except (OSError, TypeError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def rss_bytes() -> int:
@@ -276,29 +225,18 @@ _VERSIONED = {"numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "faiss
 
 
 def machine_info(**extra: object) -> dict[str, Any]:
-    """CPU model, cores, memory, platform and the versions of the libraries this process has
-    imported (plus ``extra``)."""
+    """CPU model, cores, memory, platform and versions of the imported libraries (+ ``extra``)."""
     import psutil
 
-    cpu_model = None
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = None
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     info: dict[str, Any] = {
-        "cpu_model": cpu_model or platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "cpu_affinity": affinity,
-        "memory_bytes": int(psutil.virtual_memory().total),
-        "platform": platform.platform(),
+        "cpu_model": model[1].strip() if model else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_bytes": int(psutil.virtual_memory().total), "platform": platform.platform(),
         "python": platform.python_version(),
-    }
+    }  # fmt: skip
     for key, module in _VERSIONED.items():
         if module in sys.modules:
             info[key] = getattr(sys.modules[module], "__version__", None)
@@ -310,10 +248,7 @@ def machine_info(**extra: object) -> dict[str, Any]:
 
 
 class Benchmark:
-    """The facts every report starts and ends with.
-
-    Created when a benchmark starts (it reads the load average then); :meth:`report` wraps the
-    benchmark's own sections::
+    """The facts every report starts and ends with; :meth:`report` wraps the sections::
 
         {"schema_version", "benchmark", "created", "command", "machine", "settings",
          **sections, "load_average": {"start", "end"}, "peak_rss_mb", "wall_s"}
@@ -326,39 +261,26 @@ class Benchmark:
         machine: facts added to :func:`machine_info` (e.g. the threads a benchmark uses).
     """
 
-    def __init__(
-        self,
-        name: str,
-        settings: object,
-        *,
-        schema_version: int,
-        argv: Sequence[str] | None = None,
-        machine: Mapping[str, object] | None = None,
-    ):
-        self.machine = dict(machine or {})
-        self.name, self.schema_version = name, schema_version
+    def __init__(self, name: str, settings: object, *, schema_version: int,
+                 argv: Sequence[str] | None = None,
+                 machine: Mapping[str, object] | None = None):  # fmt: skip
+        self.machine, self.name, self.schema_version = dict(machine or {}), name, schema_version
         self.settings = (
             dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings
         )
         self.command = " ".join(["python -m", name, *(sys.argv[1:] if argv is None else argv)])
         self.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        self.load_start = load_average()
-        self.started = time.perf_counter()
+        self.load_start, self.started = load_average(), time.perf_counter()
 
     def report(self, **sections: object) -> dict[str, Any]:
         """The report so far (call again for checkpoints: end facts are read now)."""
         return {
-            "schema_version": self.schema_version,
-            "benchmark": self.name,
-            "created": self.created,
-            "command": self.command,
-            "machine": machine_info(**self.machine),
-            "settings": self.settings,
-            **sections,
+            "schema_version": self.schema_version, "benchmark": self.name,
+            "created": self.created, "command": self.command,
+            "machine": machine_info(**self.machine), "settings": self.settings, **sections,
             "load_average": {"start": self.load_start, "end": load_average()},
-            "peak_rss_mb": peak_rss_bytes() / 2**20,
-            "wall_s": time.perf_counter() - self.started,
-        }
+            "peak_rss_mb": peak_rss_bytes() / 2**20, "wall_s": time.perf_counter() - self.started,
+        }  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,17 +288,17 @@ class Benchmark:
 
 
 def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serializable: {value!r} (of type {type(value).__name__})")
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` atomically: a temporary file beside it, fsync, rename."""
+def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
+    """Writes ``report`` as indented JSON atomically (temporary file, fsync, rename); NumPy
+    scalars and arrays are converted."""
+    text = json.dumps(report, indent=2, default=_json_default) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -393,20 +315,8 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
-    """Writes ``report`` as indented JSON, atomically (NumPy scalars and arrays converted)."""
-    return write_text(path, json.dumps(report, indent=2, default=_json_default) + "\n")
-
-
 def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def fmt(value: float | None, *, none: str = "skipped") -> str:
-    """A number for a table: 3 significant digits below 100, thousands separators above."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return none
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def _is_number(value: object) -> bool:
@@ -414,34 +324,21 @@ def _is_number(value: object) -> bool:
 
 
 def _cell(value: object) -> str:
-    if not _is_number(value):
-        return str(value)
-    return fmt(value) if isinstance(value, float) else f"{value:,}"
+    if isinstance(value, float) and math.isnan(value):
+        return "skipped"
+    if isinstance(value, float):  # 3 significant digits below 100, thousands separators above
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if _is_number(value) else str(value)
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A Markdown table; numbers are right-aligned and formatted with :func:`fmt`."""
+    """A Markdown table; numeric columns right-aligned, floats to 3 significant digits."""
     rows = [list(row) for row in rows]
-    numeric = [
-        bool(rows) and all(_is_number(row[i]) or row[i] in (None, "") for row in rows)
-        for i in range(len(headers))
-    ]
-    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [bool(rows) and all(_is_number(row[i]) or row[i] in (None, "") for row in rows)
+               for i in range(len(headers))]  # fmt: skip
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]  # fmt: skip
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
-
-
-def save_figure(figure: Any, path: str | Path, *, dpi: int = 110) -> Path:
-    """Saves a matplotlib figure (PNG) and closes it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return "\n".join(lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in rows])
 
 
 def pyplot() -> Any:
@@ -454,12 +351,16 @@ def pyplot() -> Any:
     return plt
 
 
-def progress(iterable: Iterable[T], *, desc: str | None = None, disable: bool = False,
-             total: int | None = None) -> Iterable[T]:  # fmt: skip
-    """A tqdm bar on stderr (disabled with ``disable``)."""
-    from tqdm.auto import tqdm
+def save_figure(figure: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    """Saves a matplotlib figure (PNG) and closes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    import matplotlib.pyplot as plt
 
-    return tqdm(iterable, desc=desc, disable=disable, total=total, file=sys.stderr, leave=False)
+    plt.close(figure)
+    return path
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -476,8 +377,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def log_uniform_ids(num_classes: int, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    """int64 ids of ``shape`` with ``P(k) = log((k+2)/(k+1)) / log(N+1)`` (TF's log-uniform
-    law: ids sorted by decreasing frequency, as in text)."""
+    """int64 ids of ``shape`` with ``P(k) = log((k+2)/(k+1)) / log(N+1)`` (TF's log-uniform law)."""
     ids = np.floor(np.exp(rng.random(shape) * np.log(num_classes + 1.0))).astype(np.int64) - 1
     return np.clip(ids, 0, num_classes - 1)
 
@@ -507,23 +407,15 @@ def integer(text: str) -> int:
     return int(value)
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    """Parses ``"1e4,100000"`` into ``(10000, 100000)`` (positive integers)."""
-    try:
-        values = tuple(int(float(v)) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _comma_list(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        if not values or (kind is integer and min(values) <= 0):
+            raise argparse.ArgumentTypeError(f"expected positive comma-separated values: {text!r}")
+        return values
 
-
-def str_list(text: str) -> tuple[str, ...]:
-    """Parses ``"a,b"`` into ``("a", "b")``."""
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return values
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
 
 
 def option_help(cls: type) -> dict[str, str]:
@@ -546,21 +438,19 @@ def option_help(cls: type) -> dict[str, str]:
 
 
 def _argument(hint: Any) -> dict[str, Any]:
-    """``add_argument`` keywords for a field type (None where the CLI cannot set it)."""
+    """``add_argument`` keywords for a field type (empty where the CLI cannot set it)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union) and type(None) in args:
         (hint,) = [a for a in args if a is not type(None)]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if hint in (float, str):
-        return {"type": hint}
-    if hint is int:
-        return {"type": integer}
+    if hint in (int, float, str):
+        return {"type": integer if hint is int else hint}
     if origin is typing.Literal:
         return {"choices": list(args), "type": type(args[0])}
-    if origin is tuple and args[-1] is Ellipsis:
-        return {"type": {int: int_list, str: str_list}.get(args[0])}
+    if origin is tuple and args[-1] is Ellipsis and args[0] in (int, str):
+        return {"type": _comma_list(integer if args[0] is int else str)}
     return {}
 
 
@@ -576,23 +466,12 @@ def parse_options(
 ) -> tuple[T, argparse.Namespace]:
     """Parses a command line into an options dataclass.
 
-    Every field of ``cls`` whose type the CLI can express (``int``, ``float``, ``str``,
-    ``bool``, ``Literal[...]``, ``tuple[int, ...]``, ``tuple[str, ...]``, each optionally
-    ``| None``) becomes ``--field-name`` (a field's ``metadata={"flag": "--dim"}`` renames it),
-    with its docstring entry as help; flags not given keep the default of ``cls()`` or, with
-    ``--quick``, of ``quick``. Integer fields with ``metadata={"min": 1}`` are checked.
-
-    Args:
-        cls: the frozen options dataclass.
-        argv: the arguments (default ``sys.argv[1:]``).
-        prog: the program name shown in the usage.
-        description: the parser's description (the benchmark's docstring).
-        output: adds ``--output`` with this default path.
-        quick: adds ``--quick``, which starts from these options.
-        extra: adds the benchmark's own arguments (modes such as ``--render``).
-
-    Returns:
-        The options and the namespace (``output``, ``quick`` and the ``extra`` arguments).
+    Every field of ``cls`` of a type the CLI can express (``int``, ``float``, ``str``, ``bool``,
+    ``Literal[...]``, ``tuple[int | str, ...]``, each optionally ``| None``) becomes
+    ``--field-name`` (``metadata={"flag": "--dim"}`` renames it; ``{"min": 1}`` checks it) with
+    its docstring entry as help; flags not given keep the default of ``cls()`` or, with
+    ``--quick``, of ``quick``. ``output`` adds ``--output`` (this default), ``extra`` adds the
+    benchmark's own arguments. Returns the options and the namespace.
     """
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=formatter)
@@ -603,15 +482,14 @@ def parse_options(
     defaults, helps, hints = cls(), option_help(cls), typing.get_type_hints(cls)
     fields = {}
     for field in dataclasses.fields(cls):
-        kwargs = _argument(hints[field.name])
-        if not kwargs.get("type") and "action" not in kwargs:
+        if not (kwargs := _argument(hints[field.name])):
             continue
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
-        text = helps.get(field.name, "").replace("%", "%%")
         if "type" in kwargs and "choices" not in kwargs:
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         default = getattr(defaults, field.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = helps.get(field.name, "").replace("%", "%%")
         parser.add_argument(flag, dest=field.name, default=argparse.SUPPRESS, **kwargs,
                             help=f"{text} (default: {shown})")  # fmt: skip
         fields[field.name] = (flag, field.metadata.get("min"))
@@ -619,8 +497,7 @@ def parse_options(
         extra(parser)
     args = parser.parse_args(argv)
     base = quick if quick is not None and args.quick else defaults
-    given = {name: getattr(args, name) for name in fields if hasattr(args, name)}
-    options = dataclasses.replace(base, **given)
+    options = dataclasses.replace(base, **{n: getattr(args, n) for n in fields if hasattr(args, n)})
     for name, (flag, least) in fields.items():
         value = getattr(options, name)
         if least is not None and value is not None and value < least:
