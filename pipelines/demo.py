@@ -1,17 +1,9 @@
 """The demo (``make demo``): the whole journey on the embedded default data, in about 3 minutes.
 
-1. **Train** ``configs/default.yaml`` (1,000 users, 2,000 items, synthetic) into ``runs/demo``
-   (``recsampled train``): data summary, one line per epoch, full-catalogue metrics.
-2. **Export** the run into ``runs/demo-artifacts`` (``recsampled export --index hnsw``): the
-   catalogue through the candidate tower, an HNSW index tuned until recall@10 against exact
-   search is at least 0.95 on the run's users, the artifact folder written atomically.
-3. **Evaluate** (``recsampled evaluate --artifacts``): Recall@K, NDCG@K, HitRate@K, MRR and
-   coverage on the test split, exact, through the index, and for popularity.
-4. **Recommend** (``recsampled recommend``) for a few test users: their top 5 unseen items, and
-   whether their held-out item is among their top 10.
-
-A second run resumes from the last checkpoint in ``runs/demo`` (or, once finished, only
-rewrites the outputs) and re-exports; ``--force`` starts over.
+Train ``configs/default.yaml`` into ``runs/demo`` (``recsampled train``), export it with an HNSW
+index tuned to recall@10 >= 0.95 into ``runs/demo-artifacts`` (``recsampled export``), evaluate
+exact, through the index and popularity (``recsampled evaluate``), and recommend for a few test
+users (``recsampled recommend``). A second run resumes from ``runs/demo``; ``--force`` starts over.
 """
 
 from __future__ import annotations
@@ -91,18 +83,13 @@ def main(argv: Sequence[str] | None = None) -> RunEvaluation:
         f"{len(m.files)} parts + manifest.json, {m.index.size_bytes / 2**10:.0f} KiB index."
     )
 
-    step(
-        3, "Evaluate on the test split: exact, through the index, popularity (recsampled evaluate)"
-    )
+    step(3, "Evaluate on the test split: exact, through the index, popularity")
     retriever = Retriever.load(artifacts)
     evaluation = evaluate_run(run, retriever)
     print(evaluation.table())
     k = max(evaluation.exact.ks)
-    model, index, popularity = (
-        evaluation.exact.recall[k],
-        evaluation.index.recall[k],
-        evaluation.popularity.recall[k],
-    )
+    model, index, popularity = (e.recall[k] for e in (evaluation.exact, evaluation.index,
+                                                       evaluation.popularity))  # fmt: skip
     verdict = "beats" if min(model, index) > popularity else "does NOT beat"
     print(
         f"\nThe model {verdict} popularity: Recall@{k} {model:.4f} exact, {index:.4f} through "
@@ -118,10 +105,8 @@ def main(argv: Sequence[str] | None = None) -> RunEvaluation:
         held_out = run.items.original_ids[test.item_ids[test.user_ids == user]].tolist()
         ranks = [int(r) + 1 for r in np.flatnonzero(np.isin(top.ids[row], held_out))]
         found = f"at rank {ranks[0]} of 10" if ranks else "not in the top 10"
-        items = ", ".join(
-            f"{item} ({score:.3f})"
-            for item, score in zip(top.ids[row, :5].tolist(), top.scores[row, :5], strict=True)
-        )
+        pairs = zip(top.ids[row, :5].tolist(), top.scores[row, :5], strict=True)
+        items = ", ".join(f"{item} ({score:.3f})" for item, score in pairs)
         print(f"user {user_id}: {items}  | held-out item {held_out}: {found}")
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s. {_show(run_dir)} holds the run "

@@ -41,16 +41,9 @@ T = TypeVar("T")
 
 @dataclasses.dataclass
 class Timings:
-    """The samples of one :func:`time_round_robin` run.
-
-    Attributes:
-        wall_ms: name -> wall-clock milliseconds of each timed call.
-        cpu_ms: name -> process CPU milliseconds (all threads) of each timed call.
-        rounds: name -> the round of each timed call (aligned with ``wall_ms``).
-        first_call_ms: name -> the first (untimed-in-the-summary) call, tracing included.
-        errors: name -> the error of a step that failed while warming up.
-        calls: the names of the timed calls in the order they ran.
-    """
+    """The samples of one :func:`time_round_robin` run: per step name, the wall and process CPU
+    milliseconds and the round of each timed call, the first (tracing) call, the error of a step
+    that failed while warming up; and the names of the timed calls in the order they ran."""
 
     wall_ms: dict[str, list[float]]
     cpu_ms: dict[str, list[float]]
@@ -103,21 +96,13 @@ def time_round_robin(
     on_round_end: Callable[[int], None] | None = None,
     desc: str | None = None,
 ) -> Timings:
-    """Times each step call by call, interleaving the steps round by round.
+    """Times each step (name -> function of no arguments) call by call, round by round.
 
-    Every step is first called ``warmup`` times (at least once; the first call is reported as
-    ``first_call_ms``). Then ``max(repeats)`` rounds run; each calls every step due that round
-    once, in the given order rotated by one place per round. A step with fewer repeats runs in
-    rounds spread evenly over the run.
-
-    Args:
-        steps: name -> a function of no arguments that runs one step to completion.
-        repeats: timed calls per step (or name -> count).
-        warmup: untimed calls per step before timing (or name -> count), at least 1.
-        errors: exception types that, raised while warming up, are recorded in
-            ``Timings.errors`` while the other steps are timed (others propagate).
-        on_round_end: called with the round index after every round.
-        desc: a tqdm progress bar (stderr) over the rounds with this label.
+    Every step is first called ``warmup`` times (the first is ``first_call_ms``); then
+    ``max(repeats)`` rounds call every step due that round once, in the given order rotated by one
+    place per round; fewer repeats (``repeats`` and ``warmup`` may be name -> count) are spread
+    evenly over the rounds. A step raising one of ``errors`` while warming up is recorded in
+    ``Timings.errors``; ``on_round_end(r)`` runs after each round; ``desc`` labels a tqdm bar.
     """
     from tqdm.auto import tqdm
 
@@ -248,18 +233,9 @@ def machine_info(**extra: object) -> dict[str, Any]:
 
 
 class Benchmark:
-    """The facts every report starts and ends with; :meth:`report` wraps the sections::
-
-        {"schema_version", "benchmark", "created", "command", "machine", "settings",
-         **sections, "load_average": {"start", "end"}, "peak_rss_mb", "wall_s"}
-
-    Args:
-        name: the module, e.g. ``"pipelines.bench_loss"``.
-        settings: the options dataclass (or a dict) of the run.
-        schema_version: of the benchmark's own sections.
-        argv: the command-line arguments (default ``sys.argv[1:]``).
-        machine: facts added to :func:`machine_info` (e.g. the threads a benchmark uses).
-    """
+    """The facts around every report of benchmark ``name`` (its module): :meth:`report` gives
+    ``schema_version, benchmark, created, command, machine (+ machine), settings, **sections,
+    load_average {start, end}, peak_rss_mb, wall_s``."""
 
     def __init__(self, name: str, settings: object, *, schema_version: int,
                  argv: Sequence[str] | None = None,

@@ -1,48 +1,21 @@
 """Language model with a ``SampledSoftmax`` output: quality against the full softmax, and speed.
 
 Run ``python -m pipelines.lm_example --output benchmarks/lm.json`` (about 30 minutes on 2 CPU
-cores); it writes the JSON and Markdown tables beside it (``benchmarks/lm.md``).
+cores); ``--render-only`` recomputes the verdicts in an existing JSON.
 
-**Model** (the classic Keras question): ``Embedding(V, E)``, ``LSTM(H, return_sequences=True)``,
-then an output over ``V``: ``recsampled.layers.SampledSoftmax(V, S)`` in a
-``SampledSoftmaxModel`` trained with ``compile(optimizer=...)`` and ``fit(x, y)``, or, as the
-reference, ``Dense(V)`` with ``SparseCategoricalCrossentropy(from_logits=True)``.
-
-**Quality.** Data: sequences of a known Markov chain over ``V`` ids (or a text file, ``--text``).
-The chain has ``C`` hidden clusters: the next id's cluster depends on the current id's cluster
-(``T[c, c']``, rows Dirichlet(``concentration``)), and within a cluster ids follow a Zipf law of
-exponent 1. Its entropy rate, the lowest cross-entropy any model can reach, is exact::
-
-    H = Σ_c π_c [ H(T[c, :]) + Σ_c' T[c, c'] H(u | c') ]
-
-with ``π`` the stationary distribution of ``T`` and ``H(u | c')`` the entropy of the ids within
-cluster ``c'``. Ids are numbered by decreasing stationary probability, the order the default
-``LogUniformSampler`` assumes. Both models train for the same steps on the same batches (fresh
-sequences each step, Adam); we report the held-out full cross-entropy (nats per token) of each,
-their ratio (target: sampled within 5% of full) and the entropy rate. The quality run uses a
-smaller model than the speed run (``E = H = 64``, 300 steps of 32 x 20 tokens, by default) so
-that the full softmax finishes in minutes on 2 CPU cores; with that little data (192k tokens for
-50k ids) both models stay far above the entropy rate, which the report shows.
-
-**Speed.** ``V = 200,000``, ``S = 1,000``, ``Embedding(V, 256)``, ``LSTM(1024)``, batches of 32
-sequences of 20 steps (target: the sampled model >= 20x faster than the full softmax). Per
-optimizer, three parts, each timed round-robin in one process after a warm-up step
-(``pipelines.harness.time_round_robin``; median wall and CPU seconds, load average recorded:
-the machine may be shared):
-
-- *whole*: ``train_on_batch`` of the sampled and of the full language model;
-- *output layer*: ``SampledSoftmax`` vs ``Dense(V)`` + cross-entropy alone on fixed hidden
-  states, forward, backward and update: what the sampled softmax replaces;
-- *body*: the same ``Embedding -> LSTM`` with a 16-way output, the cost no output layer removes
-  (so ``full step / body`` bounds the whole-step speed-up), also with ``LSTM(unroll=True)`` and
-  ``implementation=1``, options that keep the model.
-
-Optimizers: the sampled gradients of the output and input tables are ``IndexedSlices``; only an
-optimizer that updates just those rows keeps the step small. ``adagrad``
-(``tf.keras.optimizers.Adagrad``), ``legacy_sgd`` (``tf.keras.optimizers.legacy.SGD``) and
-``lazy_adam`` (``recsampled.layers.LazyAdam``) do; ``adam`` (tf-keras ``Adam``: dense moment
-decay) is measured too, as the dense reference. tf-keras 2.21's ``SGD`` is dense as well: it
-keeps momentum slots even at ``momentum=0`` and rewrites the whole table every step.
+Model: ``Embedding(V, E) -> LSTM(H, return_sequences=True)`` then ``SampledSoftmax(V, S)`` in a
+``SampledSoftmaxModel`` (``compile``/``fit``), or ``Dense(V)`` + sparse cross-entropy as the
+reference. Quality: both train on the same batches of a known Markov chain over V ids (or
+``--text``): C hidden clusters, cluster transitions ``T`` with Dirichlet rows, a Zipf law within a
+cluster, ids numbered by decreasing stationary probability; its exact entropy rate
+``H = Σ_c π_c [H(T[c, :]) + Σ_c' T[c, c'] H(u | c')]`` is reported beside the held-out
+cross-entropy of each model and their ratio (target: sampled within 5% of full). Speed
+(V = 200,000, S = 1,000, ``Embedding(V, 256)``, ``LSTM(1024)``, 32 x 20 tokens; target >= 20x),
+per optimizer, timed round-robin (median wall and CPU seconds): the whole ``train_on_batch``;
+the output layer alone on fixed hidden states; the body alone (16-way output, also with
+``LSTM(unroll=True)`` and ``implementation=1``), which bounds the whole-step speed-up. Only
+optimizers that update just the rows of ``IndexedSlices`` gradients (``adagrad``,
+``legacy_sgd``, ``lazy_adam``) keep the step small; ``adam`` is the dense reference.
 """
 
 from __future__ import annotations
@@ -80,16 +53,9 @@ SPEEDUP_TARGET = 20.0  # step time, full / sampled
 
 @dataclasses.dataclass(frozen=True)
 class MarkovChain:
-    """A Markov chain over ids whose next-id law depends on the current id's cluster.
-
-    Attributes:
-        transitions: ``[C, C]`` cluster transition matrix ``T``.
-        cluster_of: ``[V]`` cluster of every id.
-        within: ``[V]`` probability of each id within its cluster.
-        stationary: ``[V]`` stationary probability of each id (decreasing with the id).
-        entropy_rate: nats per step, the best achievable cross-entropy.
-        unigram_entropy: nats, the entropy of ``stationary`` (a context-free model's best).
-    """
+    """A chain whose next id depends on the current id's cluster: ``[C, C]`` transitions,
+    ``[V]`` cluster, within-cluster and stationary laws (the latter decreasing with the id), the
+    entropy rate (nats per step, the best cross-entropy) and the entropy of ``stationary``."""
 
     transitions: np.ndarray
     cluster_of: np.ndarray
@@ -165,11 +131,7 @@ def sample_sequences(chain: MarkovChain, num_sequences: int, length: int, seed: 
 
 
 def read_text(path: str | Path, vocab_size: int, length: int) -> np.ndarray:
-    """Whitespace tokens of a text file as ``[n, length + 1]`` ids sorted by frequency.
-
-    The ``vocab_size - 1`` most frequent tokens get ids ``0..vocab_size - 2`` in decreasing
-    frequency; every other token is ``<unk>``, id ``vocab_size - 1``.
-    """
+    """Whitespace tokens as ``[n, length + 1]`` ids by decreasing frequency (``<unk>`` last)."""
     tokens = Path(path).read_text(encoding="utf-8").split()
     if len(tokens) < 2 * (length + 1):
         raise ValueError(
@@ -198,15 +160,8 @@ def build_language_model(
     lstm_options: dict | None = None,
     seed: int = 0,
 ) -> tf.keras.Model:
-    """``Embedding -> LSTM -> output over vocab_size``, compiled.
-
-    ``num_sampled=None`` gives the full-softmax reference (``Dense`` + sparse cross-entropy)
-    over ``output_classes`` (default ``vocab_size``); otherwise the output is a
-    ``SampledSoftmax`` with the default log-uniform sampler. ``optimizer`` is a key of
-    :data:`OPTIMIZERS` (its default learning rate unless ``learning_rate`` is given);
-    ``length`` fixes the sequence length (``LSTM(unroll=True)`` needs it), ``lstm_options`` go
-    to the ``LSTM``.
-    """
+    """``Embedding -> LSTM -> SampledSoftmax`` (or, ``num_sampled=None``, ``Dense(output_classes
+    or vocab_size)`` + cross-entropy), compiled with ``OPTIMIZERS[optimizer]``."""
     tf.keras.utils.set_random_seed(seed)
     inputs = tf.keras.Input([length], dtype="int32")
     x = tf.keras.layers.Embedding(vocab_size, embedding_dim)(inputs)
@@ -253,13 +208,8 @@ def compare_quality(train: np.ndarray, test: np.ndarray, config: LMConfig) -> di
     """Sampled vs full softmax, same model, steps, batches and optimizer."""
     results = {}
     for name, sampled in (("sampled", config.num_sampled), ("full", None)):
-        model = build_language_model(
-            config.vocab_size,
-            config.embedding_dim,
-            config.units,
-            num_sampled=sampled,
-            learning_rate=config.learning_rate,
-        )
+        sizes, rate = (config.vocab_size, config.embedding_dim, config.units), config.learning_rate
+        model = build_language_model(*sizes, num_sampled=sampled, learning_rate=rate)
         results[name] = train_and_evaluate(model, train, test, config.batch_size)
         LOG.info("quality %s: %s", name, results[name])
     ratio = results["sampled"]["heldout_cross_entropy"] / results["full"]["heldout_cross_entropy"]
@@ -274,25 +224,16 @@ OPTIMIZERS: dict[str, tuple[Callable[[], tf.keras.optimizers.Optimizer], bool]] 
     "adam": (tf.keras.optimizers.Adam, False),
     "sgd": (tf.keras.optimizers.SGD, False),  # tf-keras 2.21 keeps momentum slots at momentum=0
 }
-"""Optimizers of the step-time runs, and whether their update of a sparse gradient is sparse."""
 
-LSTM_VARIANTS: dict[str, dict] = {
-    "default": {},
-    "unroll": {"unroll": True},
-    "implementation=1": {"implementation": 1},
-}
-"""LSTM options tried for the body's CPU cost; none changes the model's function."""
+# LSTM options tried for the body's CPU cost; none changes the model's function.
+LSTM_VARIANTS = {"default": {}, "unroll": {"unroll": True},
+                 "implementation=1": {"implementation": 1}}  # fmt: skip
 
 BODY_CLASSES = 16  # the body-only model's tiny output
 
 
 def time_alternately(steps: dict[str, Callable[[], object]], num_steps: int) -> dict:
-    """Median wall and CPU seconds per call of each step function, called round-robin.
-
-    Each function is called once to warm up (tracing), then ``num_steps`` rounds call each once
-    (:func:`pipelines.harness.time_round_robin`); CPU seconds are this process's (all threads);
-    the 1-minute load average is read before and after.
-    """
+    """Wall and CPU seconds of each step, called round-robin; 1-minute load before and after."""
     load_before = harness.load_average()[:1]
     timings = harness.time_round_robin(steps, repeats=num_steps)
     results: dict = {}
@@ -350,46 +291,27 @@ def _output_layer_steps(
 
 
 def time_speed(config: LMConfig, optimizer: str, lstm_variants: Sequence[str]) -> dict:
-    """Step time of the sampled and the full model, and of their parts, for one optimizer.
-
-    - ``whole``: ``train_on_batch`` of the sampled and the full language model;
-    - ``body``: the same ``Embedding -> LSTM`` with a tiny output (``Dense(16)``), per LSTM
-      variant: the cost that no output layer can remove;
-    - ``output_layer``: the ``SampledSoftmax`` and the ``Dense(V)`` + cross-entropy alone on fixed
-      ``[batch * length, units]`` hidden states (forward, backward, optimizer update).
-
-    Each part is timed round-robin (:func:`time_alternately`); medians of ``speed_steps`` steps.
-    """
+    """Step time of the ``whole`` models, the ``body`` (per LSTM variant) and the
+    ``output_layer`` alone, for one optimizer."""
     vocab_size, num_sampled = config.speed_vocab_size, config.speed_num_sampled
     x, y = _speed_batches(vocab_size, config.speed_batch_size, config.speed_length)
-    build = functools.partial(
-        build_language_model,
-        vocab_size,
-        config.speed_embedding_dim,
-        config.speed_units,
-        optimizer=optimizer,
-        length=config.speed_length,
-    )
+    sizes = (vocab_size, config.speed_embedding_dim, config.speed_units)
+    build = functools.partial(build_language_model, *sizes, optimizer=optimizer,
+                              length=config.speed_length)  # fmt: skip
     results: dict = {"sparse_updates": OPTIMIZERS[optimizer][1]}
 
     def train_steps(models: dict[str, tf.keras.Model], targets: np.ndarray) -> dict:
         return {name: functools.partial(m.train_on_batch, x, targets) for name, m in models.items()}
 
+    def models(variants: Sequence[str]) -> dict[str, tf.keras.Model]:
+        return {v: build(num_sampled=None, output_classes=BODY_CLASSES,
+                         lstm_options=LSTM_VARIANTS[v]) for v in variants}  # fmt: skip
+
     parts: dict[str, Callable[[], dict]] = {
         "whole": lambda: train_steps(
             {"sampled": build(num_sampled=num_sampled), "full": build(num_sampled=None)}, y
         ),
-        "body": lambda: train_steps(
-            {
-                variant: build(
-                    num_sampled=None,
-                    output_classes=BODY_CLASSES,
-                    lstm_options=LSTM_VARIANTS[variant],
-                )
-                for variant in lstm_variants
-            },  # fmt: skip
-            y % BODY_CLASSES,
-        ),
+        "body": lambda: train_steps(models(lstm_variants), y % BODY_CLASSES),
         "output_layer": lambda: _output_layer_steps(
             vocab_size, num_sampled, config.speed_units, optimizer, y
         ),
@@ -407,12 +329,7 @@ def time_speed(config: LMConfig, optimizer: str, lstm_variants: Sequence[str]) -
 
 
 def judge_speed(speed: dict) -> dict:
-    """Adds the speed-ups (wall and CPU time) and verdicts to one optimizer's measurements.
-
-    A target counts as met only when both the wall-time and the CPU-time speed-ups reach it:
-    on a loaded machine the wall time of a long multi-threaded step grows more than its CPU
-    time, which can inflate the wall-time ratio.
-    """
+    """Adds the speed-ups and verdicts (met only if both wall and CPU speed-ups reach them)."""
     whole, head, body = speed["whole"], speed["output_layer"], speed["body"]["default"]
 
     def ratios(slow: dict, fast: dict) -> tuple[float, float]:
@@ -430,70 +347,6 @@ def judge_speed(speed: dict) -> dict:
               for name in ("speedup", "output_layer_speedup")}  # fmt: skip
     return out | {"target": SPEEDUP_TARGET, "passed": passed["speedup"],
                   "output_layer_passed": passed["output_layer_speedup"]}  # fmt: skip
-
-
-# -- report -------------------------------------------------------------------------------------
-
-
-def markdown(results: dict) -> str:
-    """The results as Markdown tables: quality, then step time per optimizer and per part."""
-    lines = ["# Language model: SampledSoftmax vs full softmax", ""]
-    if quality := results.get("quality"):
-        data, model = quality["data"], quality["model"]
-        rows = [[name, quality[name]["heldout_cross_entropy"], quality[name]["heldout_perplexity"],
-                 quality[name]["train_seconds"], quality[name]["median_step_seconds"]]
-                for name in ("sampled", "full")]  # fmt: skip
-        for label in ("entropy_rate", "unigram_entropy"):
-            if data.get(label) is not None:
-                rows.append([label.replace("_", " "), data[label], np.exp(data[label]), "", ""])
-        lines += [
-            f"## Held-out cross-entropy (nats/token), {data['source']}", "",
-            f"V={model['vocab_size']:,}, S={model['num_sampled']:,}, Embedding("
-            f"{model['embedding_dim']}), LSTM({model['units']}), {data['train_steps']} steps of "
-            f"{model['batch_size']}x{data['length']} tokens, Adam({model['learning_rate']}).", "",
-            harness.markdown_table(["model", "held-out CE", "ppl", "train s", "step s"], rows),
-            "", f"Sampled / full: **{quality['ratio']:.4f}** (target <= {quality['target']}: "
-            f"{'passed' if quality['passed'] else 'FAILED'}).", "",
-        ]  # fmt: skip
-    if step_time := results.get("step_time"):
-        config = next(iter(step_time.values()))["config"]
-        rows, parts = [], []
-        for optimizer, speed in step_time.items():
-            whole, body = speed["whole"], speed["body"]["default"]
-            rows.append([
-                optimizer, speed["sparse_updates"], whole["sampled"]["median_step_seconds"],
-                whole["full"]["median_step_seconds"],
-                f"{speed['speedup']:.1f}x ({speed['speedup_cpu']:.1f}x)",
-                f"{speed['output_layer_speedup']:.0f}x ({speed['output_layer_speedup_cpu']:.0f}x)",
-                body["median_step_seconds"], f"{speed['speedup_bound_from_body']:.1f}x",
-            ])  # fmt: skip
-            for part in ("whole", "output_layer", "body"):
-                for name, r in speed[part].items():
-                    if isinstance(r, dict):
-                        load = " / ".join(f"{x:.2f}" for x in speed[part]["load_average"])
-                        parts.append(
-                            [
-                                optimizer,
-                                part,
-                                name,
-                                r["median_step_seconds"],
-                                r["median_cpu_seconds"],
-                                r["warmup_seconds"],
-                                load,
-                            ]
-                        )
-        lines += [
-            "## Train step time", "",
-            f"V={config['vocab_size']:,}, S={config['num_sampled']:,}, Embedding("
-            f"{config['embedding_dim']}), LSTM({config['units']}), batch {config['batch_size']}x"
-            f"{config['length']}; median seconds of {config['steps']} steps after a warm-up. "
-            "Speed-ups in wall time (CPU time in brackets); *bound*: full step / body step.", "",
-            harness.markdown_table(["optimizer", "sparse update", "whole sampled s", "whole full s",
-                                    "whole speed-up", "output speed-up", "body s", "bound"], rows),
-            "", harness.markdown_table(["optimizer", "part", "model", "median s", "median CPU s",
-                                        "warm-up s", "load avg before / after"], parts), "",
-        ]  # fmt: skip
-    return "\n".join(lines)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -516,10 +369,8 @@ class LMConfig:
         quality_steps: training steps of the quality run (0 skips it).
         test_sequences: held-out sequences.
         seed: seeds the chain and its sequences.
-        speed_optimizers: optimizers of the step-time runs (sparse-update ones first; adam,
-            dense moment decay, for reference).
-        lstm_variants: LSTM options timed in the body-only model beside the default (with the
-            first optimizer).
+        speed_optimizers: optimizers of the step-time runs.
+        lstm_variants: LSTM options timed in the body-only model (with the first optimizer).
         speed_vocab_size: V of the step-time runs.
         speed_num_sampled: S of the step-time runs.
         speed_embedding_dim: Embedding size of the step-time runs.
@@ -596,7 +447,7 @@ def run(config: LMConfig) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     harness.configure_logging()
-    render = "no runs: recompute the verdicts in --output's JSON and rewrite its Markdown"
+    render = "no runs: recompute the verdicts in --output's JSON"
     config, args = harness.parse_options(
         LMConfig, argv, prog="python -m pipelines.lm_example", description=__doc__,
         output="benchmarks/lm.json",
@@ -614,8 +465,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         results = run(config)
     harness.write_json(args.output, results)
-    harness.write_text(args.output.with_suffix(".md"), text := markdown(results) + "\n")
-    print(text)
     return results
 
 

@@ -39,20 +39,27 @@ def test_read_text_numbers_tokens_by_frequency(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:tf.keras.optimizers.Adam updates all")  # the quality run's
+@pytest.mark.filterwarnings("ignore:Even though the `tf.config.experimental_run_functions_eagerly")
 def test_end_to_end_on_a_tiny_configuration(tmp_path):
+    import tensorflow as tf
+
     output = tmp_path / "lm.json"
-    lm_example.main(
-        [
-            f"--output={output}",
-            *("--vocab-size=200", "--num-clusters=4", "--num-sampled=20"),
-            *("--embedding-dim=8", "--units=8", "--length=5", "--batch-size=16"),
-            *("--quality-steps=3", "--test-sequences=32"),
-            *("--speed-optimizers", "lazy_adam", "--lstm-variants", "unroll"),
-            *("--speed-vocab-size=300", "--speed-num-sampled=20", "--speed-embedding-dim=8"),
-            *("--speed-units=8", "--speed-batch-size=4"),
-            *("--speed-length=3", "--speed-steps=2"),
-        ]
-    )
+    argv = [
+        f"--output={output}",
+        *("--vocab-size=200", "--num-clusters=4", "--num-sampled=20"),
+        *("--embedding-dim=8", "--units=8", "--length=5", "--batch-size=16"),
+        *("--quality-steps=3", "--test-sequences=32"),
+        *("--speed-optimizers", "lazy_adam", "--lstm-variants", "unroll"),
+        *("--speed-vocab-size=300", "--speed-num-sampled=20", "--speed-embedding-dim=8"),
+        *("--speed-units=8", "--speed-batch-size=4"),
+        *("--speed-length=3", "--speed-steps=2"),
+    ]
+    # Tracing eight tiny LSTM graphs costs most of a minute; eagerly the same steps take seconds.
+    tf.config.run_functions_eagerly(True)
+    try:
+        lm_example.main(argv)
+    finally:
+        tf.config.run_functions_eagerly(False)
     results = json.loads(output.read_text())
     quality = results["quality"]
     assert quality["data"]["train_steps"] == 3
@@ -83,7 +90,7 @@ def test_end_to_end_on_a_tiny_configuration(tmp_path):
     )
     assert speed["passed"] == (min(speed["speedup"], speed["speedup_cpu"]) >= 20)
     assert results["settings"]["speed_optimizers"] == ["lazy_adam"]
-    assert output.with_suffix(".md").read_text().strip()
+    assert not output.with_suffix(".md").exists()  # JSON is the output
 
 
 def test_sparse_flags_of_the_benchmark_optimizers_match_the_library():
