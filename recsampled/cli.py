@@ -3,12 +3,14 @@
 - ``recsampled train --config configs/NAME.yaml [--set section.key=value ...] --output RUN_DIR``
   trains a two-tower retrieval model as the config says, checkpoints it, and writes the run
   directory (``recsampled.runs.directory``); run again on the same RUN_DIR, it resumes.
-- ``recsampled export --run RUN_DIR --output ARTIFACT_DIR [--index flat|hnsw|ivf|ivfpq|auto]``
-  embeds the catalogue with the run's candidate tower, builds and tunes the FAISS index and
-  writes the artifact folder atomically (:func:`recsampled.runs.export_run`).
+- ``recsampled export --run RUN_DIR --output ARTIFACT_DIR [--index flat|hnsw|ivf|ivfpq|auto]
+  [--shards N]`` embeds the catalogue with the run's candidate tower, builds and tunes the FAISS
+  index (split into N shards searched together) and writes the artifact folder atomically
+  (:func:`recsampled.runs.export_run`).
 - ``recsampled recommend --artifacts DIR --user U [-k 10] [--json]`` prints a user's top-k
   (:class:`recsampled.index.Retriever`), with titles when the run configured
-  ``data.item_metadata``.
+  ``data.item_metadata``; ``--all-users --output recs.parquet`` (or ``.csv``) writes every
+  user's top-k in chunks (:func:`recsampled.index.batch.write_recommendations`).
 - ``recsampled serve --artifacts DIR [--port 8080]`` serves an artifact over HTTP
   (:mod:`recsampled.serving.cli`; needs the ``serve`` extra).
 - ``recsampled evaluate --run RUN_DIR [--artifacts DIR]`` prints Recall@K, NDCG@K, HitRate@K,
@@ -61,7 +63,9 @@ id maps, query tower, seen items, popularity, titles of data.item_metadata, mani
 
 _RECOMMEND_HELP = """\
 Print the top-k items for one or more users (original user ids), their training items
-excluded, with titles when the run configured data.item_metadata.
+excluded, with titles when the run configured data.item_metadata. With --output FILE
+(.parquet or .csv), write them instead (columns user_id, rank, item_id, score); --all-users
+writes every user of the artifact, --chunk-size users at a time, with a progress bar.
 """
 
 _EVALUATE_HELP = """\
@@ -148,6 +152,13 @@ def _add_export(commands: Subparsers, common: list[argparse.ArgumentParser]) -> 
         help="recall@10 vs exact search the ANN index must reach (default 0.95)",
     )
     export.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the index into N shard files searched together (default 1: one index)",
+    )
+    export.add_argument(
         "--overwrite", action="store_true", help="replace an existing artifact at ARTIFACT_DIR"
     )
 
@@ -157,9 +168,19 @@ def _add_recommend(commands: Subparsers, common: list[argparse.ArgumentParser]) 
         "recommend", help="top-k items for users", description=_RECOMMEND_HELP, parents=common
     )
     recommend.add_argument("--artifacts", type=Path, required=True, metavar="DIR")
-    recommend.add_argument(
-        "--user", nargs="+", required=True, metavar="U", help="original user id(s)"
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", nargs="+", metavar="U", help="original user id(s)")
+    who.add_argument(
+        "--all-users", action="store_true", help="every user of the artifact (needs --output)"
     )
+    recommend.add_argument(
+        "--output", type=Path, default=None, metavar="FILE",
+        help="write the recommendations to FILE (.parquet or .csv) instead of printing them",
+    )  # fmt: skip
+    recommend.add_argument(
+        "--chunk-size", type=int, default=10_000, metavar="USERS",
+        help="users per chunk with --output (bounds memory; default 10000)",
+    )  # fmt: skip
     recommend.add_argument("-k", type=int, default=10, help="items per user (default 10)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
     recommend.add_argument(
@@ -214,6 +235,7 @@ def _export(args: argparse.Namespace) -> None:
         args.output,
         index=args.index,
         target_recall=args.target_recall,
+        shards=args.shards,
         overwrite=args.overwrite,
     )
     m = info.manifest
@@ -225,6 +247,7 @@ def _export(args: argparse.Namespace) -> None:
         f"Exported {m.num_items} items x {m.embedding_dim} ({m.metric}) and {m.num_users} users "
         f"to {info.path}: {m.index.factory} ({params}), {recall}"
         + ("" if m.recall.reached else f", BELOW the target {m.recall.target}")
+        + (f", in {len(m.index.shards)} shards" if m.index.shards else "")
         + "."
     )
 
@@ -232,10 +255,19 @@ def _export(args: argparse.Namespace) -> None:
 def _recommend(args: argparse.Namespace) -> None:
     from recsampled.index import Retriever
 
+    if args.all_users and args.output is None:
+        raise ValueError("--all-users writes a file: give --output FILE (.parquet or .csv).")
+    if args.output is not None:
+        from recsampled.index.batch import output_format
+
+        output_format(args.output)  # a bad suffix fails before the artifact is loaded
     retriever = Retriever.load(
         args.artifacts, unknown_user="popular" if args.popular_fallback else "error"
     )
-    users = retriever.parse_user_ids(args.user)
+    users = None if args.all_users else retriever.parse_user_ids(args.user)
+    if args.output is not None:
+        _write_recommendations(args, retriever, users)
+        return
     top = retriever.recommend(users, k=args.k, exclude_seen=not args.include_seen)
     frame = top.to_frame()
     if args.json:
@@ -251,6 +283,17 @@ def _recommend(args: argparse.Namespace) -> None:
         how = "popular items (unknown user)" if fallback else f"{m.index.factory}, {m.metric}"
         print(f"Top {args.k} for user {user} ({how}):")
         print(rows.drop(columns=["user", "fallback"]).to_string(index=False))
+
+
+def _write_recommendations(args: argparse.Namespace, retriever: Any, users: Any) -> None:
+    from recsampled.index.batch import write_recommendations
+
+    rows = write_recommendations(
+        retriever, args.output, k=args.k, user_ids=users, exclude_seen=not args.include_seen,
+        chunk_size=args.chunk_size,
+    )  # fmt: skip
+    count = retriever.num_users if users is None else len(users)
+    print(f"Wrote {rows} recommendations ({count} users, top {args.k}) to {args.output}.")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -4,9 +4,13 @@ Layout of ``ARTIFACT_DIR`` (only the manifest, the index and the item ids are al
 
     manifest.json        written last: counts, dimension, metric, index, recall, checksums, config
     index.faiss          FAISS index; row i scores item i (inner product)
+    index-00000-of-0000N.faiss ...  instead of index.faiss with ``shards=N``: shard s holds the
+                         successive rows ``manifest.index.shards[s]["start"]`` onwards
     item_ids.npy         [num_items] original item ids (int64 or unicode), in row order
     user_ids.npy         [num_users] original user ids in index order: the query tower's vocabulary
-    query_model/         SavedModel: int64 user indices [batch_size] -> [batch_size, embedding_dim]
+    query_model/1/       TF-Serving SavedModel (version 1; :mod:`recsampled.index.query_model`):
+                         ``serving_default``: original user ids -> embeddings, known, user_indices;
+                         ``by_user_index`` and ``__call__``: int64 user indices -> embeddings
     seen.npz             CSR ``indptr`` [num_users + 1], ``indices``: item rows each user has seen
     item_popularity.npy  [num_items] interaction counts, for the popular-items fallback
     item_titles.npy      [num_items] item titles (unicode, "" where unknown), in row order
@@ -34,7 +38,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +48,9 @@ import numpy as np
 from recsampled import _io
 from recsampled.errors import ArtifactError, ArtifactNotFoundError
 
-SCHEMA_VERSION = 1
+#: 2: ``query_model/1/`` (TF-Serving layout, ids mapped in the graph), optional index shards.
+#: Version 1 artifacts (``query_model/`` taking user indices) still load.
+SCHEMA_VERSION = 2
 FORMAT_NAME = "recsampled.index"
 
 MANIFEST_FILE = "manifest.json"
@@ -51,11 +58,33 @@ INDEX_FILE = "index.faiss"
 ITEM_IDS_FILE = "item_ids.npy"
 USER_IDS_FILE = "user_ids.npy"
 QUERY_MODEL_DIR = "query_model"
+#: The one model version an export writes (TF Serving serves ``query_model/<version>/``).
+QUERY_MODEL_VERSION = "1"
 SEEN_FILE = "seen.npz"
 POPULARITY_FILE = "item_popularity.npy"
 ITEM_TITLES_FILE = "item_titles.npy"
-#: Parts that every artifact has (beside the manifest).
-REQUIRED_PARTS = (INDEX_FILE, ITEM_IDS_FILE)
+#: Parts that every artifact has (beside the manifest): the index is ``index.faiss`` or shards.
+REQUIRED_PARTS = (ITEM_IDS_FILE,)
+SHARD_PATTERN = re.compile(r"index-(\d{5})-of-(\d{5})\.faiss")
+
+
+def shard_file(shard: int, num_shards: int) -> str:
+    """The file name of index shard ``shard`` of ``num_shards`` (counted from 0).
+
+    Example:
+        >>> shard_file(0, 4)
+        'index-00000-of-00004.faiss'
+    """
+    return f"index-{shard:05d}-of-{num_shards:05d}.faiss"
+
+
+def index_parts(manifest: Manifest) -> list[str]:
+    """The index files of an artifact: ``["index.faiss"]`` or its shard files, in order."""
+    if manifest.index.shards:
+        return [shard["file"] for shard in manifest.index.shards]
+    return [INDEX_FILE]
+
+
 #: Every part an artifact may list in its manifest.
 KNOWN_PARTS = (
     INDEX_FILE,
@@ -78,7 +107,10 @@ class IndexInfo:
         search_params: FAISS search parameters applied on load, e.g. ``{"efSearch": 64}``.
         requested: the ``index`` argument of the export (``"auto"`` or the type).
         build_seconds: time to train the index and add the items.
-        size_bytes: size of ``index.faiss``.
+        size_bytes: size of ``index.faiss`` (of all shard files together with shards).
+        shards: empty for one ``index.faiss``; else one entry per shard, in order:
+            ``{"file", "start", "num_items", "sha256"}`` (rows ``start .. start + num_items - 1``
+            of the catalogue, searched together through ``faiss.IndexShards``).
     """
 
     type: str
@@ -87,6 +119,7 @@ class IndexInfo:
     requested: str
     build_seconds: float
     size_bytes: int
+    shards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +165,8 @@ class Manifest:
         files: part name -> sha256 of the file (of the folder's files, for ``query_model``).
         training_config: the training configuration, as given (JSON).
         versions: library versions at export (recsampled, faiss, tensorflow, numpy).
+        query_model: how to call ``query_model/`` (empty in version 1 artifacts and without a
+            query tower): ``{"path", "user_id_dtype", "signatures", "unknown_users"}``.
     """
 
     schema_version: int
@@ -147,6 +182,7 @@ class Manifest:
     files: dict[str, str]
     training_config: dict[str, Any]
     versions: dict[str, str]
+    query_model: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON-able data."""
@@ -175,19 +211,11 @@ class Manifest:
                 f"schema_version {version} is newer than this recsampled understands "
                 f"({SCHEMA_VERSION}); upgrade recsampled to load it."
             )
-        sections = {"index": IndexInfo, "recall": RecallInfo}
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            if field.name not in data:
-                raise bad(f"the field `{field.name}` is missing.")
-            value = data[field.name]
-            if field.name in sections:
-                section = sections[field.name]
-                names = [f.name for f in dataclasses.fields(section)]
-                if not isinstance(value, dict) or sorted(value) != sorted(names):
-                    raise bad(f"`{field.name}` must be an object with the fields {names}.")
-                value = section(**value)
-            values[field.name] = value
+        values = _fields(cls, data, bad)
+        for name, section in (("index", IndexInfo), ("recall", RecallInfo)):
+            if not isinstance(values[name], dict):
+                raise bad(f"`{name}` must be an object.")
+            values[name] = section(**_fields(section, values[name], bad, prefix=f"{name}."))
         for name in ("num_items", "num_users", "embedding_dim"):
             value = values[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -199,15 +227,66 @@ class Manifest:
         files = values["files"]
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
             raise bad("`files` must map part names to sha256 strings.")
-        unknown = sorted(set(files) - set(KNOWN_PARTS))
+        unknown = sorted(p for p in set(files) - set(KNOWN_PARTS) if not SHARD_PATTERN.fullmatch(p))
         if unknown:
-            raise bad(f"`files` lists unknown parts {unknown}; known parts: {KNOWN_PARTS}.")
-        missing = [part for part in REQUIRED_PARTS if part not in files]
+            raise bad(
+                f"`files` lists unknown parts {unknown}; known parts: {KNOWN_PARTS} and shards "
+                "index-SSSSS-of-NNNNN.faiss."
+            )
+        indexes = _check_shards(values["index"].shards, files, values["num_items"], bad)
+        missing = [part for part in (*indexes, *REQUIRED_PARTS) if part not in files]
         if missing:
-            raise bad(f"`files` must list {list(REQUIRED_PARTS)}; {missing} missing.")
+            raise bad(f"`files` must list {[*indexes, *REQUIRED_PARTS]}; {missing} missing.")
         if not isinstance(values["index"].search_params, dict):
             raise bad("`index.search_params` must be an object.")
+        if not isinstance(values.get("query_model", {}), dict):
+            raise bad("`query_model` must be an object.")
         return cls(**values)
+
+
+def _fields(
+    cls: type, data: dict, bad: Callable[[str], ArtifactError], *, prefix: str = ""
+) -> dict:
+    """The fields of dataclass ``cls`` in ``data``: those without a default are required."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown and prefix:  # a section's fields are exact; extra top-level fields are ignored
+        raise bad(f"unknown fields {[prefix + u for u in unknown]}; expected {list(fields)}.")
+    values = {}
+    for name, field in fields.items():
+        if name in data:
+            values[name] = data[name]
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise bad(f"the field `{prefix}{name}` is missing.")
+    return values
+
+
+def _check_shards(
+    shards: object, files: dict[str, str], num_items: int, bad: Callable[[str], ArtifactError]
+) -> list[str]:
+    """The index files the manifest promises; shards must tile the rows ``0 .. num_items - 1``."""
+    if not isinstance(shards, list):
+        raise bad("`index.shards` must be a list.")
+    if not shards:
+        return [INDEX_FILE]
+    start = 0
+    for number, shard in enumerate(shards):
+        keys = {"file", "start", "num_items", "sha256"}
+        if not isinstance(shard, dict) or set(shard) != keys:
+            raise bad(f"`index.shards[{number}]` must be an object with the fields {sorted(keys)}.")
+        if shard["file"] != shard_file(number, len(shards)):
+            raise bad(
+                f"`index.shards[{number}].file` must be {shard_file(number, len(shards))!r}. "
+                f"Received: {shard['file']!r}."
+            )
+        if shard["start"] != start or not isinstance(shard["num_items"], int):
+            raise bad(f"`index.shards[{number}]` must start at row {start} (successive rows).")
+        if files.get(shard["file"]) != shard["sha256"]:
+            raise bad(f"`index.shards[{number}].sha256` differs from `files[{shard['file']!r}]`.")
+        start += shard["num_items"]
+    if start != num_items:
+        raise bad(f"`index.shards` hold {start} rows, but `num_items` is {num_items}.")
+    return [shard["file"] for shard in shards]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -513,9 +513,7 @@ def _measure(
     return dict(search_params), recall, (SearchTrial(dict(search_params), recall, qps),)
 
 
-def _below_target(
-    result: BuiltIndex, *, requested: IndexChoice, vectors: np.ndarray
-) -> BuiltIndex:
+def _below_target(result: BuiltIndex, *, requested: IndexChoice, vectors: np.ndarray) -> BuiltIndex:
     """``auto``: exact search instead, with a warning; otherwise the result, with a warning."""
     k, recall, params = result.recall_k, result.recall, result.search_params
     if requested == "auto":

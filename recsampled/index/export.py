@@ -1,9 +1,11 @@
 """Export: item embeddings into a FAISS index, next to the query tower, id maps and a manifest.
 
 :func:`embed_catalogue` embeds every item index with the candidate tower, in batches.
-:func:`export_artifact` builds and tunes the index (:func:`recsampled.index.build_index`), saves
-the query tower as a SavedModel (or copies a saved one: a run's ``towers/query``), and writes the
-artifact folder atomically (:mod:`recsampled.index.artifact`). Its interface is explicit arrays
+:func:`export_artifact` builds and tunes the index (:func:`recsampled.index.build_index`),
+optionally splits it into shards (:mod:`recsampled.index.shards`), wraps the query tower (a saved
+one, e.g. a run's ``towers/query``, or a callable saved first) in the TF-Serving query model that
+maps original user ids (:mod:`recsampled.index.query_model`), and writes the artifact folder
+atomically (:mod:`recsampled.index.artifact`). Its interface is explicit arrays
 and models, not a training run directory, so that any training code can call it; the steps are
 :func:`check_inputs`, :func:`tuning_queries`, ``build_index``, :func:`write_parts` and
 :func:`make_manifest`.
@@ -28,12 +30,14 @@ from recsampled import _io
 from recsampled._validation import check_positive_int, received
 from recsampled.data.interactions import user_item_matrix
 from recsampled.index import artifact
+from recsampled.index import query_model as serving_model
 from recsampled.index.artifact import (
     INDEX_FILE,
     ITEM_IDS_FILE,
     ITEM_TITLES_FILE,
     POPULARITY_FILE,
     QUERY_MODEL_DIR,
+    QUERY_MODEL_VERSION,
     SEEN_FILE,
     USER_IDS_FILE,
     IndexInfo,
@@ -53,6 +57,7 @@ from recsampled.index.build import (
     check_metric,
     prepare_vectors,
 )
+from recsampled.index.shards import shard_ranges, split_index
 from recsampled.models import embed_ids, load_tower, save_tower
 
 logger = logging.getLogger(__name__)
@@ -325,9 +330,37 @@ def tuning_queries(
     return queries, "query_model"
 
 
-def write_parts(folder: Path, inputs: ExportInputs, built: BuiltIndex) -> None:
-    """Writes the index, the id maps, the optional parts and the query tower into ``folder``."""
-    faiss.write_index(built.index, str(folder / INDEX_FILE))
+def write_index(folder: Path, inputs: ExportInputs, built: BuiltIndex, shards: int) -> None:
+    """Writes ``index.faiss``, or with ``shards > 1`` the shard files of successive rows."""
+    if shards == 1:
+        faiss.write_index(built.index, str(folder / INDEX_FILE))
+        return
+    vectors = prepare_vectors(inputs.embeddings, built.metric)  # as stored in the index
+    for number, shard in enumerate(split_index(built.index, vectors, shards)):
+        faiss.write_index(shard, str(folder / artifact.shard_file(number, shards)))
+
+
+def write_query_model(folder: Path, inputs: ExportInputs) -> None:
+    """Writes ``query_model/1/``: the tower (copied from its SavedModel) behind the id lookup."""
+    target = folder / QUERY_MODEL_DIR / QUERY_MODEL_VERSION
+    tower_dir = inputs.query_model_dir
+    temporary = None
+    if tower_dir is None:  # a callable: saved once as a tower SavedModel, then wrapped
+        logger.info("saving the query tower (SavedModel)")
+        temporary = folder / ".query_tower"
+        try:
+            tower_dir = save_tower(inputs.query_model, temporary, name="query_tower")
+        except ValueError as e:
+            raise ValueError(f"`query_model` could not be saved: {e}") from e
+    logger.info("writing the TF-Serving query model (user ids -> embeddings) from %s", tower_dir)
+    serving_model.save_query_model(tower_dir, inputs.user_ids, target)
+    if temporary is not None:
+        shutil.rmtree(temporary)
+
+
+def write_parts(folder: Path, inputs: ExportInputs, built: BuiltIndex, *, shards: int = 1) -> None:
+    """Writes the index, the id maps, the optional parts and the query model into ``folder``."""
+    write_index(folder, inputs, built, shards)
     artifact.save_npy(folder / ITEM_IDS_FILE, inputs.item_ids)
     if inputs.user_ids is not None:
         artifact.save_npy(folder / USER_IDS_FILE, inputs.user_ids)
@@ -337,15 +370,8 @@ def write_parts(folder: Path, inputs: ExportInputs, built: BuiltIndex) -> None:
         artifact.save_npy(folder / POPULARITY_FILE, inputs.popularity)
     if inputs.titles is not None:
         artifact.save_npy(folder / ITEM_TITLES_FILE, inputs.titles)
-    if inputs.query_model_dir is not None:
-        logger.info("copying the query tower (SavedModel) from %s", inputs.query_model_dir)
-        shutil.copytree(inputs.query_model_dir, folder / QUERY_MODEL_DIR)
-    elif inputs.query_model is not None:
-        logger.info("saving the query tower (SavedModel)")
-        try:
-            save_tower(inputs.query_model, folder / QUERY_MODEL_DIR, name="query_tower")
-        except ValueError as e:
-            raise ValueError(f"`query_model` could not be saved: {e}") from e
+    if inputs.query_model is not None:
+        write_query_model(folder, inputs)
     _io.fsync_tree(folder)
 
 
@@ -361,8 +387,19 @@ def make_manifest(
     source = built.query_source
     if source == "sample_queries" and query_source is not None:
         source = query_source
-    parts = [p for p in artifact.KNOWN_PARTS if (folder / p).exists()]
     num_items, dim = inputs.embeddings.shape
+    shards = []
+    if not (folder / INDEX_FILE).exists():
+        files = sorted(p.name for p in folder.iterdir() if artifact.SHARD_PATTERN.fullmatch(p.name))
+        for file, rows in zip(files, shard_ranges(int(num_items), len(files)), strict=True):
+            digest = _io.sha256_part(folder / file)
+            shards.append(
+                {"file": file, "start": rows.start, "num_items": len(rows), "sha256": digest}
+            )
+    index_files = [s["file"] for s in shards] or [INDEX_FILE]
+    parts = index_files + [
+        p for p in artifact.KNOWN_PARTS if p != INDEX_FILE and (folder / p).exists()
+    ]
     return Manifest(
         schema_version=artifact.SCHEMA_VERSION,
         format=artifact.FORMAT_NAME,
@@ -377,7 +414,8 @@ def make_manifest(
             search_params=dict(built.search_params),
             requested=requested,
             build_seconds=round(built.build_seconds, 3),
-            size_bytes=(folder / INDEX_FILE).stat().st_size,
+            size_bytes=sum((folder / file).stat().st_size for file in index_files),
+            shards=shards,
         ),
         recall=RecallInfo(
             k=built.recall_k,
@@ -392,6 +430,9 @@ def make_manifest(
         files={part: _io.sha256_part(folder / part) for part in parts},
         training_config=inputs.config,
         versions=_versions(),
+        query_model=(
+            serving_model.describe(inputs.user_ids, int(dim)) if inputs.query_model else {}
+        ),
     )
 
 
@@ -410,6 +451,7 @@ def export_artifact(
     item_titles: Sequence[str] | np.ndarray | None = None,
     training_config: Mapping[str, Any] | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
+    shards: int = 1,
     overwrite: bool = False,
     seed: int = 0,
 ) -> ArtifactInfo:
@@ -426,8 +468,10 @@ def export_artifact(
         item_ids: ``[num_items]`` distinct original item ids (int or str), in row order.
         query_model: maps ``[batch]`` int64 user indices to ``[batch, embedding_dim]`` query
             embeddings, saved as a SavedModel; or the folder of a tower SavedModel
-            (:func:`recsampled.models.save_tower`, a run's ``towers/query``), copied as is.
-            Optional (without it, only ``similar_items`` and ``search`` work after loading).
+            (:func:`recsampled.models.save_tower`, a run's ``towers/query``), wrapped as saved.
+            Either becomes ``query_model/1/``, which maps original user ids in the graph
+            (:mod:`recsampled.index.query_model`). Optional (without it, only ``similar_items``
+            and ``search`` work after loading).
         user_ids: ``[num_users]`` distinct original user ids in index order (the query tower's
             vocabulary); required with ``query_model`` or ``seen``.
         metric: ``"dot"`` or ``"cosine"``, the score the model was trained with.
@@ -442,6 +486,9 @@ def export_artifact(
             ``recsampled recommend`` and :meth:`Recommendations.to_frame`.
         training_config: the training configuration (a mapping or dataclass), stored as JSON.
         target_recall: recall@10 against exact search the ANN index must reach.
+        shards: split the index into this many shard files of successive rows, searched together
+            (:class:`recsampled.index.shards.ShardedIndex`); 1 writes one ``index.faiss``. Flat
+            and IVF shards (sharing the trained quantizer) return what one index returns.
         overwrite: replace an existing artifact at ``output_dir``.
         seed: seeds the samples used for training and tuning.
 
@@ -462,12 +509,18 @@ def export_artifact(
     """
     metric = check_metric(metric)
     index = check_index_choice(index)
+    shards = check_positive_int("shards", shards)
     artifact.check_output_dir(output_dir, overwrite=overwrite)  # fail before minutes of work
     inputs = check_inputs(
         item_embeddings=item_embeddings, item_ids=item_ids, query_model=query_model,
         user_ids=user_ids, seen=seen, item_popularity=item_popularity, item_titles=item_titles,
         training_config=training_config,
     )  # fmt: skip
+    if shards > len(inputs.item_ids):
+        raise ValueError(
+            f"`shards` must be an integer in [1, num_items={len(inputs.item_ids)}]. "
+            f"Received: shards={shards}."
+        )
     queries, query_source = tuning_queries(inputs, index, sample_queries, seed)
     built = build_index(
         inputs.embeddings, index=index, metric=metric, sample_queries=queries,
@@ -478,10 +531,8 @@ def export_artifact(
         built.search_params, built.recall_k, built.recall, built.target_recall, built.num_queries,
     )  # fmt: skip
     with artifact.atomic_directory(output_dir, overwrite=overwrite) as folder:
-        write_parts(folder, inputs, built)
-        manifest = make_manifest(
-            folder, inputs, built, requested=index, query_source=query_source
-        )
+        write_parts(folder, inputs, built, shards=shards)
+        manifest = make_manifest(folder, inputs, built, requested=index, query_source=query_source)
         artifact.write_manifest(folder, manifest)
     final = Path(output_dir).absolute()
     logger.info("wrote %s", final)

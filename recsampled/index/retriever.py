@@ -26,12 +26,13 @@ from scipy import sparse
 from recsampled._validation import check_positive_int, received
 from recsampled.errors import UnknownItemError, UnknownUserError
 from recsampled.index import artifact
+from recsampled.index import query_model as serving_model
 from recsampled.index.artifact import (
-    INDEX_FILE,
     ITEM_IDS_FILE,
     ITEM_TITLES_FILE,
     POPULARITY_FILE,
     QUERY_MODEL_DIR,
+    QUERY_MODEL_VERSION,
     SEEN_FILE,
     USER_IDS_FILE,
     ArtifactError,
@@ -39,6 +40,7 @@ from recsampled.index.artifact import (
     mismatch,
 )
 from recsampled.index.build import prepare_vectors, search, set_search_params
+from recsampled.index.shards import ShardedIndex, reconstruct_rows
 from recsampled.models import embed_ids
 
 UnknownUserPolicy = Literal["error", "popular"]
@@ -174,7 +176,6 @@ class Retriever:
         self._popular_rows = (
             np.argsort(-item_popularity, kind="stable") if item_popularity is not None else None
         )
-        self._has_direct_map = False
 
     # -- loading --------------------------------------------------------------------------
 
@@ -216,7 +217,9 @@ class Retriever:
             index=_load_index(path, manifest),
             item_ids=_ids_part(path, ITEM_IDS_FILE, manifest.num_items, "num_items"),
             user_ids=user_ids,
-            query_model=_load_query_model(path, manifest) if QUERY_MODEL_DIR in files else None,
+            query_model=(
+                _load_query_model(path, manifest, user_ids) if QUERY_MODEL_DIR in files else None
+            ),
             seen=_load_seen(path, manifest) if SEEN_FILE in files else None,
             item_popularity=_load_popularity(path, manifest) if POPULARITY_FILE in files else None,
             item_titles=_load_titles(path, manifest) if ITEM_TITLES_FILE in files else None,
@@ -298,6 +301,26 @@ class Retriever:
                 unknown.tolist(),
             )
         return rows.astype(np.int64)
+
+    def item_vectors(self, rows: object) -> np.ndarray:
+        """``[n, embedding_dim]`` float32 item vectors as stored in the index (normalised for
+        cosine), for ``[n]`` index rows; works for IVF (a direct map is made on first use) and
+        for sharded indexes.
+
+        Raises:
+            ValueError: for rows outside ``[0, num_items)``.
+        """
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(
+                f"`rows` must be a 1-D array of integer index rows. {received('rows', rows)}"
+            )
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_items):
+            raise ValueError(
+                f"`rows` must lie in [0, num_items={self.num_items}). "
+                f"Received: rows in [{rows.min()}, {rows.max()}]."
+            )
+        return np.asarray(reconstruct_rows(self.index, rows.astype(np.int64)), np.float32)
 
     def embed_users(self, user_ids: object) -> np.ndarray:
         """``[batch_size, embedding_dim]`` query embeddings of known users (query tower).
@@ -514,15 +537,7 @@ class Retriever:
         return self._exact
 
     def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
-        try:
-            return self.index.reconstruct_batch(rows.astype(np.int64))
-        except RuntimeError:
-            ivf = faiss.try_extract_index_ivf(self.index)
-            if ivf is None or self._has_direct_map:
-                raise
-            ivf.make_direct_map()  # IVF indexes reconstruct by id only with a direct map
-            self._has_direct_map = True
-            return self.index.reconstruct_batch(rows.astype(np.int64))
+        return reconstruct_rows(self.index, rows)
 
     def _result(
         self,
@@ -583,9 +598,21 @@ def _ids_part(path: Path, part: str, expected: int, field: str) -> np.ndarray:
     return ids
 
 
-def _load_query_model(path: Path, manifest: Manifest) -> Any:
+def _load_query_model(path: Path, manifest: Manifest, user_ids: np.ndarray | None) -> Any:
+    """``query_model/1/`` (``query_model/`` in version 1 artifacts), checked: user index 0 has
+    the manifest's dimension and the id signature maps the first and last user ids to their
+    index embeddings."""
+    folder = path / QUERY_MODEL_DIR
+    versioned = (folder / QUERY_MODEL_VERSION).is_dir()
+    if manifest.query_model and not versioned:
+        raise ArtifactError(
+            f"The artifact at {path} has no query model version folder "
+            f"{QUERY_MODEL_DIR}/{QUERY_MODEL_VERSION}/ (manifest.json lists one).",
+            path=path,
+            part=QUERY_MODEL_DIR,
+        )
     try:
-        model = tf.saved_model.load(str(path / QUERY_MODEL_DIR))
+        model = tf.saved_model.load(str(folder / QUERY_MODEL_VERSION if versioned else folder))
     except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
         raise ArtifactError(
             f"The artifact at {path} has an unreadable query tower ({QUERY_MODEL_DIR}): {e}",
@@ -609,38 +636,86 @@ def _load_query_model(path: Path, manifest: Manifest) -> Any:
                 f"for one user, but manifest.json says embedding_dim="
                 f"{manifest.embedding_dim}.",
             )
+        if versioned and user_ids is not None:
+            _check_id_signature(path, model, user_ids, manifest.embedding_dim)
     return model
 
 
-def _load_index(path: Path, manifest: Manifest) -> faiss.Index:
-    """``index.faiss``, checked against the manifest, its search parameters applied."""
-    n, dim = manifest.num_items, manifest.embedding_dim
+def _check_id_signature(path: Path, model: Any, user_ids: np.ndarray, dim: int) -> None:
+    """The ``serving_default`` signature gives the first and last users their index embeddings
+    and marks an id outside the vocabulary unknown with a zero vector."""
+    probe = np.array([0, len(user_ids) - 1], np.int64)
+    ids = user_ids[probe]
+    unknown = "\x00unknown" if ids.dtype.kind == "U" else int(np.max(user_ids)) + 1
     try:
-        index = faiss.read_index(str(path / INDEX_FILE))
+        signature = model.signatures[serving_model.SERVING_SIGNATURE]
+        dtype = serving_model.id_dtype(user_ids)
+        out = signature(user_ids=tf.constant([*ids.tolist(), unknown], dtype))
+        embeddings, known = np.asarray(out["embeddings"]), np.asarray(out["known"])
+        indices = np.asarray(out["user_indices"])
+        expected = np.asarray(model(tf.constant(probe)))
+    except (KeyError, TypeError, ValueError, tf.errors.OpError) as e:
+        raise ArtifactError(
+            f"The query model of the artifact at {path} cannot map user ids "
+            f"({serving_model.SERVING_SIGNATURE!r} signature): {e}",
+            path=path,
+            part=QUERY_MODEL_DIR,
+        ) from e
+    if (
+        embeddings.shape != (3, dim)
+        or known.tolist() != [True, True, False]
+        or indices.tolist() != [*probe.tolist(), -1]
+        or not np.allclose(embeddings[:2], expected, rtol=1e-5, atol=1e-6)
+        or np.any(embeddings[2])
+    ):
+        raise mismatch(
+            path,
+            QUERY_MODEL_DIR,
+            f"the query model's {serving_model.SERVING_SIGNATURE!r} signature does not map the "
+            f"users of {USER_IDS_FILE} to their index embeddings (first/last user, unknown id).",
+        )
+
+
+def _load_index(path: Path, manifest: Manifest) -> faiss.Index:
+    """``index.faiss`` (or its shards, as one :class:`ShardedIndex`), checked against the
+    manifest, its search parameters applied."""
+    if not manifest.index.shards:
+        return _read_index(path, artifact.INDEX_FILE, manifest.num_items, manifest)
+    shards = [
+        _read_index(path, shard["file"], shard["num_items"], manifest)
+        for shard in manifest.index.shards
+    ]
+    return ShardedIndex(shards)
+
+
+def _read_index(path: Path, part: str, n: int, manifest: Manifest) -> faiss.Index:
+    """One index file holding ``n`` vectors of the manifest's dimension, inner product."""
+    dim = manifest.embedding_dim
+    try:
+        index = faiss.read_index(str(path / part))
     except RuntimeError as e:
         raise ArtifactError(
-            f"The artifact at {path} has a corrupt FAISS index ({INDEX_FILE}): {e}",
+            f"The artifact at {path} has a corrupt FAISS index ({part}): {e}",
             path=path,
-            part=INDEX_FILE,
+            part=part,
         ) from e
     if index.d != dim:
         raise mismatch(
             path,
-            INDEX_FILE,
-            f"{INDEX_FILE} has dimension {index.d}, but manifest.json says embedding_dim={dim}.",
+            part,
+            f"{part} has dimension {index.d}, but manifest.json says embedding_dim={dim}.",
         )
     if index.ntotal != n:
+        where = "num_items" if part == artifact.INDEX_FILE else f"{part} holds num_items"
         raise mismatch(
-            path,
-            INDEX_FILE,
-            f"{INDEX_FILE} holds {index.ntotal} vectors, but manifest.json says num_items={n}.",
+            path, part, f"{part} holds {index.ntotal} vectors, but manifest.json says {where}={n}."
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise mismatch(path, INDEX_FILE, f"{INDEX_FILE} does not use the inner product.")
+        raise mismatch(path, part, f"{part} does not use the inner product.")
     try:
         set_search_params(index, manifest.index.search_params)
     except ValueError as e:
-        raise mismatch(path, INDEX_FILE, str(e)) from e
+        raise mismatch(path, part, str(e)) from e
     return index
 
 

@@ -149,7 +149,11 @@ def test_manifest_records_the_export(artifact_dir: Path, data) -> None:
     for part, digest in manifest.files.items():
         assert sha256_part(artifact_dir / part) == digest
     raw = json.loads((artifact_dir / "manifest.json").read_text())
-    assert raw["schema_version"] == 1 and raw == manifest.to_dict()
+    assert raw["schema_version"] == 2 and raw == manifest.to_dict()  # 2: query_model/1/, shards
+    assert manifest.index.shards == []
+    assert manifest.query_model["path"] == "query_model/1"
+    assert manifest.query_model["user_id_dtype"] == "int64"  # user_ids.npy holds int64 ids
+    assert (artifact_dir / "query_model" / "1" / "saved_model.pb").is_file()
 
 
 # -- corruption: each case names the part at fault -------------------------------------------
