@@ -22,8 +22,8 @@ removed; ``recsampled.full_softmax_loss`` for the full softmax).
 - ``in_batch``: the other rows' positives, corrected by ``log(B·p_i)`` with ``p_i`` the training
   frequency (TFRS's in-batch softmax with logQ; ``S = B - 1``). For part (a) its negatives are
   modelled as ``S`` draws from ``p`` (what a batch of ``S + 1`` rows is, up to the joint draw).
-- ``kernel``: per query, ``q(i | h)`` with α = 100 (scored exactly: :class:`BruteForceKernel`;
-  the tree's per-query draws have the same distribution).
+- ``kernel``: per query, ``q(i | h)`` with α = 100, every item scored (exact; the tree's
+  per-query draws have the same distribution and were slower at these sizes).
 - ``kernel_mixture``: ``S`` ids shared by the batch from ``q̄ = (1/B)·Σ_b q(· | h_b)``
   (``QuadraticKernelSampler``, batch-mixture mode; its tree updated with the rows each training
   step changed, so it follows the model exactly).
@@ -260,54 +260,6 @@ def softmax_weights(query_embeddings: np.ndarray, item_embeddings: np.ndarray) -
     return np.exp(logits - logits.max(axis=1, keepdims=True))
 
 
-class BruteForceKernel:
-    """The quadratic-kernel proposal by scoring every item: the exact reference.
-
-    The per-query mode of ``recsampled.samplers.QuadraticKernelSampler`` (``[B, S]`` candidates,
-    ``S·q`` expected counts) at ``O(B·n·D)`` per call; it reads the embeddings at every call.
-
-    Args:
-        embeddings: ``[n, D]`` item embeddings (a ``tf.Variable`` is read at every call).
-        alpha: α.
-        seed: seed of the draws.
-    """
-
-    def __init__(self, embeddings: Any, alpha: float = 100.0, seed: int | None = None):
-        self.embeddings = embeddings
-        self.alpha = float(alpha)
-        self._rng = np.random.default_rng(seed)
-
-    def _table(self) -> np.ndarray:
-        table = self.embeddings
-        return table.numpy() if hasattr(table, "numpy") else np.asarray(table)
-
-    def distribution(self, query_embeddings: Any) -> Categorical:
-        """The ``[B, n]`` proposal of each query."""
-        h = np.asarray(query_embeddings)
-        return Categorical(kernel_weights(h, self._table(), self.alpha))
-
-    def sample(
-        self,
-        true_classes: Any,
-        num_sampled: int,
-        unique: bool = False,
-        seed: int | None = None,
-        *,
-        query_embeddings: Any,
-    ) -> SampledValues:
-        """``num_sampled`` draws per query (with replacement), as the per-example triple."""
-        if unique:
-            raise ValueError("`unique` must be False: the kernel proposal draws with replacement.")
-        rng = self._rng if seed is None else np.random.default_rng(seed)
-        labels = np.asarray(true_classes, np.int64)
-        return self.distribution(query_embeddings).sampled_values(labels, num_sampled, rng)
-
-    def probability(self, ids: Any, query_embeddings: Any) -> np.ndarray:
-        """``[B, k]`` ``q(i | h)`` of ``ids``."""
-        dist = self.distribution(query_embeddings)
-        return np.take_along_axis(dist.probabilities, np.asarray(ids, np.int64), 1)
-
-
 def unigram_sampler(train) -> UnigramSampler:
     """Unigram over training counts + 1 (every item has a chance)."""
     return UnigramSampler(counts=train.item_counts.astype(np.float64) + 1.0)
@@ -324,40 +276,21 @@ def batch_probability(train) -> np.ndarray:
 
 
 class MatrixFactorization(tf.Module):
-    """User and item ID embeddings (``Tower``s without features); logits ``o = hᵀw``.
+    """User and item ID embeddings ``U``, ``W`` (``Tower``s without features; normal(0.1)
+    initial weights, away from the saddle at zero); logits ``o = hᵀw``."""
 
-    Args:
-        num_users: rows of ``U``.
-        num_items: rows of ``W`` (n).
-        embedding_dim: D.
-        init_scale: standard deviation of the normal initial weights.
-    """
-
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int, init_scale: float = 0.1):
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int):
         super().__init__(name="matrix_factorization")
         self.query_tower = Tower(num_users, embedding_dim, name="query_tower")
         self.candidate_tower = Tower(num_items, embedding_dim, name="candidate_tower")
         self.query_tower(tf.zeros([1], tf.int64))
         self.candidate_tower(tf.zeros([1], tf.int64))
-        for table in (self.user_table, self.item_table):  # away from the saddle at zero
-            table.assign(tf.random.normal(table.shape, stddev=init_scale))
-        self.num_items = num_items
-        self.biases = tf.zeros([num_items])
-
-    @property
-    def user_table(self) -> tf.Variable:
-        """``U``: ``[num_users, D]``."""
-        return self.query_tower.id_embedding.embeddings
-
-    @property
-    def item_table(self) -> tf.Variable:
-        """``W``: ``[num_items, D]``."""
-        return self.candidate_tower.id_embedding.embeddings
-
-    @property
-    def variables_to_train(self) -> list[tf.Variable]:
-        """``[U, W]``."""
-        return [self.user_table, self.item_table]
+        self.user_table = self.query_tower.id_embedding.embeddings
+        self.item_table = self.candidate_tower.id_embedding.embeddings
+        for table in (self.user_table, self.item_table):
+            table.assign(tf.random.normal(table.shape, stddev=0.1))
+        self.num_items, self.biases = num_items, tf.zeros([num_items])
+        self.variables_to_train = [self.user_table, self.item_table]
 
 
 def _train_step(model: MatrixFactorization, optimizer, num_sampled: int) -> Callable:
@@ -401,7 +334,7 @@ class Trainer:
         train = split.train
         tf.keras.utils.set_random_seed(options.seed)
         self.model = MatrixFactorization(train.num_users, train.num_items, options.embedding_dim)
-        self.proposal = proposal
+        self.proposal, self.alpha = proposal, options.alpha
         self.num_sampled = 0 if proposal is None else num_sampled
         if proposal == "in_batch":
             self.num_sampled = options.batch_size
@@ -413,11 +346,15 @@ class Trainer:
         self.sampler: Any = {
             None: None, "in_batch": None,
             "uniform": UniformSampler(train.num_items), "unigram": unigram_sampler(train),
-            "kernel": BruteForceKernel(self.model.item_table, options.alpha, options.seed),
+            "kernel": np.random.default_rng(options.seed),
             "kernel_mixture": QuadraticKernelSampler(
                 self.model.item_table.numpy(), alpha=options.alpha, seed=options.seed
             ),
         }[proposal]  # fmt: skip
+        if proposal in ("uniform", "unigram"):  # in the graph, as in a training step
+            self._shared = tf.function(
+                lambda labels: tuple(self.sampler.sample(labels, self.num_sampled, unique=False))
+            )
         if proposal == "kernel_mixture":  # traced once: eager tree walks cost ~100 small ops
             self._mixture = tf.function(
                 lambda labels, h: tuple(
@@ -443,11 +380,11 @@ class Trainer:
             return ids, tf.gather(self._batch_count, labels), tf.gather(self._batch_count, ids)
         if self.proposal == "kernel_mixture":
             return self._mixture(labels, tf.gather(self.model.user_table, users))
-        if self.proposal == "kernel":
-            h = tf.gather(self.model.user_table, users)
-            return tuple(self.sampler.sample(labels, self.num_sampled, unique=False,
-                                             query_embeddings=h))  # fmt: skip
-        return tuple(self.sampler.sample(labels, self.num_sampled, unique=False))
+        if self.proposal == "kernel":  # every item scored: exact q(i | h), draws per query
+            h = tf.gather(self.model.user_table, users).numpy()
+            dist = Categorical(kernel_weights(h, self.model.item_table.numpy(), self.alpha))
+            return tuple(dist.sampled_values(labels.numpy(), self.num_sampled, self.sampler))
+        return self._shared(labels)
 
     def step(self, users: tf.Tensor, items: tf.Tensor) -> float:
         """One training step; returns the batch's mean loss."""

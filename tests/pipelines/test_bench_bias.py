@@ -79,20 +79,16 @@ def test_categorical_draws_follow_the_probabilities() -> None:
         assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / ids.shape[1]) + 1e-12)
 
 
-def test_brute_force_kernel_probability_is_the_formula() -> None:
+def test_kernel_proposal_is_the_formula() -> None:
     rng = np.random.default_rng(1)
     w, h = rng.normal(size=(40, 4)), rng.normal(size=(2, 4))
-    kernel = bench_bias.BruteForceKernel(w, alpha=100.0, seed=0)
+    dist = bench_bias.Categorical(bench_bias.kernel_weights(h, w, alpha=100.0))
     mass = 100.0 * (h @ w.T) ** 2 + 1
-    ids = np.array([[0, 5, 39], [1, 1, 2]])
-    expected = np.take_along_axis(mass / mass.sum(1, keepdims=True), ids, 1)
-    np.testing.assert_allclose(kernel.probability(ids, h), expected, rtol=1e-12)
-    values = kernel.sample(np.array([[3], [4]]), 8, query_embeddings=h)
+    np.testing.assert_allclose(dist.probabilities, mass / mass.sum(1, keepdims=True), rtol=1e-12)
+    values = dist.sampled_values(np.array([[3], [4]]), 8, rng)
     assert values.sampled_candidates.shape == (2, 8)
     np.testing.assert_allclose(
-        values.true_expected_count.numpy()[:, 0],
-        8 * kernel.probability([[3], [4]], h)[:, 0],
-        rtol=1e-6,
+        values.true_expected_count.numpy()[:, 0], 8 * dist.probabilities[[0, 1], [3, 4]], rtol=1e-6
     )
 
 
