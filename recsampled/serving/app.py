@@ -113,6 +113,8 @@ class _ServiceMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        if path in BATCHED_PATHS:  # bodies are JSON whatever the client says (`curl -d`)
+            scope = _as_json(scope)
         batched = path in BATCHED_PATHS and self.service.batcher is not None
         if batched:
             self.service.batcher.arrived()
@@ -156,6 +158,12 @@ class _ServiceMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _as_json(scope: dict) -> dict:
+    """``scope`` with ``content-type: application/json`` (curl's ``-d`` sends a form type)."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 def _replay(body: bytes, receive: Any) -> Any:

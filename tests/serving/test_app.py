@@ -141,6 +141,16 @@ def test_raw_bodies(client, path, content, status, kind):
     assert response.json()["error"] == kind
 
 
+def test_bodies_are_json_whatever_the_content_type(client):
+    """``curl -d`` sends application/x-www-form-urlencoded; the body is still read as JSON."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    body = json.dumps({"user_ids": [USERS[0]], "k": 2})
+    assert client.post("/recommend", content=body, headers=form).status_code == 200
+    assert client.post("/recommend", content=body).status_code == 200  # no content type
+    response = client.post("/recommend", content=b"user_ids=1000", headers=form)
+    assert response.status_code == 400 and response.json()["error"] == "malformed_json"
+
+
 def test_routes_and_methods_answer_json(client):
     assert client.get("/recommend").status_code == 405
     assert client.get("/recommend").json()["error"] == "method_not_allowed"
