@@ -928,13 +928,14 @@ def write_plots(report: dict, output: Path) -> list[str]:
     written = []
     for name, entry in report["datasets"].items():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for proposal in PROPOSALS:
+        times = {p: {int(s): t for s, t in d.items()} for p, d in entry["step_ms"].items()}
+        for proposal in PROPOSALS:  # (the keys of times are strings once read from JSON)
             curve = _bias_curve(entry, proposal)
             axes[0].plot(*zip(*curve, strict=True), marker="o", label=proposal)
-            if proposal in entry["step_ms"] and proposal != "in_batch":
-                ms = [entry["step_ms"][proposal][s]["median_ms"] for s, _ in curve]
+            if proposal in times and proposal != "in_batch":
+                ms = [times[proposal][s]["median_ms"] for s, _ in curve]
                 axes[1].plot(ms, [b for _, b in curve], marker="o", label=proposal)
-        ((s, timing),) = entry["step_ms"]["in_batch"].items()
+        ((s, timing),) = times["in_batch"].items()
         bias = _loglog(*zip(*_bias_curve(entry, "in_batch"), strict=True), s)
         if bias is not None:
             axes[1].plot([timing["median_ms"]], [bias], marker="*", markersize=12, label="in_batch")
