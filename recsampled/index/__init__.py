@@ -12,9 +12,18 @@ into the arrays and towers that :func:`export_artifact` takes.
   SIGKILLed export, every corruption case).
 - ``export``: :func:`embed_catalogue` and :func:`export_artifact`, an interface of arrays and
   towers. Tests: ``tests/index/test_artifact.py``.
+- ``query_model``: the artifact's TF-Serving SavedModel ``query_model/1/``: original user ids
+  mapped in the graph (``serving_default: user_ids -> embeddings, known, user_indices``), the
+  trained tower wrapped as saved. Tests: ``tests/index/test_query_model.py`` (which also runs
+  ``tests/index/serving_example.py``, the README's faiss + tensorflow-only example).
+- ``shards``: ``export_artifact(shards=N)``'s index shards of successive rows, searched together
+  (``ShardedIndex``, a ``faiss.IndexShards`` that also reconstructs by row). Tests:
+  ``tests/index/test_shards.py`` (equal to one index).
 - ``retriever``: :meth:`Retriever.load` with ``recommend`` (seen items excluded, unknown users
-  an error or popular items), ``similar_items`` and ``search``. Tests:
+  an error or popular items), ``similar_items``, ``search`` and ``item_vectors``. Tests:
   ``tests/index/test_retriever.py`` (against NumPy brute force).
+- ``batch``: :func:`write_recommendations`, every user's top-k into Parquet or CSV, in chunks
+  (``recsampled recommend --all-users``). Tests: ``tests/index/test_batch.py``.
 
 The benchmark ``pipelines/bench_index.py`` (tests: ``tests/index/test_bench_index.py``) compares
 the index types with TFRS's ``BruteForce`` layer.
@@ -32,6 +41,7 @@ from recsampled.errors import (
     UnknownUserError,
 )
 from recsampled.index.artifact import Manifest, read_manifest
+from recsampled.index.batch import write_recommendations
 from recsampled.index.build import BuiltIndex, build_index, exact_search, recall_at_k
 from recsampled.index.export import ArtifactInfo, embed_catalogue, export_artifact
 from recsampled.index.retriever import Recommendations, Retriever
@@ -52,4 +62,5 @@ __all__ = [
     "export_artifact",
     "read_manifest",
     "recall_at_k",
+    "write_recommendations",
 ]

@@ -78,13 +78,6 @@ def shard_file(shard: int, num_shards: int) -> str:
     return f"index-{shard:05d}-of-{num_shards:05d}.faiss"
 
 
-def index_parts(manifest: Manifest) -> list[str]:
-    """The index files of an artifact: ``["index.faiss"]`` or its shard files, in order."""
-    if manifest.index.shards:
-        return [shard["file"] for shard in manifest.index.shards]
-    return [INDEX_FILE]
-
-
 #: Every part an artifact may list in its manifest.
 KNOWN_PARTS = (
     INDEX_FILE,
