@@ -9,7 +9,8 @@ tower computes. Its entry points:
 - ``serving_default``: ``user_ids`` ``[batch]`` (int64 or string, the dtype of ``user_ids.npy``,
   recorded as ``manifest.query_model.user_id_dtype``) -> ``embeddings`` ``[batch, D]`` float32,
   ``known`` ``[batch]`` bool, ``user_indices`` ``[batch]`` int64 (``-1`` where unknown). The ids
-  are mapped by a ``tf.lookup.StaticHashTable`` over the artifact's user ids.
+  are mapped by a ``tf.lookup.StaticHashTable`` over the artifact's user ids (stored in the graph
+  as a constant: fine to tens of millions of ids, below protobuf's 2 GB limit).
 - ``by_user_index``: ``user_indices`` ``[batch]`` int64 -> ``embeddings``; and the module's
   ``__call__`` (the same function), which :class:`~recsampled.index.Retriever` and the HTTP
   service call.
