@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench-loss bench-index bench-lm clean
+.PHONY: demo test lint format bench-loss bench-index bench-lm bench-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pipelines.demo
 
-## Run the whole test suite (and the linter).
+## Run the whole test suite (and the linter), then every docstring example in the package.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q --doctest-modules recsampled
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -50,6 +51,11 @@ bench-lm: $(STAMP)
 .PHONY: bench-retrieval
 bench-retrieval: $(STAMP)
 	$(PY) -m pipelines.bench_retrieval --output benchmarks/retrieval.json
+
+## HTTP service load test on loopback: the demo artifact (make demo first) and a 10^6-item IVF
+## artifact (built once into /tmp, about 8 min); about 6 min per run. Writes benchmarks/serve.json.
+bench-serve: $(STAMP)
+	$(PY) -m pipelines.bench_serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
