@@ -106,9 +106,8 @@ class IndexBenchConfig:
     run: str | None = None
 
 
-def clustered_embeddings(
-    num: int, dim: int, num_clusters: int, rng: np.random.Generator, centers: np.ndarray
-) -> np.ndarray:
+def clustered_embeddings(num: int, dim: int, num_clusters: int, rng: np.random.Generator,
+                         centers: np.ndarray) -> np.ndarray:  # fmt: skip
     """``[num, dim]`` float32 draws from the mixture with the given centres."""
     scales = np.random.default_rng(len(centers)).uniform(0.5, 1.5, len(centers))
     out = np.empty((num, dim), np.float32)
@@ -231,13 +230,9 @@ def _tfrs_worker(folder: str, batch: int) -> None:
     print(json.dumps(len(queries) / (timings.summary("tfrs")["min_ms"] / 1e3)))
 
 
-def bench_faiss(
-    items: np.ndarray,
-    queries: np.ndarray,
-    exact_rows: np.ndarray,
-    config: IndexBenchConfig,
-    threads: int,
-) -> tuple[list[dict], dict | None, list]:
+def bench_faiss(items: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray,
+                config: IndexBenchConfig,
+                threads: int) -> tuple[list[dict], dict | None, list]:  # fmt: skip
     """Builds every index, then times every setting (and TFRS) in interleaved rounds."""
     entries = build_indexes(items, config, threads)
     timing = queries[: config.timing_queries]
@@ -292,13 +287,9 @@ def evaluate_target(flat: dict, indexes: list[dict]) -> dict:
     """For 1 thread and all threads: the fastest ANN point with recall >= 0.95 and its speedup."""
     out: dict = {"recall": TARGET_RECALL, "speedup": TARGET_SPEEDUP}
     for key in QPS_KEYS:
-        candidates = [
-            (point[key], entry["name"], point)
-            for entry in indexes
-            if entry["name"] != "Flat"
-            for point in entry["points"]
-            if point["recall"] >= TARGET_RECALL
-        ]
+        candidates = [(point[key], entry["name"], point) for entry in indexes
+                      if entry["name"] != "Flat" for point in entry["points"]
+                      if point["recall"] >= TARGET_RECALL]  # fmt: skip
         if not candidates:
             out[key] = {"met": False, "best": None}
             continue

@@ -108,9 +108,8 @@ def _gradient_step(loss_fn: LossFn, weights: tf.Variable, biases: tf.Variable) -
     return step
 
 
-def _loss_fns(
-    weights: tf.Variable, biases: tf.Variable, num_classes: int, num_sampled: int, mode: str
-) -> dict[str, LossFn]:
+def _loss_fns(weights: tf.Variable, biases: tf.Variable, num_classes: int, num_sampled: int,
+              mode: str) -> dict[str, LossFn]:  # fmt: skip
     """Every loss of one (N, S, mode): the two sampled losses, candidates drawn as ``mode``
     says (``mode=None``: the full softmax and, as a reference, TF's fused cross-entropy)."""
     sampler = recsampled.LogUniformSampler(num_classes)
@@ -310,9 +309,8 @@ def bench_sampler_size(num_classes: int, config: LossBenchConfig, with_tf: bool)
 # Pipeline
 
 
-def run_benchmark(
-    config: LossBenchConfig, checkpoint: Callable[[dict], None] | None = None
-) -> dict:
+def run_benchmark(config: LossBenchConfig,
+                  checkpoint: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """Runs both parts; ``checkpoint`` gets the report so far after each N."""
     bench = harness.Benchmark("pipelines.bench_loss", config, schema_version=SCHEMA_VERSION)
     tf.random.set_seed(config.seed)

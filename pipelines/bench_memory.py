@@ -155,11 +155,8 @@ def _run_stage(name: str, config: MemoryBenchConfig, workdir: str) -> dict:
         return pool.apply(_stage, (name, config, workdir))
 
 
-def run(
-    config: MemoryBenchConfig,
-    workdir: str,
-    run_stage: Callable[[str, MemoryBenchConfig, str], dict] = _run_stage,
-) -> dict:
+def run(config: MemoryBenchConfig, workdir: str,
+        run_stage: Callable[[str, MemoryBenchConfig, str], dict] = _run_stage) -> dict:  # fmt: skip
     """Runs ``generate`` then ``config.stages`` (each by ``run_stage``) and returns the report."""
     bench = harness.Benchmark("pipelines.bench_memory", config, schema_version=SCHEMA_VERSION)
     results = {}

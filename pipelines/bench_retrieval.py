@@ -185,19 +185,16 @@ class FullSoftmax(tf.keras.layers.Layer, tfrs.tasks.base.Task):
         self.temperature = temperature
 
     def call(self, query_embeddings, candidate_embeddings, candidate_ids=None, **_):
+        n, labels = self.num_items, candidate_ids[:, tf.newaxis]
         losses = rs.full_softmax_loss(
-            weights=self.candidate_model(tf.range(self.num_items)),
-            biases=tf.zeros([self.num_items]),
-            labels=candidate_ids[:, tf.newaxis],
-            inputs=query_embeddings / self.temperature,
-            num_classes=self.num_items,
-        )
+            weights=self.candidate_model(tf.range(n)), biases=tf.zeros([n]), labels=labels,
+            inputs=query_embeddings / self.temperature, num_classes=n,
+        )  # fmt: skip
         return tf.reduce_sum(losses)  # SUM over the batch, as TFRS's task
 
 
-def variant_config(
-    variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
-) -> Config:
+def variant_config(variant: str, data: BenchData, config: RetrievalBenchConfig,
+                   seed: int) -> Config:  # fmt: skip
     """The library config of ``variant`` (in :data:`VARIANTS`, or ``"tfrs"`` / ``"ours"``)."""
     task: dict = {"temperature": config.temperature, "remove_accidental_hits": True}
     if variant in ("in_batch_logq_counts", "mixed_logq"):
@@ -218,9 +215,8 @@ def variant_config(
     })  # fmt: skip
 
 
-def build_variant(
-    variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
-) -> TwoTowerModel:
+def build_variant(variant: str, data: BenchData, config: RetrievalBenchConfig,
+                  seed: int) -> TwoTowerModel:  # fmt: skip
     """The compiled model of ``variant``, from the library's builder."""
     if variant not in (*VARIANTS, *THROUGHPUT_TASKS):
         raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}.")
@@ -237,9 +233,8 @@ def build_variant(
     )
 
 
-def batches(
-    data: BenchData, config: RetrievalBenchConfig, seed: int, epochs: int = 1
-) -> tf.data.Dataset:
+def batches(data: BenchData, config: RetrievalBenchConfig, seed: int,
+            epochs: int = 1) -> tf.data.Dataset:  # fmt: skip
     """Full batches of every epoch in a new seeded order (the library's tf.data builder)."""
     return training_batches(data.train, batch_size=config.batch_size, seed=seed,
                             end_epoch=epochs, drop_remainder=True)  # fmt: skip
@@ -265,9 +260,8 @@ def evaluate_model(model: TwoTowerModel | None, data: BenchData) -> dict[str, fl
 # Training and timing
 
 
-def train_and_evaluate(
-    variant: str, data: BenchData, config: RetrievalBenchConfig, seed: int
-) -> dict:
+def train_and_evaluate(variant: str, data: BenchData, config: RetrievalBenchConfig,
+                       seed: int) -> dict:  # fmt: skip
     """Trains ``variant`` for ``config.epochs`` and evaluates it on the whole catalogue."""
     model, timer = build_variant(variant, data, config, seed), harness.fit_timer("epoch")
     history = model.fit(batches(data, config, seed, config.epochs), epochs=config.epochs,
@@ -324,9 +318,8 @@ def peak_matmul_rate(repeats: int) -> float:
     return 1024**3 / timings.summary("matmul")["median_ms"]
 
 
-def _breakdown_steps(
-    variant: str, data: BenchData, config: RetrievalBenchConfig, batch: dict
-) -> dict:
+def _breakdown_steps(variant: str, data: BenchData, config: RetrievalBenchConfig,
+                     batch: dict) -> dict:  # fmt: skip
     """The timed components of one task (see the module docstring)."""
     model = build_variant(variant, data, config, seed=0)
     s = config.num_sampled if variant == "mixed_logq" else 0
@@ -354,17 +347,13 @@ def _breakdown_steps(
     }
 
 
-def step_breakdown(
-    data: BenchData, config: RetrievalBenchConfig, multiply_adds_per_ms: float
-) -> list[dict]:
+def step_breakdown(data: BenchData, config: RetrievalBenchConfig,
+                   multiply_adds_per_ms: float) -> list[dict]:  # fmt: skip
     """Where one training step's time goes, against the matmul floor ``3·B·(B+S)·D``: every
     component of every task timed round-robin, medians reported."""
     batch = next(iter(batches(data, config, seed=0)))
-    steps = {
-        k: v
-        for task in BREAKDOWN_TASKS
-        for k, v in _breakdown_steps(task, data, config, batch).items()
-    }
+    steps = {k: v for task in BREAKDOWN_TASKS
+             for k, v in _breakdown_steps(task, data, config, batch).items()}  # fmt: skip
     timings = harness.time_round_robin(steps, repeats=config.step_repeats).summaries()
     b, d, results = config.batch_size, config.embedding_dim, []
     for variant in BREAKDOWN_TASKS:

@@ -87,15 +87,11 @@ def ratio_stats(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"mean": statistics.fmean(values), "se": se, "median": statistics.median(values), "n": n}
 
 
-def time_round_robin(
-    steps: Mapping[str, Callable[[], object]],
-    *,
-    repeats: int | Mapping[str, int],
-    warmup: int | Mapping[str, int] = 1,
-    errors: tuple[type[BaseException], ...] = (),
-    on_round_end: Callable[[int], None] | None = None,
-    desc: str | None = None,
-) -> Timings:
+def time_round_robin(steps: Mapping[str, Callable[[], object]], *, repeats: int | Mapping[str, int],
+                     warmup: int | Mapping[str, int] = 1,
+                     errors: tuple[type[BaseException], ...] = (),
+                     on_round_end: Callable[[int], None] | None = None,
+                     desc: str | None = None) -> Timings:  # fmt: skip
     """Times each step (name -> function of no arguments) call by call, round by round.
 
     Every step is first called ``warmup`` times (the first is ``first_call_ms``); then

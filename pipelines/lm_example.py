@@ -73,9 +73,8 @@ def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=axis)
 
 
-def make_markov_chain(
-    vocab_size: int, num_clusters: int, *, concentration: float = 0.1, seed: int = 0
-) -> MarkovChain:
+def make_markov_chain(vocab_size: int, num_clusters: int, *, concentration: float = 0.1,
+                      seed: int = 0) -> MarkovChain:  # fmt: skip
     """Builds the clustered chain of the module docstring, ids sorted by frequency."""
     rng = np.random.default_rng(seed)
     transitions = rng.dirichlet(np.full(num_clusters, concentration), size=num_clusters)
@@ -147,19 +146,11 @@ def read_text(path: str | Path, vocab_size: int, length: int) -> np.ndarray:
 # -- models -------------------------------------------------------------------------------------
 
 
-def build_language_model(
-    vocab_size: int,
-    embedding_dim: int,
-    units: int,
-    *,
-    num_sampled: int | None,
-    learning_rate: float | None = None,
-    optimizer: str = "adam",
-    length: int | None = None,
-    output_classes: int | None = None,
-    lstm_options: dict | None = None,
-    seed: int = 0,
-) -> tf.keras.Model:
+def build_language_model(vocab_size: int, embedding_dim: int, units: int, *,
+                         num_sampled: int | None, learning_rate: float | None = None,
+                         optimizer: str = "adam", length: int | None = None,
+                         output_classes: int | None = None, lstm_options: dict | None = None,
+                         seed: int = 0) -> tf.keras.Model:  # fmt: skip
     """``Embedding -> LSTM -> SampledSoftmax`` (or, ``num_sampled=None``, ``Dense(output_classes
     or vocab_size)`` + cross-entropy), compiled with ``OPTIMIZERS[optimizer]``."""
     tf.keras.utils.set_random_seed(seed)
@@ -179,9 +170,8 @@ def build_language_model(
     return model
 
 
-def train_and_evaluate(
-    model: tf.keras.Model, train: np.ndarray, test: np.ndarray, batch_size: int
-) -> dict:
+def train_and_evaluate(model: tf.keras.Model, train: np.ndarray, test: np.ndarray,
+                       batch_size: int) -> dict:  # fmt: skip
     """One pass over ``train`` in order, then the held-out full cross-entropy on ``test``."""
     timer = harness.fit_timer("batch")
     start = time.perf_counter()
@@ -192,16 +182,11 @@ def train_and_evaluate(
     seconds = time.perf_counter() - start
     result = model.evaluate(test[:, :-1], test[:, 1:], batch_size=256, verbose=0, return_dict=True)
     cross_entropy = float(result["loss"])
-    return {
-        "heldout_cross_entropy": cross_entropy,
-        "heldout_perplexity": float(np.exp(cross_entropy)),
-        # A SampledSoftmaxModel logs its training loss as `sampled_loss`.
-        "final_train_loss": float(
-            next(history.history[k] for k in ("sampled_loss", "loss") if k in history.history)[-1]
-        ),  # fmt: skip
-        "train_seconds": seconds,
-        "median_step_seconds": statistics.median(timer.seconds[1:] or timer.seconds),
-    }
+    losses = history.history.get("sampled_loss", history.history.get("loss"))  # sampled: own key
+    step = statistics.median(timer.seconds[1:] or timer.seconds)
+    return {"heldout_cross_entropy": cross_entropy, "heldout_perplexity": np.exp(cross_entropy),
+            "final_train_loss": float(losses[-1]), "train_seconds": seconds,
+            "median_step_seconds": step}  # fmt: skip
 
 
 def compare_quality(train: np.ndarray, test: np.ndarray, config: LMConfig) -> dict:
@@ -253,9 +238,8 @@ def _speed_batches(vocab_size: int, batch_size: int, length: int) -> tuple[np.nd
     return ids[:, :-1], ids[:, 1:]
 
 
-def _output_layer_steps(
-    vocab_size: int, num_sampled: int, units: int, optimizer: str, y: np.ndarray
-) -> dict[str, Callable[[], object]]:
+def _output_layer_steps(vocab_size: int, num_sampled: int, units: int, optimizer: str,
+                        y: np.ndarray) -> dict[str, Callable[[], object]]:  # fmt: skip
     """Forward + backward + update of the output layers alone, on fixed hidden states."""
     tf.keras.utils.set_random_seed(0)
     hidden = tf.random.normal([y.size, units])
