@@ -57,8 +57,10 @@ Export a trained run for serving: embed the whole catalogue with the candidate t
 on stderr), build a FAISS index with the metric the model was trained with (cosine when the
 towers normalise, else inner product), tune it until recall@10 against exact search reaches
 --target-recall on up to 1000 of the run's users, and write ARTIFACT_DIR atomically (index,
-id maps, query tower, seen items, popularity, titles of data.item_metadata, manifest.json).
-'auto' is exact search below 100,000 items and a tuned IVF index above.
+or --shards N index files searched together; id maps; the query model in TF Serving's layout,
+query_model/1/, mapping original user ids to embeddings; seen items, popularity, titles of
+data.item_metadata, manifest.json). 'auto' is exact search below 100,000 items and a tuned IVF
+index above.
 """
 
 _RECOMMEND_HELP = """\

@@ -229,6 +229,13 @@ def test_recommend_all_users_writes_every_users_top_k(flat_artifact, tmp_path, s
     assert frame["item_id"].tolist() == top.ids.ravel().tolist()
     np.testing.assert_allclose(frame["score"], top.scores.ravel(), rtol=1e-6, atol=1e-6)
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+    users = [str(u) for u in retriever.user_ids[[5, 0]]]
+    argv = ["recommend", "--artifacts", str(flat_artifact), "--user", *users]
+    argv += ["--output", str(output)]
+    assert cli.main([*argv, "-k", "2"]) == 0  # given users, in the order asked
+    frame = pd.read_parquet(output) if suffix == ".parquet" else pd.read_csv(output)
+    assert frame["user_id"].tolist() == [int(users[0])] * 2 + [int(users[1])] * 2
+    assert frame["item_id"].tolist() == top.ids[[5, 0], :2].ravel().tolist()
 
 
 def test_recommend_all_users_needs_an_output_with_a_known_suffix(flat_artifact, tmp_path, capsys):
