@@ -35,7 +35,7 @@ bench-loss: $(STAMP)
 
 ## Index benchmark: Flat, HNSW, IVF-Flat, IVF-PQ and TFRS BruteForce on 10^6 x 64 synthetic items
 ## and on the trained MovieLens 100K model (trained into runs/ first if missing; needs the data
-## at ../shared/datasets/movielens-100k). Writes benchmarks/index.json, .md and .png.
+## at ../shared/datasets/movielens-100k). Writes benchmarks/index.json and .png.
 INDEX_RUN ?= runs/movielens-100k
 bench-index: $(STAMP)
 	test -d $(INDEX_RUN)/towers || $(PY) -m recsampled train --config configs/movielens-100k.yaml --output $(INDEX_RUN)
@@ -47,7 +47,7 @@ bench-lm: $(STAMP)
 
 ## Retrieval benchmark: full softmax, TFRS in-batch, logQ (counts, streaming), mixed and sampled
 ## softmax on MovieLens 100K (if present) and synthetic data; fit throughput against TFRS
-## (about 25 min on 2 cores). Writes benchmarks/retrieval.json and .md.
+## (about 25 min on 2 cores). Writes benchmarks/retrieval.json and .png.
 .PHONY: bench-retrieval
 bench-retrieval: $(STAMP)
 	$(PY) -m pipelines.bench_retrieval --output benchmarks/retrieval.json

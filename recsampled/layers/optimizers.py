@@ -15,7 +15,7 @@ Whether the update stays that small is the optimizer's choice. In tf-keras 2.21:
 
 At ``V = 200,000`` and ``dim = 1024`` a dense update is several 800 MB passes over memory per
 step, seconds on a CPU, which is more than the sampled softmax itself costs (see
-``benchmarks/lm.md``).
+``benchmarks/lm.json``).
 """
 
 from __future__ import annotations
