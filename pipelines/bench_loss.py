@@ -14,7 +14,6 @@ beside TF's ``fixed_unigram_candidate_sampler`` at Zipf-like counts.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import gc
@@ -86,10 +85,6 @@ QUICK = LossBenchConfig(
     full_repeats=2, warmup=1, sampler_sizes=(1_000,), tf_sampler_sizes=(1_000,),
     sampler_num_sampled=16, sampler_repeats=3, construct_repeats=1,
 )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss benchmark
 
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -260,10 +255,6 @@ def evaluate_targets(points: list[dict]) -> dict:
     return {"ratio_within_1_1x": ratio, "speedup_500x_at_1e6_s1024": speedup}
 
 
-# ---------------------------------------------------------------------------------------------
-# Sampler benchmark
-
-
 def bench_sampler_size(num_classes: int, config: LossBenchConfig, with_tf: bool) -> dict:
     """Construction and per-call time of ``UnigramSampler`` (and TF's op if ``with_tf``)."""
     rng = np.random.default_rng(config.seed + num_classes)
@@ -303,10 +294,6 @@ def bench_sampler_size(num_classes: int, config: LossBenchConfig, with_tf: bool)
         "distortion": 1.0, "construct_ms": build.summary("build")["median_ms"],
         "variants": variants, "peak_rss_mb": harness.peak_rss_bytes() / 2**20,
     }  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Pipeline
 
 
 def run_benchmark(config: LossBenchConfig,
@@ -351,25 +338,13 @@ def run_benchmark(config: LossBenchConfig,
     return report(complete=True)
 
 
-def _modes(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-tf-sampler", action="store_true", help="skip TF's unigram op")
-    parser.add_argument("--skip-loss", action="store_true", help="run the sampler part only")
-    parser.add_argument("--skip-samplers", action="store_true", help="run the loss part only")
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark and writes the JSON."""
     harness.configure_logging()
     config, args = harness.parse_options(
         LossBenchConfig, argv, prog="python -m pipelines.bench_loss", description=__doc__,
-        output="benchmarks/loss.json", quick=QUICK, extra=_modes,
+        output="benchmarks/loss.json", quick=QUICK,
     )  # fmt: skip
-    skip = {"sizes": () if args.skip_loss else config.sizes}
-    if args.skip_samplers:
-        skip |= {"sampler_sizes": (), "tf_sampler_sizes": ()}
-    if args.no_tf_sampler:
-        skip["tf_sampler_sizes"] = ()
-    config = dataclasses.replace(config, **skip)
     report = run_benchmark(config, checkpoint=lambda r: harness.write_json(args.output, r))
     harness.write_json(args.output, report)
     LOG.info("wrote %s in %.0f s", args.output, report["wall_s"])

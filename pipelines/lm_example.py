@@ -1,19 +1,19 @@
 """Language model with a ``SampledSoftmax`` output: quality against the full softmax, and speed.
 
 Run ``python -m pipelines.lm_example --output benchmarks/lm.json`` (about 30 minutes on 2 CPU
-cores); ``--render-only`` recomputes the verdicts in an existing JSON.
+cores).
 
 Model: ``Embedding(V, E) -> LSTM(H, return_sequences=True)`` then ``SampledSoftmax(V, S)`` in a
 ``SampledSoftmaxModel`` (``compile``/``fit``), or ``Dense(V)`` + sparse cross-entropy as the
-reference. Quality: both train on the same batches of a known Markov chain over V ids (or
-``--text``): C hidden clusters, cluster transitions ``T`` with Dirichlet rows, a Zipf law within a
+reference. Quality: both train on the same batches of a known Markov chain over V ids: C
+hidden clusters, cluster transitions ``T`` with Dirichlet rows, a Zipf law within a
 cluster, ids numbered by decreasing stationary probability; its exact entropy rate
 ``H = Σ_c π_c [H(T[c, :]) + Σ_c' T[c, c'] H(u | c')]`` is reported beside the held-out
 cross-entropy of each model and their ratio (target: sampled within 5% of full). Speed
 (V = 200,000, S = 1,000, ``Embedding(V, 256)``, ``LSTM(1024)``, 32 x 20 tokens; target >= 20x),
 per optimizer, timed round-robin (median wall and CPU seconds): the whole ``train_on_batch``;
-the output layer alone on fixed hidden states; the body alone (16-way output, also with
-``LSTM(unroll=True)`` and ``implementation=1``), which bounds the whole-step speed-up. Only
+the output layer alone on fixed hidden states; the body alone (16-way output), which bounds the
+whole-step speed-up. Only
 optimizers that update just the rows of ``IndexedSlices`` gradients (``adagrad``,
 ``legacy_sgd``, ``lazy_adam``) keep the step small; ``adam`` is the dense reference.
 """
@@ -28,9 +28,7 @@ import os
 import statistics
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,9 +44,6 @@ LOG = logging.getLogger("pipelines.lm_example")
 SCHEMA_VERSION = 3
 QUALITY_TARGET = 1.05  # held-out cross-entropy, sampled / full
 SPEEDUP_TARGET = 20.0  # step time, full / sampled
-
-
-# -- data ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,34 +124,17 @@ def sample_sequences(chain: MarkovChain, num_sequences: int, length: int, seed: 
     return sequences
 
 
-def read_text(path: str | Path, vocab_size: int, length: int) -> np.ndarray:
-    """Whitespace tokens as ``[n, length + 1]`` ids by decreasing frequency (``<unk>`` last)."""
-    tokens = Path(path).read_text(encoding="utf-8").split()
-    if len(tokens) < 2 * (length + 1):
-        raise ValueError(
-            f"`text` must hold at least {2 * (length + 1)} tokens (two sequences of "
-            f"length={length} + 1). Received: {path} with {len(tokens)} tokens."
-        )
-    vocab = {w: i for i, (w, _) in enumerate(Counter(tokens).most_common(vocab_size - 1))}
-    ids = np.array([vocab.get(w, vocab_size - 1) for w in tokens], np.int32)
-    n = ids.size // (length + 1)
-    return ids[: n * (length + 1)].reshape(n, length + 1)
-
-
-# -- models -------------------------------------------------------------------------------------
-
-
 def build_language_model(vocab_size: int, embedding_dim: int, units: int, *,
                          num_sampled: int | None, learning_rate: float | None = None,
                          optimizer: str = "adam", length: int | None = None,
-                         output_classes: int | None = None, lstm_options: dict | None = None,
+                         output_classes: int | None = None,
                          seed: int = 0) -> tf.keras.Model:  # fmt: skip
     """``Embedding -> LSTM -> SampledSoftmax`` (or, ``num_sampled=None``, ``Dense(output_classes
     or vocab_size)`` + cross-entropy), compiled with ``OPTIMIZERS[optimizer]``."""
     tf.keras.utils.set_random_seed(seed)
     inputs = tf.keras.Input([length], dtype="int32")
     x = tf.keras.layers.Embedding(vocab_size, embedding_dim)(inputs)
-    x = tf.keras.layers.LSTM(units, return_sequences=True, **(lstm_options or {}))(x)
+    x = tf.keras.layers.LSTM(units, return_sequences=True)(x)
     make_optimizer = OPTIMIZERS[optimizer][0]
     optimizer_ = make_optimizer() if learning_rate is None else make_optimizer(learning_rate)
     if num_sampled is None:
@@ -210,10 +188,6 @@ OPTIMIZERS: dict[str, tuple[Callable[[], tf.keras.optimizers.Optimizer], bool]] 
     "sgd": (tf.keras.optimizers.SGD, False),  # tf-keras 2.21 keeps momentum slots at momentum=0
 }
 
-# LSTM options tried for the body's CPU cost; none changes the model's function.
-LSTM_VARIANTS = {"default": {}, "unroll": {"unroll": True},
-                 "implementation=1": {"implementation": 1}}  # fmt: skip
-
 BODY_CLASSES = 16  # the body-only model's tiny output
 
 
@@ -231,11 +205,6 @@ def time_alternately(steps: dict[str, Callable[[], object]], num_steps: int) -> 
             "median_cpu_seconds": statistics.median(cpu) / 1e3,
         }  # fmt: skip
     return results | {"load_average": load_before + harness.load_average()[:1]}
-
-
-def _speed_batches(vocab_size: int, batch_size: int, length: int) -> tuple[np.ndarray, ...]:
-    ids = harness.log_uniform_ids(vocab_size, (batch_size, length + 1), np.random.default_rng(0))
-    return ids[:, :-1], ids[:, 1:]
 
 
 def _output_layer_steps(vocab_size: int, num_sampled: int, units: int, optimizer: str,
@@ -262,43 +231,36 @@ def _output_layer_steps(vocab_size: int, num_sampled: int, units: int, optimizer
 
         return step
 
-    def full_loss() -> tf.Tensor:
-        logits = full(hidden)
-        return tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        )
-
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits
     return {
         "sampled": make_step(sampled, lambda: sampled.sampled_loss(targets, hidden)),
-        "full": make_step(full, full_loss),
+        "full": make_step(full, lambda: tf.reduce_mean(xent(targets, full(hidden)))),
     }
 
 
-def time_speed(config: LMConfig, optimizer: str, lstm_variants: Sequence[str]) -> dict:
-    """Step time of the ``whole`` models, the ``body`` (per LSTM variant) and the
-    ``output_layer`` alone, for one optimizer."""
+def time_speed(config: LMConfig, optimizer: str) -> dict:
+    """Step time of the ``whole`` models, the ``body`` and the ``output_layer`` alone, for one
+    optimizer."""
     vocab_size, num_sampled = config.speed_vocab_size, config.speed_num_sampled
-    x, y = _speed_batches(vocab_size, config.speed_batch_size, config.speed_length)
+    shape = (config.speed_batch_size, config.speed_length + 1)
+    ids = harness.log_uniform_ids(vocab_size, shape, np.random.default_rng(0))
+    x, y = ids[:, :-1], ids[:, 1:]
     sizes = (vocab_size, config.speed_embedding_dim, config.speed_units)
     build = functools.partial(build_language_model, *sizes, optimizer=optimizer,
                               length=config.speed_length)  # fmt: skip
     results: dict = {"sparse_updates": OPTIMIZERS[optimizer][1]}
 
-    def train_steps(models: dict[str, tf.keras.Model], targets: np.ndarray) -> dict:
-        return {name: functools.partial(m.train_on_batch, x, targets) for name, m in models.items()}
+    def train_steps(targets: np.ndarray, **options: dict) -> dict:
+        return {
+            k: functools.partial(build(**o).train_on_batch, x, targets) for k, o in options.items()
+        }
 
-    def models(variants: Sequence[str]) -> dict[str, tf.keras.Model]:
-        return {v: build(num_sampled=None, output_classes=BODY_CLASSES,
-                         lstm_options=LSTM_VARIANTS[v]) for v in variants}  # fmt: skip
-
+    full, body = {"num_sampled": None}, {"num_sampled": None, "output_classes": BODY_CLASSES}
+    head = (vocab_size, num_sampled, config.speed_units, optimizer, y)
     parts: dict[str, Callable[[], dict]] = {
-        "whole": lambda: train_steps(
-            {"sampled": build(num_sampled=num_sampled), "full": build(num_sampled=None)}, y
-        ),
-        "body": lambda: train_steps(models(lstm_variants), y % BODY_CLASSES),
-        "output_layer": lambda: _output_layer_steps(
-            vocab_size, num_sampled, config.speed_units, optimizer, y
-        ),
+        "whole": lambda: train_steps(y, sampled={"num_sampled": num_sampled}, full=full),
+        "body": lambda: train_steps(y % BODY_CLASSES, default=body),
+        "output_layer": lambda: _output_layer_steps(*head),
     }
     for part, make_steps in parts.items():
         with warnings.catch_warnings():
@@ -333,15 +295,11 @@ def judge_speed(speed: dict) -> dict:
                   "output_layer_passed": passed["output_layer_speedup"]}  # fmt: skip
 
 
-# -- command line -------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """Settings of one run (the defaults are those of the published tables).
 
     Attributes:
-        text: a text file instead of the Markov chain (quality run).
         vocab_size: V of the quality run.
         num_clusters: clusters of the Markov chain.
         num_sampled: S of the quality run.
@@ -354,7 +312,6 @@ class LMConfig:
         test_sequences: held-out sequences.
         seed: seeds the chain and its sequences.
         speed_optimizers: optimizers of the step-time runs.
-        lstm_variants: LSTM options timed in the body-only model (with the first optimizer).
         speed_vocab_size: V of the step-time runs.
         speed_num_sampled: S of the step-time runs.
         speed_embedding_dim: Embedding size of the step-time runs.
@@ -364,7 +321,6 @@ class LMConfig:
         speed_steps: timed steps per model.
     """
 
-    text: str | None = None
     vocab_size: int = 50_000
     num_clusters: int = 64
     num_sampled: int = 1_000
@@ -377,7 +333,6 @@ class LMConfig:
     test_sequences: int = 2_000
     seed: int = 0
     speed_optimizers: tuple[str, ...] = ("adagrad", "legacy_sgd", "lazy_adam", "adam")
-    lstm_variants: tuple[str, ...] = tuple(LSTM_VARIANTS)
     speed_vocab_size: int = 200_000
     speed_num_sampled: int = 1_000
     speed_embedding_dim: int = 256
@@ -389,10 +344,6 @@ class LMConfig:
 
 def _quality_data(config: LMConfig) -> tuple[np.ndarray, np.ndarray, dict]:
     num_train = config.quality_steps * config.batch_size
-    if config.text:
-        sequences = read_text(config.text, config.vocab_size, config.length)
-        test, train = sequences[: config.test_sequences], sequences[config.test_sequences :]
-        return train[:num_train], test, {"source": f"text file {config.text}", "entropy_rate": None}
     chain = make_markov_chain(config.vocab_size, config.num_clusters, seed=config.seed)
     train = sample_sequences(chain, num_train, config.length, seed=config.seed + 1)
     test = sample_sequences(chain, config.test_sequences, config.length, seed=config.seed + 2)
@@ -421,33 +372,23 @@ def run(config: LMConfig) -> dict:
         quality = compare_quality(train, test, config)
         results["quality"] = {"data": data, "model": _fields(config, "")} | quality
     results["step_time"] = {}
-    for i, optimizer in enumerate(config.speed_optimizers):
-        # The LSTM variants do not depend on the optimizer: tried with the first one only.
-        variants = ["default"] + [v for v in config.lstm_variants if v != "default" and i == 0]
-        speed = time_speed(config, optimizer, variants)
+    for optimizer in config.speed_optimizers:
+        speed = time_speed(config, optimizer)
         results["step_time"][optimizer] = {"config": _fields(config, "speed_")} | speed
     return bench.report(**results)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     harness.configure_logging()
-    render = "no runs: recompute the verdicts in --output's JSON"
     config, args = harness.parse_options(
         LMConfig, argv, prog="python -m pipelines.lm_example", description=__doc__,
         output="benchmarks/lm.json",
-        extra=lambda p: p.add_argument("--render-only", action="store_true", help=render),
     )  # fmt: skip
-    for name, known in (("speed_optimizers", OPTIMIZERS), ("lstm_variants", LSTM_VARIANTS)):
-        if unknown := set(getattr(config, name)) - set(known):
-            raise SystemExit(
-                f"--{name.replace('_', '-')}: unknown {sorted(unknown)}; expected {sorted(known)}"
-            )
-    if args.render_only:
-        results = harness.read_json(args.output)
-        for name, speed in results.get("step_time", {}).items():  # verdicts from measurements
-            results["step_time"][name] = judge_speed(speed)
-    else:
-        results = run(config)
+    if unknown := set(config.speed_optimizers) - set(OPTIMIZERS):
+        raise SystemExit(
+            f"--speed-optimizers: unknown {sorted(unknown)}; expected {sorted(OPTIMIZERS)}"
+        )
+    results = run(config)
     harness.write_json(args.output, results)
     return results
 
