@@ -4,8 +4,8 @@ Run ``python -m pipelines.bench_index --output benchmarks/index.json``; it write
 recall-vs-queries/s plot (``benchmarks/index.png``).
 
 Data: N items and Q queries from one Gaussian mixture in D dimensions (``--num-clusters``
-centres, per-cluster scales in [0.5, 1.5]), or ``--item-embeddings``/``--query-embeddings``
-``.npy`` files, or (``--run``, under ``report["real"]``) a trained run's catalogue and users.
+centres, per-cluster scales in [0.5, 1.5]) and, with ``--run`` (under ``report["real"]``), a
+trained run's catalogue and users.
 Recall@10 is against the exact top-10 (``IndexFlatIP``). Indexes come from
 ``recsampled.index.build.create_index``: Flat, ``HNSW32,Flat`` (``efSearch`` sweep),
 ``IVF{4√N},Flat`` (``nprobe``), ``IVF{4√N},PQ{D/2}x4fs,RFlat`` (``nprobe`` x ``k_factor_rf``):
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -68,9 +69,7 @@ class IndexBenchConfig:
         dim: D.
         num_queries: Q, synthetic queries (all are used for recall).
         num_clusters: Gaussian-mixture components of the synthetic data.
-        metric: the score of the synthetic or ``.npy`` data.
-        item_embeddings: ``[N, D]`` ``.npy`` of real item embeddings (replaces the synthetic data).
-        query_embeddings: ``[Q, D]`` ``.npy`` of real query embeddings (with ``item_embeddings``).
+        metric: the score of the synthetic data.
         timing_queries: queries timed with one thread (a prefix of the Q queries).
         threads: FAISS threads for "all threads" (default: all available).
         repeats: timed rounds (each setting keeps its best).
@@ -90,8 +89,6 @@ class IndexBenchConfig:
     num_queries: int = 10_000
     num_clusters: int = 1000
     metric: Literal["cosine", "dot"] = "cosine"
-    item_embeddings: str | None = None
-    query_embeddings: str | None = None
     timing_queries: int = 1000
     threads: int | None = None
     repeats: int = dataclasses.field(default=2, metadata={"min": 1})
@@ -130,9 +127,6 @@ def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str, st
         metric, data = run.metric, run.config.data.path or "synthetic"
         source = (f"trained run {config.run} ({data}): its {run.num_items:,} items and "
                   f"{run.num_users:,} users through the towers")  # fmt: skip
-    elif config.item_embeddings:
-        items, queries = np.load(config.item_embeddings), np.load(config.query_embeddings)
-        source = f"{config.item_embeddings} + {config.query_embeddings}"
     else:
         rng = np.random.default_rng(config.seed)
         centers = rng.standard_normal((config.num_clusters, config.dim)).astype(np.float32)
@@ -182,16 +176,6 @@ def build_indexes(items: np.ndarray, config: IndexBenchConfig, threads: int) -> 
     return entries
 
 
-def _search_step(index: faiss.Index, params: dict, queries: np.ndarray, threads: int,
-                 found: dict, key: tuple) -> Callable[[], None]:  # fmt: skip
-    def step() -> None:
-        faiss.omp_set_num_threads(threads)
-        set_search_params(index, params)
-        found[key] = search(index, queries, RECALL_K).rows
-
-    return step
-
-
 def _tfrs_step(items: np.ndarray, queries: np.ndarray, batch: int, found: dict) -> Callable:
     """One pass of TFRS ``BruteForce`` over ``queries`` (this process's TF threads)."""
     import tensorflow as tf
@@ -237,14 +221,18 @@ def bench_faiss(items: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray,
     entries = build_indexes(items, config, threads)
     timing = queries[: config.timing_queries]
     steps, found, load = {}, {}, [{"at": "start", "load_average": harness.load_average()}]
+
+    def run_search(index: faiss.Index, params: dict, n: int, rows: np.ndarray, k: tuple) -> None:
+        faiss.omp_set_num_threads(n)
+        set_search_params(index, params)
+        found[k] = search(index, rows, RECALL_K).rows
+
+    runs = (("qps_all_threads", threads, queries), ("qps_1_thread", 1, timing))
     for e, entry in enumerate(entries):
         for p, params in enumerate(entry["grid"]):
-            for key, threads_, rows in (
-                ("qps_all_threads", threads, queries),
-                ("qps_1_thread", 1, timing),
-            ):
-                step = _search_step(entry["index"], params, rows, threads_, found, (e, p, key))
-                steps[e, p, key] = step
+            for key, n, rows in runs:
+                k = (e, p, key)
+                steps[k] = functools.partial(run_search, entry["index"], params, n, rows, k)
     if config.tfrs != "none":
         steps["tfrs"] = _tfrs_step(items, timing, config.tfrs_batch, found)
     child: list[float] = []
@@ -326,10 +314,6 @@ def run_dataset(config: IndexBenchConfig, threads: int) -> dict:
     }  # fmt: skip
 
 
-def _params(params: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
-
-
 def plot(report: dict, path: Path) -> None:
     """Recall@10 vs queries/s (log x), one panel per thread setting and data set."""
     reports = [report] + ([report["real"]] if report.get("real") else [])
@@ -342,8 +326,8 @@ def plot(report: dict, path: Path) -> None:
             for color, entry in enumerate(r["indexes"]):
                 series: dict[str, list[dict]] = {}
                 for point in entry["points"]:  # one line per value of k_factor_rf
-                    extra = {k: v for k, v in point["params"].items() if k == "k_factor_rf"}
-                    label = entry["name"] + (f" ({_params(extra)})" if extra else "")
+                    extra = point["params"].get("k_factor_rf")
+                    label = entry["name"] + (f" (k_factor_rf={extra})" if extra else "")
                     series.setdefault(label, []).append(point)
                 for number, (label, points) in enumerate(series.items()):
                     ax.plot([p[key] for p in points], [p["recall"] for p in points],
@@ -364,22 +348,17 @@ def plot(report: dict, path: Path) -> None:
     harness.save_figure(fig, path, dpi=120)
 
 
-def _worker_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tfrs-worker", help=argparse.SUPPRESS)
-
-
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Runs the benchmark; writes the JSON and the PNG beside it."""
     harness.configure_logging()
     config, args = harness.parse_options(
         IndexBenchConfig, argv, prog="python -m pipelines.bench_index", description=__doc__,
-        output="benchmarks/index.json", extra=_worker_flag,
+        output="benchmarks/index.json",
+        extra=lambda p: p.add_argument("--tfrs-worker", help=argparse.SUPPRESS),
     )  # fmt: skip
     if args.tfrs_worker:
         _tfrs_worker(args.tfrs_worker, config.tfrs_batch)
         return None
-    if bool(config.item_embeddings) != bool(config.query_embeddings):
-        raise SystemExit("--item-embeddings and --query-embeddings go together")
     if unknown := set(config.indexes) - {"flat", "hnsw", "ivf", "ivfpq"}:
         raise SystemExit(f"--indexes: unknown {sorted(unknown)}")
     threads = config.threads or faiss.omp_get_max_threads()

@@ -2,8 +2,7 @@
 
 Run ``python -m pipelines.bench_retrieval`` (or ``make bench-retrieval``); it writes
 ``benchmarks/retrieval.json`` and a plot (``.png``) beside it. ``--quick``: tiny settings;
-``--render``: recompute the checks from the JSON; ``--throughput-only``: re-measure the ``fit``
-throughput into an existing JSON.
+``--throughput-only``: re-measure the ``fit`` throughput into an existing JSON.
 
 Data: MovieLens 100K (``../shared/datasets/movielens-100k``, skipped when absent; user
 age/gender/occupation and movie genres as tower features) and the synthetic log of
@@ -25,7 +24,6 @@ seed-to-seed noise.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -69,6 +67,7 @@ VARIANTS = ("full_softmax", "in_batch", *LOGQ_VARIANTS, *(f"sampled_{s}" for s i
 THROUGHPUT_TASKS = ("tfrs", "ours")
 BREAKDOWN_TASKS = ("tfrs", "ours", "mixed_logq")
 COMPONENTS = ("train_step", "towers_forward", "task_forward_backward", "score_matmuls")
+REMEASURE = "re-measure only the fit throughput (ours vs TFRS) into --output's JSON"
 RELATIVE_GAP = 0.03  # best sampled variant vs full softmax, Recall@20
 
 
@@ -112,10 +111,6 @@ QUICK = RetrievalBenchConfig(
     batch_size=64, num_sampled=32, epochs=1, seeds=(0,), throughput_rounds=2, step_repeats=3,
     synthetic={**synthetic.SIZES["tiny"], "seed": 0},
 )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Data and models
 
 
 @dataclasses.dataclass
@@ -256,10 +251,6 @@ def evaluate_model(model: TwoTowerModel | None, data: BenchData) -> dict[str, fl
     return {m: float(v) for m, v in next(iter(result.values())).as_dict().items() if m in METRICS}
 
 
-# ---------------------------------------------------------------------------------------------
-# Training and timing
-
-
 def train_and_evaluate(variant: str, data: BenchData, config: RetrievalBenchConfig,
                        seed: int) -> dict:  # fmt: skip
     """Trains ``variant`` for ``config.epochs`` and evaluates it on the whole catalogue."""
@@ -279,12 +270,9 @@ def train_and_evaluate(variant: str, data: BenchData, config: RetrievalBenchConf
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
     """Per quantity: mean, sample standard deviation (0 for one seed) and the per-seed values."""
-    out = {}
-    for key in runs[0]:
-        values = [float(r[key]) for r in runs]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        out[key] = {"mean": float(np.mean(values)), "std": std, "per_seed": values}
-    return out
+    values = {key: [float(r[key]) for r in runs] for key in runs[0]}
+    std = {key: statistics.stdev(v) if len(v) > 1 else 0.0 for key, v in values.items()}
+    return {k: {"mean": float(np.mean(v)), "std": std[k], "per_seed": v} for k, v in values.items()}
 
 
 def compare_fit_throughput(data: BenchData, config: RetrievalBenchConfig) -> dict:
@@ -371,10 +359,6 @@ def step_breakdown(data: BenchData, config: RetrievalBenchConfig,
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks: computed from the reported numbers
-
-
 def _paired(a: dict, b: dict, fn: Callable[[float, float], float]) -> dict | None:
     """``fn(a_s, b_s)`` per seed (variants share initial weights and data order per seed, so
     seed-to-seed variation largely cancels); None without matching ``per_seed`` values."""
@@ -418,11 +402,6 @@ def quality_checks(variants: dict[str, dict]) -> dict:
             "threshold": RELATIVE_GAP,
             "all_relative_gaps": {k: 1.0 - r / full for k, r in candidates.items()},
         }  # fmt: skip
-    if samplers := {k: r for k, r in recall.items() if k.startswith("sampled_")}:
-        best = max(samplers, key=samplers.get)  # information, not a check
-        gap = 1.0 - samplers[best] / full
-        result["best_catalogue_sampler"] = {"variant": best, "recall@20": samplers[best],
-                                            "relative_gap": gap}  # fmt: skip
     return result
 
 
@@ -445,10 +424,6 @@ def all_checks(entry: dict) -> dict:
     return quality_checks(entry["variants"]) | {
         "ours_at_least_tfrs_fit_throughput": throughput_check(entry["fit_throughput"])
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The run and its report
 
 
 def run_dataset(data: BenchData, config: RetrievalBenchConfig) -> dict:
@@ -476,24 +451,17 @@ def run_dataset(data: BenchData, config: RetrievalBenchConfig) -> dict:
 
 def plot(results: dict, path: Path) -> None:
     """Recall@20 of every variant (mean ± std over seeds) and popularity, a panel per dataset."""
-    names = list(results["datasets"])
-    if not names:
+    if not (names := list(results["datasets"])):
         return
-    fig, axes = harness.pyplot().subplots(
-        1, len(names), figsize=(6 * len(names), 4.2), squeeze=False
-    )
+    plt = harness.pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         entry = results["datasets"][name]
-        variants = list(entry["variants"])
-        recall = [entry["variants"][v]["recall@20"] for v in variants]
-        colors = ["tab:red" if v == "in_batch" else "tab:gray" if v == "full_softmax"
-                  else "tab:blue" for v in variants]  # fmt: skip
-        ax.barh(
-            variants, [r["mean"] for r in recall], xerr=[r["std"] for r in recall], color=colors
-        )
-        ax.axvline(
-            entry["popularity"]["recall@20"], color="black", linestyle="--", label="popularity"
-        )
+        recall = {v: r["recall@20"] for v, r in entry["variants"].items()}
+        colors = [{"in_batch": "red", "full_softmax": "gray"}.get(v, "tab:blue") for v in recall]
+        means, stds = ([r[k] for r in recall.values()] for k in ("mean", "std"))
+        ax.barh(list(recall), means, xerr=stds, color=colors)
+        ax.axvline(entry["popularity"]["recall@20"], color="k", linestyle="--", label="popularity")
         ax.invert_yaxis()
         ax.set_xlabel("Recall@20 (full catalogue, seen items removed)")
         ax.set_title(f"{name}: mean ± std over {len(results['settings']['seeds'])} seeds")
@@ -501,18 +469,12 @@ def plot(results: dict, path: Path) -> None:
     harness.save_figure(fig, path)
 
 
-def _modes(parser: argparse.ArgumentParser) -> None:
-    render = "only recompute the checks and redraw the plot from --output's JSON"
-    parser.add_argument("--render", action="store_true", help=render)
-    remeasure = "re-measure only the fit throughput (ours vs TFRS) into --output's JSON"
-    parser.add_argument("--throughput-only", action="store_true", help=remeasure)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     harness.configure_logging()
     config, args = harness.parse_options(
         RetrievalBenchConfig, argv, prog="python -m pipelines.bench_retrieval",
-        description=__doc__, output="benchmarks/retrieval.json", quick=QUICK, extra=_modes,
+        description=__doc__, output="benchmarks/retrieval.json", quick=QUICK,
+        extra=lambda p: p.add_argument("--throughput-only", action="store_true", help=REMEASURE),
     )  # fmt: skip
     if args.throughput_only:
         results = harness.read_json(args.output)
@@ -523,27 +485,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for name, entry in results["datasets"].items():
             if not isinstance(data := load(name, config), str):
                 entry["fit_throughput"] = compare_fit_throughput(data, config)
+                entry["checks"] = all_checks(entry)  # the checks follow the new numbers
         results["settings"]["throughput_rounds"] = config.throughput_rounds
-        results["throughput_remeasured"] = datetime.datetime.now(datetime.UTC).isoformat(
-            timespec="seconds"
-        )
-    elif args.render:
-        results = harness.read_json(args.output)
+        now = datetime.datetime.now(datetime.UTC)
+        results["throughput_remeasured"] = now.isoformat(timespec="seconds")
     else:
-        bench = harness.Benchmark(
-            "pipelines.bench_retrieval", config, schema_version=SCHEMA_VERSION
-        )
-        datasets, skipped = {}, {}
-        for name in config.datasets:
-            data = load(name, config)
-            if isinstance(data, str):
-                LOG.info("%s: skipped (%s)", name, data)
-                skipped[name] = data
-            else:
-                datasets[name] = run_dataset(data, config)
+        bench = harness.Benchmark(LOG.name, config, schema_version=SCHEMA_VERSION)
+        loaded = {name: load(name, config) for name in config.datasets}
+        skipped = {name: data for name, data in loaded.items() if isinstance(data, str)}
+        LOG.info("skipped: %s", skipped)
+        datasets = {n: run_dataset(d, config) for n, d in loaded.items() if n not in skipped}
         results = bench.report(datasets=datasets, skipped=skipped)
-    for entry in results["datasets"].values():  # the checks always follow the stored numbers
-        entry["checks"] = all_checks(entry)
     harness.write_json(args.output, results)
     plot(results, args.output.with_suffix(".png"))
     return results

@@ -149,24 +149,11 @@ def fit_timer(unit: str = "epoch") -> Any:
         raise ValueError(f"`unit` must be 'epoch' or 'batch'. Received: unit={unit!r}")
     hook = "on_train_batch" if unit == "batch" else "on_epoch"  # only `unit`'s hooks are set
 
-    class FitTimer(tf.keras.callbacks.Callback):
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.seconds: list[float] = []
-
-        def start(self, *_: object) -> None:
-            self._start = time.perf_counter()
-
-        def stop(self, *_: object) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
-
-    timer = FitTimer()
-    setattr(timer, f"{hook}_begin", timer.start)
-    setattr(timer, f"{hook}_end", timer.stop)
+    timer, start = tf.keras.callbacks.Callback(), [0.0]
+    timer.on_train_begin = lambda *_: setattr(timer, "seconds", [])
+    setattr(timer, f"{hook}_begin", lambda *_: start.__setitem__(0, time.perf_counter()))
+    setattr(timer, f"{hook}_end", lambda *_: timer.seconds.append(time.perf_counter() - start[0]))
     return timer
-
-
-# ---------------------------------------------------------------------------------------------
-# Machine and run facts
 
 
 def load_average() -> list[float]:
@@ -255,10 +242,6 @@ class Benchmark:
         }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# Reports
-
-
 def _json_default(value: object) -> object:
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
@@ -344,10 +327,6 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-# ---------------------------------------------------------------------------------------------
-# Benchmark inputs
-
-
 def log_uniform_ids(num_classes: int, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     """int64 ids of ``shape`` with ``P(k) = log((k+2)/(k+1)) / log(N+1)`` (TF's log-uniform law)."""
     ids = np.floor(np.exp(rng.random(shape) * np.log(num_classes + 1.0))).astype(np.int64) - 1
@@ -360,21 +339,13 @@ def zipf_counts(num_classes: int, exponent: float, rng: np.random.Generator) -> 
     return rng.permutation(counts)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command lines
-
-
 def integer(text: str) -> int:
     """Parses ``"1e5"`` or ``"100000"`` into ``100000``."""
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
+        value = int(text) if text.strip().lstrip("+-").isdigit() else float(text)
     except ValueError:
         value = math.nan
-    if not value.is_integer():
+    if not float(value).is_integer():
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
     return int(value)
 
