@@ -184,8 +184,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         MemoryBenchConfig, argv, prog="python -m pipelines.bench_memory", description=__doc__,
         output="benchmarks/memory.json",
     )  # fmt: skip
-    unknown = set(config.stages) - set(STAGES)
-    if unknown:
+    if unknown := set(config.stages) - set(STAGES):
         raise SystemExit(f"--stages: unknown {sorted(unknown)}; expected some of {STAGES}")
     with tempfile.TemporaryDirectory(dir=config.workdir) as workdir:
         report = run(config, workdir)

@@ -43,10 +43,7 @@ NUM_USERS_SHOWN = 3
 
 
 def _show(path: Path) -> str:
-    try:
-        return str(path.relative_to(REPO))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 def main(argv: Sequence[str] | None = None) -> RunEvaluation:
