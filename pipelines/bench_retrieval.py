@@ -235,10 +235,6 @@ def batches(data: BenchData, config: RetrievalBenchConfig, seed: int,
                             end_epoch=epochs, drop_remainder=True)  # fmt: skip
 
 
-def examples_per_epoch(data: BenchData, batch_size: int) -> int:
-    return (len(data.train) // batch_size) * batch_size
-
-
 def evaluate_model(model: TwoTowerModel | None, data: BenchData) -> dict[str, float]:
     """The :data:`METRICS` of ``model`` (None: of popularity), by ``recsampled.evaluation``."""
     scorers = {}
@@ -255,16 +251,15 @@ def train_and_evaluate(variant: str, data: BenchData, config: RetrievalBenchConf
                        seed: int) -> dict:  # fmt: skip
     """Trains ``variant`` for ``config.epochs`` and evaluates it on the whole catalogue."""
     model, timer = build_variant(variant, data, config, seed), harness.fit_timer("epoch")
+    steps = len(data.train) // config.batch_size
     history = model.fit(batches(data, config, seed, config.epochs), epochs=config.epochs,
-                        steps_per_epoch=len(data.train) // config.batch_size, verbose=0,
-                        callbacks=[timer])  # fmt: skip
+                        steps_per_epoch=steps, verbose=0, callbacks=[timer])  # fmt: skip
     steady = timer.seconds[1:] or timer.seconds  # the first epoch traces
     return {
         **evaluate_model(model, data),
         "final_loss": float(history.history["loss"][-1]),
         "train_seconds": float(sum(timer.seconds)),
-        "examples_per_second": examples_per_epoch(data, config.batch_size)
-        / statistics.median(steady),
+        "examples_per_second": steps * config.batch_size / statistics.median(steady),
     }
 
 
@@ -283,7 +278,7 @@ def compare_fit_throughput(data: BenchData, config: RetrievalBenchConfig) -> dic
     steps = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
     load_before = harness.load_average()
     timings = harness.time_round_robin(steps, repeats=config.throughput_rounds, desc="fit epochs")
-    examples = examples_per_epoch(data, config.batch_size)
+    examples = len(data.train) // config.batch_size * config.batch_size
     seconds = {name: [ms / 1e3 for ms in timings.wall_ms[name]] for name in THROUGHPUT_TASKS}
     speed = {name: examples / statistics.median(s) for name, s in seconds.items()}
     per_round = timings.ratio("tfrs", "ours")
@@ -296,14 +291,6 @@ def compare_fit_throughput(data: BenchData, config: RetrievalBenchConfig) -> dic
         "ours_over_tfrs_cpu_per_round": timings.ratio("tfrs", "ours", cpu=True)["per_round"],
         "load_average_before": load_before, "load_average_after": harness.load_average(),
     }  # fmt: skip
-
-
-def peak_matmul_rate(repeats: int) -> float:
-    """Multiply-adds per millisecond of a 1024³ float32 matmul (the machine's practical peak)."""
-    big = tf.random.stateless_normal([1024, 1024], seed=[0, 1])
-    step = tf.function(lambda: tf.matmul(big, big))
-    timings = harness.time_round_robin({"matmul": step}, repeats=max(5, repeats // 5))
-    return 1024**3 / timings.summary("matmul")["median_ms"]
 
 
 def _breakdown_steps(variant: str, data: BenchData, config: RetrievalBenchConfig,
@@ -335,10 +322,14 @@ def _breakdown_steps(variant: str, data: BenchData, config: RetrievalBenchConfig
     }
 
 
-def step_breakdown(data: BenchData, config: RetrievalBenchConfig,
-                   multiply_adds_per_ms: float) -> list[dict]:  # fmt: skip
-    """Where one training step's time goes, against the matmul floor ``3·B·(B+S)·D``: every
-    component of every task timed round-robin, medians reported."""
+def step_breakdown(data: BenchData, config: RetrievalBenchConfig) -> list[dict]:
+    """Where one training step's time goes, against the matmul floor ``3·B·(B+S)·D`` at the
+    machine's practical peak (a 1024³ float32 matmul's multiply-adds per ms): every component of
+    every task timed round-robin, medians reported."""
+    big = tf.random.stateless_normal([1024, 1024], seed=[0, 1])
+    peak = {"matmul": tf.function(lambda: tf.matmul(big, big))}
+    peak_ms = harness.time_round_robin(peak, repeats=max(5, config.step_repeats // 5))
+    multiply_adds_per_ms = 1024**3 / peak_ms.summary("matmul")["median_ms"]
     batch = next(iter(batches(data, config, seed=0)))
     steps = {k: v for task in BREAKDOWN_TASKS
              for k, v in _breakdown_steps(task, data, config, batch).items()}  # fmt: skip
@@ -439,7 +430,7 @@ def run_dataset(data: BenchData, config: RetrievalBenchConfig) -> dict:
                  entry["variants"][variant]["recall@20"]["mean"],
                  f"{entry['variants'][variant]['examples_per_second']['mean']:,.0f}")  # fmt: skip
     entry["fit_throughput"] = compare_fit_throughput(data, config)
-    entry["step_breakdown"] = step_breakdown(data, config, peak_matmul_rate(config.step_repeats))
+    entry["step_breakdown"] = step_breakdown(data, config)
     speed = entry["fit_throughput"]["examples_per_second"]
     speed["mixed_logq"] = entry["variants"]["mixed_logq"]["examples_per_second"]["mean"]
     for b in entry["step_breakdown"]:  # a step in `fit`, iterator and callbacks included
