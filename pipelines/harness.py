@@ -312,9 +312,7 @@ def save_figure(figure: Any, path: str | Path, *, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    pyplot().close(figure)
     return path
 
 
