@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-import tensorflow as tf
 import yaml
 
 from recsampled._validation import received
@@ -97,12 +96,11 @@ LOGQ: dict[str, type[FixedFrequency] | type[FrequencyEstimator] | None] = {
 """``task.logq``: the source of the in-batch inclusion probabilities (the task's
 ``candidate_frequency``): none, the training counts, or the streaming estimator."""
 
-OPTIMIZERS: dict[str, type[tf.keras.optimizers.Optimizer]] = {
-    "adam": tf.keras.optimizers.Adam,
-    "adagrad": tf.keras.optimizers.Adagrad,
-    "sgd": tf.keras.optimizers.SGD,
-}
-"""``training.optimizer``: the Keras optimiser class."""
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+"""``training.optimizer``: the names of ``recsampled.training.optimizers.OPTIMIZERS`` (the
+classes live there; config imports nothing of training)."""
+SPARSE_OPTIMIZERS = ("lazy_adam", "adagrad", "sgd")
+"""The optimisers that leave rows without gradient unchanged (``training.row_l2`` needs one)."""
 
 ON_BAD_ROWS = ("error", "skip")
 ID_DTYPES = ("auto", "int", "str")
@@ -296,6 +294,30 @@ class SyntheticConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ValidationSplitConfig(_Section):
+    """``data.split.validation``: a validation part carved from the training part
+    (``recsampled.data.splits.validation_split``), ranked over the whole catalogue after every
+    epoch; the model trains on the rest. Off (null) by default.
+
+    Attributes:
+        per_user: with timestamps, each user's last this many training interactions.
+        fraction: without timestamps, this seeded random share of each user's.
+        seed: the random holdout's seed, and that of the ``evaluation.validation_users`` subset.
+    """
+
+    SECTION: ClassVar[str] = "data.split.validation"
+
+    per_user: int = 1
+    fraction: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive(self._name("per_user"), self.per_user)
+        if not 0 < self.fraction < 1:
+            raise _fail(self._name("fraction"), "in (0, 1)", self.fraction)
+
+
+@dataclass(frozen=True)
 class SplitConfig(_Section):
     """``data.split``: how the log is split into train and test (``recsampled.data.splits``).
 
@@ -307,6 +329,8 @@ class SplitConfig(_Section):
         seed: ``random_holdout``'s seed.
         cutoff: ``time_cut``: the first test timestamp.
         test_path: ``files``: the test file (``data.path`` is the training file).
+        validation: a validation part of the training part (:class:`ValidationSplitConfig`;
+            null: none).
     """
 
     SECTION: ClassVar[str] = "data.split"
@@ -317,6 +341,7 @@ class SplitConfig(_Section):
     seed: int = 0
     cutoff: float | None = None
     test_path: str | None = None
+    validation: ValidationSplitConfig | None = None
 
     _USES: ClassVar[dict[str, tuple[str, ...]]] = {
         "leave_last_out": ("num_test",),
@@ -538,6 +563,32 @@ class TaskConfig(_Section):
             )
 
 
+EARLY_STOPPING_MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig(_Section):
+    """``training.early_stopping``: stop when a validation metric stops improving, and keep the
+    weights of its best epoch (needs ``data.split.validation``).
+
+    Attributes:
+        monitor: a validation log key, ``val_<metric>_at_<K>`` (``recall``, ``ndcg``,
+            ``hit_rate``, ``coverage``; K one of ``evaluation.ks``) or ``val_mrr``.
+        patience: stop after this many epochs without a better value than the best one.
+        mode: ``max`` (higher is better) or ``min``.
+    """
+
+    SECTION: ClassVar[str] = "training.early_stopping"
+
+    monitor: str = "val_recall_at_20"
+    patience: int = 3
+    mode: str = "max"
+
+    def validate(self) -> None:
+        _positive(self._name("patience"), self.patience)
+        _choice(self._name("mode"), self.mode, EARLY_STOPPING_MODES)
+
+
 @dataclass(frozen=True)
 class TrainingConfig(_Section):
     """``training``: ``Model.fit`` with checkpoints.
@@ -547,13 +598,21 @@ class TrainingConfig(_Section):
         epochs: passes over the training rows.
         steps_per_epoch: at most this many batches per epoch (None: the whole pass); with
             ``shuffle``, every epoch then takes the first batches of a new random order.
-        optimizer: a key of :data:`OPTIMIZERS`.
+        optimizer: one of :data:`OPTIMIZERS`: ``adam`` (tf-keras, dense: every row's moments
+            decay each step), or a sparse one, whose step touches only the rows the batch
+            looked up: ``lazy_adam``, ``adagrad``, ``sgd`` (no momentum)
+            (:mod:`recsampled.training.optimizers`).
         learning_rate: the optimiser's.
+        row_l2: L2 on the embedding rows a step touches, ``λ·θ_r`` added once per unique
+            touched row to its gradient; untouched rows stay exactly as they are (0: off;
+            needs a sparse optimiser).
         seed: initial weights and the order of the rows in every epoch.
         shuffle: a new order of the rows in every epoch.
         drop_remainder: drop each epoch's last, smaller batch.
         checkpoint_every_steps: also checkpoint every this many steps (0: epoch ends only).
         max_checkpoints: checkpoints kept in ``RUN_DIR/checkpoints``.
+        early_stopping: stop on a validation metric, restoring its best epoch's weights
+            (:class:`EarlyStoppingConfig`; null: train every epoch).
     """
 
     SECTION: ClassVar[str] = "training"
@@ -563,16 +622,25 @@ class TrainingConfig(_Section):
     steps_per_epoch: int | None = None
     optimizer: str = "adam"
     learning_rate: float = 0.001
+    row_l2: float = 0.0
     seed: int = 0
     shuffle: bool = True
     drop_remainder: bool = False
     checkpoint_every_steps: int = 1000
     max_checkpoints: int = 2
+    early_stopping: EarlyStoppingConfig | None = None
 
     def validate(self) -> None:
         for key in ("batch_size", "epochs", "learning_rate", "max_checkpoints"):
             _positive(self._name(key), getattr(self, key))
         _choice(self._name("optimizer"), self.optimizer, list(OPTIMIZERS))
+        _non_negative(self._name("row_l2"), self.row_l2)
+        if self.row_l2 and self.optimizer not in SPARSE_OPTIMIZERS:
+            raise ConfigError(
+                f"`training.row_l2` needs a sparse optimiser ({', '.join(SPARSE_OPTIMIZERS)}): "
+                f"optimizer={self.optimizer!r} moves every row at every step. "
+                f"Received: training.row_l2={self.row_l2!r}."
+            )
         _positive(self._name("steps_per_epoch"), self.steps_per_epoch)
         _non_negative(self._name("checkpoint_every_steps"), self.checkpoint_every_steps)
 
@@ -588,6 +656,9 @@ class EvaluationConfig(_Section):
         max_users: rank a seeded random subset of this many test users (null: all), for very
             large catalogues; each is still ranked against every item.
         seed: the subset's seed.
+        validation_users: rank a seeded subset of this many validation users after each epoch
+            (null: all; seeded by ``data.split.validation.seed``); needs
+            ``data.split.validation``.
     """
 
     SECTION: ClassVar[str] = "evaluation"
@@ -596,8 +667,10 @@ class EvaluationConfig(_Section):
     batch_size: int = 256
     max_users: int | None = None
     seed: int = 0
+    validation_users: int | None = None
 
     def validate(self) -> None:
+        _positive(self._name("validation_users"), self.validation_users)
         if not self.ks:
             raise _fail(self._name("ks"), "a non-empty list of positive integers", self.ks)
         for k, value in enumerate(self.ks):
@@ -623,6 +696,26 @@ class Config(_Section):
     task: TaskConfig = field(default_factory=TaskConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def validate(self) -> None:
+        stopping = self.training.early_stopping
+        if stopping is not None:
+            if self.data.split.validation is None:
+                raise ConfigError(
+                    "`training.early_stopping` monitors a validation metric: set "
+                    "`data.split.validation` (e.g. {per_user: 1}). Received: "
+                    f"training.early_stopping={stopping.to_dict()!r}."
+                )
+            names = ("recall", "ndcg", "hit_rate", "coverage")
+            valid = [f"val_{n}_at_{k}" for n in names for k in self.evaluation.ks] + ["val_mrr"]
+            if stopping.monitor not in valid:
+                raise _fail("training.early_stopping.monitor", f"one of {valid}", stopping.monitor)
+        if self.evaluation.validation_users is not None and self.data.split.validation is None:
+            raise ConfigError(
+                "`evaluation.validation_users` needs a validation part: set "
+                "`data.split.validation` (e.g. {per_user: 1}). Received: "
+                f"evaluation.validation_users={self.evaluation.validation_users!r}."
+            )
 
     def to_yaml(self) -> str:
         """The config as YAML text (every key, defaults included)."""

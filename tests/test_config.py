@@ -128,7 +128,7 @@ def test_overrides_parse_yaml_scalars_and_apply_in_order():
         ("trainin.epochs=3", "Unknown key `trainin` in the config (its sections). Valid keys: "
                              "data, model, task, training, evaluation. Did you mean `training`?"),
         ("data.split.kinds=files", "Valid keys: kind, num_test, test_fraction, seed, cutoff, "
-                                   "test_path. Did you mean `kind`?"),
+                                   "test_path, validation. Did you mean `kind`?"),
         ("training.epochs.value=3", "`training.epochs` is a setting, not a section"),
         ("training.epochs", "must look like `section.key=value`"),
         ("=3", "must look like `section.key=value`"),

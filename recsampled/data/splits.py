@@ -1,5 +1,6 @@
 """Train/test splits of an interaction log: per user by time, per user at random, by a global time
-cut, or as two files split beforehand.
+cut, or as two files split beforehand; :func:`validation_split` carves a validation part out of
+a training part.
 
 Every split keeps the vocabularies of the log (train and test share indices) and removes test rows
 whose user or item has no training interaction: a model cannot score them, so they are counted in
@@ -8,6 +9,7 @@ the :class:`SplitReport`, never silently kept or dropped, and never a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from dataclasses import dataclass
@@ -241,6 +243,39 @@ def time_cut(
     test_counts = np.bincount(interactions.user_ids[test_mask], minlength=interactions.num_users)
     without = int(np.count_nonzero((counts > 0) & (test_counts == 0)))
     return _finish(interactions, test_mask, f"time_cut(cutoff={cutoff})", without)
+
+
+def validation_split(
+    train: Interactions,
+    *,
+    per_user: int = 1,
+    fraction: float = 0.1,
+    seed: int | None = 0,
+) -> Split:
+    """Carves a validation part out of a training part: ``Split(fit, validation, report)``.
+
+    With timestamps, each user's last ``per_user`` training interactions (:func:`leave_last_out`);
+    without, a seeded random ``fraction`` of each user's (:func:`random_holdout`). The parts are
+    disjoint row sets of ``train`` (the test split is never looked at) and keep its vocabularies.
+
+    Raises:
+        ValueError: for a bad ``per_user``, ``fraction`` or ``seed``.
+
+    Example:
+        >>> from recsampled.data import synthetic
+        >>> log = synthetic.generate(**synthetic.SIZES["tiny"], seed=0).to_interactions()
+        >>> fit, validation, _ = validation_split(leave_last_out(log).train)
+        >>> int(validation.user_counts.max()), fit.num_items == log.num_items
+        (1, True)
+    """
+    per_user = check_positive_int("per_user", per_user)
+    fraction = _check_fraction("fraction", fraction)
+    if train.timestamps is not None:
+        split = leave_last_out(train, num_test=per_user)
+    else:
+        split = random_holdout(train, test_fraction=fraction, seed=seed)
+    report = dataclasses.replace(split.report, method=f"validation: {split.report.method}")
+    return Split(split.train, split.test, report)
 
 
 def read_split(

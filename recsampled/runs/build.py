@@ -19,7 +19,6 @@ from recsampled.config import (
     DATA_SOURCES,
     LOGQ,
     NEGATIVES,
-    OPTIMIZERS,
     SAMPLERS,
     SPLITS,
     Config,
@@ -37,6 +36,7 @@ from recsampled.samplers import (
 )
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.tasks import Retrieval
+from recsampled.training.optimizers import make_optimizer
 
 
 def _read_options(data: DataConfig) -> dict:
@@ -236,7 +236,11 @@ def build_model(
     model = TwoTowerModel(
         query, candidate, task, sample_weight_key="weight" if train.weights is not None else None
     )
-    optimizer = OPTIMIZERS[config.training.optimizer](learning_rate=config.training.learning_rate)
+    optimizer = make_optimizer(
+        config.training.optimizer,
+        learning_rate=config.training.learning_rate,
+        row_l2=config.training.row_l2,
+    )
     model.compile(optimizer=optimizer)
     ids = tf.zeros([1], tf.int32)
     model({"user_id": ids, "item_id": ids})  # creates the towers' variables

@@ -26,6 +26,8 @@ Indices are those of the vocabularies (``Vocabulary.lookup`` maps original ids t
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ SCHEMA_VERSION = 1
 
 __all__ = ["RunDirectory", "RunDirectoryError", "TrainedRun", "load_run"]
 
+logger = logging.getLogger(__name__)
+
 
 def _part(name: str, doc: str) -> property:
     """A property: the path of the part ``name`` of the run directory."""
@@ -73,7 +77,8 @@ class RunDirectory:
     checkpoints = _part("checkpoints", "``tf.train.CheckpointManager``'s folder.")
     vocabulary = _part("vocabulary", "``users.parquet`` and ``items.parquet``.")
     towers = _part("towers", "The ``query/`` and ``candidate/`` SavedModels, ``towers.json``.")
-    history_file = _part("history.json", "One record per epoch.")
+    history_file = _part("history.json", "One record per epoch (loss, validation metrics).")
+    history_plot = _part("history.png", "Loss and validation Recall/NDCG per epoch.")
     metrics_file = _part("metrics.json", "Full-catalogue metrics beside popularity.")
     evaluation_file = _part("evaluation.json", "Where ``recsampled evaluate`` writes by default.")
 
@@ -82,13 +87,17 @@ class RunDirectory:
         e.g. cut short by a crash, is never returned)."""
         return tf.train.latest_checkpoint(str(self.checkpoints))
 
-    def prepare(self, config: Config, *, force: bool = False) -> None:
+    def prepare(self, config: Config, *, force: bool = False, more_epochs: bool = False) -> None:
         """Creates the folder, checks that a checkpoint in it belongs to ``config``, and writes
         ``config.yaml``.
 
         Args:
             config: the config of this run.
             force: discard the checkpoints and outputs of an earlier run and start over.
+            more_epochs: accept a config that differs from the saved one only by a larger
+                ``training.epochs``: the run then continues from its last checkpoint (the
+                batches of each epoch depend on the seed and the epoch only, so the extended
+                run trains what an uninterrupted run of that many epochs would).
 
         Raises:
             RunDirectoryError: if the folder holds a checkpoint of another config (or one whose
@@ -98,29 +107,45 @@ class RunDirectory:
         if force:
             self.clear()
         elif self.latest_checkpoint() is not None:
-            differences = self._differences(config)
+            differences = self._differences(config, more_epochs=more_epochs)
             if differences:
+                hint = " (only a larger training.epochs continues a run)" if more_epochs else ""
                 raise RunDirectoryError(
                     f"{self.path} holds a checkpoint of a different config; resuming would mix "
-                    f"two runs. Differences (saved != now): {'; '.join(differences)}. Pass "
-                    "--force to discard that run and start over, or choose another --output."
+                    f"two runs. Differences (saved != now): {'; '.join(differences)}.{hint} "
+                    "Pass --force to discard that run and start over, or choose another --output."
                 )
         write_atomic(self.config_file, config.to_yaml())
 
-    def _differences(self, config: Config) -> list[str]:
+    def _differences(self, config: Config, *, more_epochs: bool = False) -> list[str]:
         if not self.config_file.is_file():
             return [f"{self.config_file.name} is missing, so the checkpoint's config is unknown"]
         try:
             saved = Config.from_yaml(self.config_file.read_text(), source=str(self.config_file))
         except ConfigError as e:
             return [f"the saved config cannot be read ({e})"]
+        if more_epochs and config.training.epochs > saved.training.epochs:
+            extended = dataclasses.replace(saved.training, epochs=config.training.epochs)
+            differences = dataclasses.replace(saved, training=extended).diff(config)
+            if not differences:
+                logger.info(
+                    "Continuing the run in %s from %d to %d epochs.",
+                    self.path, saved.training.epochs, config.training.epochs,
+                )  # fmt: skip
+            return differences
         return saved.diff(config)
 
     def clear(self) -> None:
         """Removes what a run wrote (and nothing else) from the folder."""
         for folder in (self.checkpoints, self.vocabulary, self.towers):
             shutil.rmtree(folder, ignore_errors=True)
-        for file in (self.config_file, self.history_file, self.metrics_file, self.evaluation_file):
+        for file in (
+            self.config_file,
+            self.history_file,
+            self.history_plot,
+            self.metrics_file,
+            self.evaluation_file,
+        ):
             file.unlink(missing_ok=True)
 
     def save_vocabularies(self, users: Vocabulary, items: Vocabulary) -> None:

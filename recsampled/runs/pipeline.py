@@ -19,11 +19,14 @@ import tensorflow as tf
 from recsampled.config import Config
 from recsampled.data import Interactions
 from recsampled.data.dataset import Position, steps_per_epoch, training_batches
+from recsampled.data.splits import Split, validation_split
 from recsampled.evaluation import RankingMetrics, embedding_scores, evaluate
 from recsampled.models import TwoTowerModel, embed_ids
 from recsampled.runs.build import build_model, evaluation_settings, load_split, sampler_callbacks
 from recsampled.runs.directory import RunDirectory
 from recsampled.training.callbacks import CheckpointCallback, ProgressCallback, TrainingState
+from recsampled.training.plots import write_history_plot
+from recsampled.training.validation import EarlyStoppingCallback, ValidationCallback, should_stop
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,8 @@ def train(
     Args:
         config: the run's config.
         run_dir: the run directory; an existing one with a checkpoint of the same config is
-            resumed.
+            resumed, and so is one whose config differs only by a smaller ``training.epochs``
+            (a finished run extended with more epochs).
         force: discard an earlier run in ``run_dir`` and start over.
 
     Progress and the data summary go to the ``recsampled`` logger.
@@ -90,18 +94,19 @@ def train(
     """
     started = time.perf_counter()
     run = RunDirectory(Path(run_dir))
-    run.prepare(config, force=force)
+    run.prepare(config, force=force, more_epochs=True)
 
     split = load_split(config.data)
     train_log, test_log = split.train, split.test
+    fit_log, validation = _carve_validation(config, train_log)
+    reports = (train_log.report, split.report, validation.report if validation else None)
     data_summary = "\n".join(
-        [_describe_source(config)]
-        + [report.summary() for report in (train_log.report, split.report) if report is not None]
+        [_describe_source(config)] + [report.summary() for report in reports if report is not None]
     )
     logger.info("%s", data_summary)
     run.save_vocabularies(train_log.users, train_log.items)
 
-    model = build_model(config, train_log)
+    model = build_model(config, fit_log)
     state = TrainingState()
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, state=state)
     manager = tf.train.CheckpointManager(
@@ -116,9 +121,16 @@ def train(
             manager.latest_checkpoint, resumed_from.epoch + 1, resumed_from.batch,
         )  # fmt: skip
 
-    _fit(model, train_log, config, state, manager)
+    best = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), str(run.checkpoints / "best"), max_to_keep=1
+    )
+    _fit(model, fit_log, config, state, manager, validation=validation, best=best)
     history = state.history_records()
+    if config.training.early_stopping is not None:
+        epoch = EarlyStoppingCallback.restore_best(tf.train.Checkpoint(model=model), best)
+        logger.info("Restored the weights of epoch %d, the best on validation.", epoch)
     run.write_history(history)
+    write_history_plot(run.history_plot, history)
 
     run.save_towers(
         query_model=model.query_model,
@@ -132,7 +144,8 @@ def train(
         {
             "protocol": "full catalogue, training items removed, mean over test users",
             "split": split.report.method,
-            "train_rows": len(train_log),
+            "train_rows": len(fit_log),
+            **({"validation_rows": len(validation.test)} if validation else {}),
             "test_rows": len(test_log),
             "model": metrics.as_dict(),
             "popularity": popularity.as_dict(),
@@ -158,14 +171,75 @@ def _describe_source(config: Config) -> str:
     return f"Data: synthetic log, recsampled.data.synthetic.generate({arguments})."
 
 
+def _carve_validation(config: Config, train_log: Interactions) -> tuple[Interactions, Split | None]:
+    """The rows to fit and the validation split (``data.split.validation``), if any."""
+    settings = config.data.split.validation
+    if settings is None:
+        return train_log, None
+    validation = validation_split(
+        train_log, per_user=settings.per_user, fraction=settings.fraction, seed=settings.seed
+    )
+    return validation.train, validation
+
+
+def _epoch_callbacks(
+    model: TwoTowerModel,
+    config: Config,
+    checkpoints: CheckpointCallback,
+    validation: Split | None,
+    best: tf.train.CheckpointManager,
+) -> tuple[list[tf.keras.callbacks.Callback], list[tf.keras.callbacks.Callback]]:
+    """The callbacks before the checkpoint callback (validation) and after it (early stop)."""
+    if validation is None:
+        return [], []
+    settings = config.evaluation
+    before = [
+        ValidationCallback(
+            query_model=model.query_model,
+            candidate_model=model.candidate_model,
+            fit=validation.train,
+            validation=validation.test,
+            ks=settings.ks,
+            batch_size=settings.batch_size,
+            max_users=settings.validation_users,
+            seed=config.data.split.validation.seed,
+        )
+    ]
+    stopping = config.training.early_stopping
+    if stopping is None:
+        return before, []
+    after = EarlyStoppingCallback(
+        checkpoints.history,
+        best,
+        monitor=stopping.monitor,
+        mode=stopping.mode,
+        patience=stopping.patience,
+    )
+    return before, [after]
+
+
+def _stopped(config: Config, state: TrainingState) -> bool:
+    """Whether early stopping ended the run already (its history says so)."""
+    stopping, history = config.training.early_stopping, state.history_records()
+    if stopping is None or not history:
+        return False
+    return should_stop(
+        history, monitor=stopping.monitor, mode=stopping.mode, patience=stopping.patience
+    )
+
+
 def _fit(
     model: TwoTowerModel,
     train_log: Interactions,
     config: Config,
     state: TrainingState,
     manager: tf.train.CheckpointManager,
+    *,
+    validation: Split | None = None,
+    best: tf.train.CheckpointManager,
 ) -> None:
-    """``model.fit`` from ``state.position`` to the last epoch, with checkpoints and progress.
+    """``model.fit`` from ``state.position`` to the last epoch, with checkpoints and progress
+    (and validation and early stopping when configured).
 
     A run stopped inside an epoch takes two ``fit`` calls: the rest of that epoch, then the
     remaining epochs (``fit`` has one ``steps_per_epoch`` for all of its epochs).
@@ -205,7 +279,11 @@ def _fit(
         )
 
     start = state.position
-    fit = dict(callbacks=[checkpoints, progress, *sampler_callbacks(config, model)], verbose=0)
+    before, after = _epoch_callbacks(model, config, checkpoints, validation, best)
+    callbacks = [*before, checkpoints, *after, progress, *sampler_callbacks(config, model)]
+    fit = dict(callbacks=callbacks, verbose=0)
+    if _stopped(config, state):
+        return
     if start.batch > 0:
         model.fit(
             batches(start, start.epoch + 1),
@@ -215,7 +293,7 @@ def _fit(
             **fit,
         )
         start = Position(start.epoch + 1, 0)
-    if start.epoch < settings.epochs:
+    if start.epoch < settings.epochs and not _stopped(config, state):
         model.fit(
             batches(start, settings.epochs),
             initial_epoch=start.epoch,

@@ -34,7 +34,8 @@ class TrainingState(tf.Module):
         batch: batches done in the current epoch.
         global_step: batches done in all.
         loss_sum: sum of the batch losses of the current epoch so far.
-        history: JSON list of one record per finished epoch (``epoch``, ``loss``, ``steps``).
+        history: JSON list of one record per finished epoch (``epoch``, ``loss``, ``steps``,
+            and the ``val_*`` metrics of the epoch's logs, if any).
     """
 
     def __init__(self, name: str | None = None):
@@ -114,9 +115,14 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             self.save()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.history.append(
-            {"epoch": epoch + 1, "loss": self.loss_sum / max(self.batch, 1), "steps": self.batch}
-        )
+        record = {
+            "epoch": epoch + 1,
+            "loss": self.loss_sum / max(self.batch, 1),
+            "steps": self.batch,
+        }
+        # Validation metrics that an earlier callback wrote into the logs (ValidationCallback).
+        record.update({k: float(v) for k, v in (logs or {}).items() if k.startswith("val_")})
+        self.history.append(record)
         self.epoch, self.batch, self.loss_sum = epoch + 1, 0, 0.0
         self.save()
 

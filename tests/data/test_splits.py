@@ -3,12 +3,20 @@ Hand-worked cases, invariants on random logs, and unseen ids reported rather tha
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recsampled.data import DataError, read_interactions
-from recsampled.data.splits import leave_last_out, random_holdout, read_split, time_cut
+from recsampled.data.splits import (
+    leave_last_out,
+    random_holdout,
+    read_split,
+    time_cut,
+    validation_split,
+)
 from recsampled.data.synthetic import SIZES, generate
 
 # user, item, timestamp. User 1: x@1, y@3, z@2 -> last is y. User 2: x@5, z@5 (tie: the later
@@ -179,3 +187,48 @@ def test_movielens_leave_last_out(movielens_100k):
     report = split.report
     assert report.train_rows + report.test_rows + report.unknown_item_rows == 55_375
     assert report.test_users + report.unknown_item_rows + report.users_without_test == 942
+
+
+def _row_keys(interactions) -> set[tuple]:
+    """(user, item, timestamp) of every row: the identity of a row of a deduplicated log."""
+    timestamps = interactions.timestamps
+    stamps = timestamps if timestamps is not None else np.zeros(len(interactions))
+    return set(zip(interactions.user_ids, interactions.item_ids, stamps, strict=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_validation_is_carved_from_train_and_disjoint_from_train_and_test(seed, timestamps):
+    log = generate(**SIZES["tiny"], seed=seed).to_interactions()
+    outer = leave_last_out(log)
+    train = outer.train if timestamps else dataclasses.replace(outer.train, timestamps=None)
+    fit, validation, report = validation_split(train, per_user=2, fraction=0.2, seed=seed)
+    assert len(fit) + len(validation) + report.unknown_item_rows == len(train)
+    fit_rows, validation_rows = _row_keys(fit), _row_keys(validation)
+    test_rows = _row_keys(
+        outer.test if timestamps else dataclasses.replace(outer.test, timestamps=None)
+    )
+    assert len(fit_rows) == len(fit) and len(validation_rows) == len(validation) > 0
+    assert not fit_rows & validation_rows
+    assert (fit_rows | validation_rows) <= _row_keys(train)
+    assert not validation_rows & test_rows and not fit_rows & test_rows
+    assert fit.num_items == log.num_items and validation.num_users == log.num_users
+    assert report.method.startswith("validation: ")
+    if timestamps:  # each user's last interactions of the training part, at most per_user
+        assert np.bincount(validation.user_ids).max() <= 2
+        last_fit = np.full(log.num_users, np.iinfo(np.int64).min)
+        np.maximum.at(last_fit, fit.user_ids, fit.timestamps)
+        assert np.all(validation.timestamps >= last_fit[validation.user_ids])
+    else:  # a seeded random holdout: another seed, other rows
+        other = validation_split(train, fraction=0.2, seed=seed + 10).test
+        assert _row_keys(other) != validation_rows
+        again = validation_split(train, fraction=0.2, seed=seed).test
+        assert _row_keys(again) == validation_rows
+
+
+def test_validation_split_arguments():
+    train = leave_last_out(generate(**SIZES["tiny"], seed=0).to_interactions()).train
+    with pytest.raises(ValueError, match="per_user"):
+        validation_split(train, per_user=0)
+    with pytest.raises(ValueError, match="fraction"):
+        validation_split(train, fraction=1.5)

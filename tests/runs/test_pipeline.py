@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -71,14 +72,44 @@ def test_rerunning_a_finished_run_only_rewrites_the_outputs(finished_run, tiny_c
 
 
 def test_another_config_in_the_same_directory_is_refused(finished_run, tiny_config):
+    # More epochs continue a run (test_more_epochs_continue_a_finished_run); fewer are refused.
     other = dataclasses.replace(
-        tiny_config, training=dataclasses.replace(tiny_config.training, epochs=7)
+        tiny_config, training=dataclasses.replace(tiny_config.training, epochs=2)
     )
     with pytest.raises(
         RunDirectoryError,
-        match=r"Differences \(saved != now\): training.epochs: 4 != 7\. Pass --force",
+        match=r"Differences \(saved != now\): training.epochs: 4 != 2\. "
+        r"\(only a larger training.epochs continues a run\) Pass --force",
     ):
         train_run(other, finished_run.run_dir)
+    other = dataclasses.replace(
+        tiny_config,
+        training=dataclasses.replace(tiny_config.training, epochs=7, learning_rate=0.02),
+    )
+    with pytest.raises(
+        RunDirectoryError, match=r"Differences \(saved != now\): training.learning_rate: 0.01"
+    ):
+        train_run(other, finished_run.run_dir)
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path, finished_run, tiny_config):
+    """4 epochs, then 6: the same history, towers and metrics as 6 epochs in one go."""
+    extended_dir = tmp_path / "extended"
+    shutil.copytree(finished_run.run_dir, extended_dir)
+    six = dataclasses.replace(
+        tiny_config, training=dataclasses.replace(tiny_config.training, epochs=6)
+    )
+    extended = train_run(six, extended_dir)
+    assert extended.resumed_from == Position(4, 0)
+    assert extended.history[:4] == finished_run.history
+    assert [record["epoch"] for record in extended.history] == [1, 2, 3, 4, 5, 6]
+    assert Config.from_yaml((extended_dir / "config.yaml").read_text()) == six
+    fresh = train_run(six, tmp_path / "fresh")  # tolerances: see tests/runs/test_resume.py
+    assert [r["steps"] for r in extended.history] == [r["steps"] for r in fresh.history]
+    assert [r["loss"] for r in extended.history] == pytest.approx(
+        [r["loss"] for r in fresh.history], rel=1e-5
+    )
+    assert extended.metrics.as_dict() == pytest.approx(fresh.metrics.as_dict(), abs=0.02)
 
 
 def test_a_file_log_with_catalogue_negatives(tmp_path, caplog, tiny_config):
