@@ -4,7 +4,13 @@ Reads top to bottom: check the run directory against the config, load and split 
 the vocabularies, build the model, restore the last checkpoint if there is one, ``fit`` (with the
 checkpoint and progress callbacks), save the towers, and evaluate the model and the popularity
 baseline on the full catalogue. Running it again on the same directory resumes from the last
-checkpoint; on a finished run it only rewrites the outputs.
+checkpoint; on a finished run it only rewrites the outputs, unless ``training.epochs`` grew: the
+run then continues from its last checkpoint to the new last epoch.
+
+With ``data.split.validation`` the model fits the training part minus a validation part, which
+is ranked over the whole catalogue after every epoch (``val_*`` keys in the Keras logs and in
+``history.json``); ``training.early_stopping`` stops on one of them and restores the best epoch's
+weights before the towers are saved. The test split is used once, at the end.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class TrainResult:
         config: the config used.
         data_summary: the load and split reports, as text.
         resumed_from: the position restored from a checkpoint, or None for a fresh start.
-        history: one record per epoch (``epoch``, ``loss``: mean batch loss, ``steps``).
+        history: one record per epoch (``epoch``, ``loss``: mean batch loss, ``steps``, and
+            the ``val_*`` metrics with ``data.split.validation``).
         metrics: the model's full-catalogue metrics on the test split.
         popularity: the popularity baseline's, on the same users.
         seconds: wall time of this call.
