@@ -10,13 +10,12 @@ given bias with fewer samples than a fixed proposal; time is the cost, so every 
 Model: matrix factorisation (ID ``Tower``s, Adagrad, summed loss, accidental hits removed).
 Proposals: ``uniform``, ``unigram`` (∝ count + 1), ``in_batch`` (logQ, ``S = B - 1``), ``kernel``
 (per query, every item scored), ``kernel_mixture`` (the tree's batch mixture, following the
-trained rows), ``softmax`` (the model's ``p(i | h)``, part (a) only). Part (a), on the
-full-softmax model: ``bias = ‖E[ĝ] - g‖ / ‖g‖`` (item table and queries, ``E[ĝ]`` exact) and one
-draw's error (``mc_check`` ≈ 1: the library's draws agree), conventions ``negatives_only`` (Blanc
-& Rendle) and ``tf`` (as the library trains); ``ratios``: the S each kernel needs for the
-unigram's bias. Step times per proposal and S, and the bias each affords at equal step time.
-Part (b): Recall/NDCG@k over the catalogue after the same wall time, beside popularity. Data:
-MovieLens-100K (where present) and synthetic logs of ~18k and 10^5 items.
+trained rows), ``softmax`` (part (a) only). Part (a), on the full-softmax model: ``bias = ‖E[ĝ] -
+g‖ / ‖g‖`` (item table and queries, ``E[ĝ]`` exact) and one draw's error (``mc_check`` ≈ 1: the
+library's draws agree), conventions ``negatives_only`` and ``tf`` (as the library trains);
+``ratios``: the S each kernel needs for the unigram's bias; step times per proposal and S and the
+bias each affords at equal step time. Part (b): Recall/NDCG@k over the catalogue after the same
+wall time, beside popularity. Data: MovieLens-100K (where present), synthetic logs (18k, 10^5).
 """
 
 # ruff: noqa: E402
@@ -42,8 +41,7 @@ import tensorflow as tf
 import recsampled  # (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from pipelines import harness
 from recsampled import QuadraticKernelSampler, SampledValues, UniformSampler, UnigramSampler
-from recsampled.data import make_dataset, random_holdout, read_interactions
-from recsampled.data import synthetic as synthetic_data
+from recsampled.data import make_dataset, random_holdout, read_interactions, synthetic
 from recsampled.data.splits import Split
 from recsampled.evaluation import embedding_scores, popularity_scores, ranking_metrics, sample_users
 from recsampled.models import Tower
@@ -117,17 +115,16 @@ QUICK = Options(
 def load_datasets(options: Options) -> tuple[dict[str, Split], dict[str, str]]:
     """The splits of the study's datasets, and the reason for each one left out."""
     logs, skipped = {}, {}
-    if options.movielens_path:
-        path = Path(options.movielens_path)
-        data_file = path / "u.data" if path.is_dir() else path
-        if data_file.exists():
-            logs["movielens-100k"] = read_interactions(data_file, format="movielens-100k")
-        else:
-            skipped["movielens-100k"] = f"{data_file} not found"
+    path = Path(options.movielens_path)
+    data_file = path / "u.data" if path.is_dir() else path
+    if options.movielens_path and data_file.exists():
+        logs["movielens-100k"] = read_interactions(data_file, format="movielens-100k")
+    elif options.movielens_path:
+        skipped["movielens-100k"] = f"{data_file} not found"
     for num_items in options.synthetic_items:
         scale = num_items / 20_000  # the published 20k-item log (5,000 users, 120,000 rows)
         name = "synthetic" if len(options.synthetic_items) == 1 else f"synthetic-{num_items}"
-        logs[name] = synthetic_data.generate(
+        logs[name] = synthetic.generate(
             num_users=max(100, round(5_000 * scale**0.5)), num_items=num_items,
             num_interactions=round(120_000 * scale**0.75), seed=options.seed,
             num_clusters=max(5, round(50 * scale**0.5)),
@@ -162,22 +159,15 @@ class Categorical:
         """One draw as the per-example triple: ``S·q`` of the drawn ids and of the labels."""
         ids, p = self.draw(num_sampled, rng), self.probabilities
         labels = np.asarray(labels).reshape(len(labels), -1)
-        return SampledValues(
-            tf.constant(ids, tf.int64),
-            tf.constant(num_sampled * np.take_along_axis(p, labels, 1), tf.float32),
-            tf.constant(num_sampled * np.take_along_axis(p, ids, 1), tf.float32),
-        )
+        counts = [tf.constant(num_sampled * np.take_along_axis(p, x, 1), tf.float32)
+                  for x in (labels, ids)]  # fmt: skip
+        return SampledValues(tf.constant(ids, tf.int64), *counts)
 
 
 def kernel_weights(h: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
     """``[B, n]`` unnormalised quadratic-kernel masses ``α(hᵀwᵢ)² + 1``, in float64."""
     logits = np.asarray(h, np.float64) @ np.asarray(w, np.float64).T
     return alpha * logits * logits + 1.0
-
-
-def batch_probability(train) -> np.ndarray:
-    """``[n]`` training frequency ``p_i`` (the in-batch proposal)."""
-    return train.item_counts / train.item_counts.sum()
 
 
 class MatrixFactorization(tf.Module):
@@ -207,7 +197,7 @@ class Trainer:
         self.proposal, self.alpha = proposal, options.alpha
         self.num_sampled = s = {None: 0, "in_batch": options.batch_size}.get(proposal, num_sampled)
         if proposal == "in_batch":
-            count = options.batch_size * batch_probability(train)
+            count = options.batch_size * (train.item_counts / train.item_counts.sum())  # B·p_i
             self._batch_count = tf.constant(count, tf.float32)
         elif proposal in ("uniform", "unigram"):  # in the graph, as in a training step
             shared = (UniformSampler(train.num_items) if proposal == "uniform"
@@ -222,14 +212,13 @@ class Trainer:
                 tree.sample(labels, s, unique=False, query_embeddings=h)))  # fmt: skip
             self._update = tf.function(lambda ids, rows: tree.update(ids, rows), input_signature=[
                 tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, dim])])  # fmt: skip
-        self.batches = make_dataset(
-            train, batch_size=options.batch_size, seed=options.seed, drop_remainder=True
-        ).repeat()
+        self.batches = make_dataset(train, batch_size=options.batch_size, seed=options.seed,
+                                    drop_remainder=True).repeat()  # fmt: skip
         self.sampling_seconds = 0.0
         optimizer = tf.keras.optimizers.Adagrad(learning_rate=options.learning_rate)
 
         @tf.function(autograph=False)
-        def step(users: tf.Tensor, items: tf.Tensor, *sampled_values: tf.Tensor) -> tf.Tensor:
+        def step(users: tf.Tensor, items: tf.Tensor, *values: tf.Tensor) -> tf.Tensor:
             labels, table, biases = items[:, tf.newaxis], model.item_table, model.biases
             with tf.GradientTape() as tape:
                 h = model.query_tower(users)
@@ -237,9 +226,8 @@ class Trainer:
                     losses = recsampled.full_softmax_loss(table, biases, labels, h, model.num_items)
                 else:
                     losses = recsampled.sampled_softmax_loss(
-                        table, biases, labels, h, num_sampled=s,
-                        num_classes=model.num_items, sampled_values=sampled_values,
-                    )  # fmt: skip
+                        table, biases, labels, h, s, model.num_items, sampled_values=values
+                    )
                 loss = tf.reduce_sum(losses)  # SUM over the batch, as TFRS's retrieval task
             variables = model.variables_to_train
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
@@ -356,12 +344,11 @@ def expected_coefficients(
     t = np.exp(np.arange(low, high + QUADRATURE_STEP, QUADRATURE_STEP))
     kernel = np.exp(-np.outer(y_values, t))  # [n, K]: exp(-t Y_i)
     log_phi = np.log(np.maximum(np.minimum(q @ kernel, 1.0), 1e-300))  # [K]
-    keys, columns, positives = [], [], []
-    for s, convention in itertools.product(num_sampled, CONVENTIONS):
+    keys, columns, positives = list(itertools.product(num_sampled, CONVENTIONS)), [], []
+    for s, convention in keys:
         with np.errstate(divide="ignore"):  # q_y = 0 has no `tf` convention
             a = e[label] if convention == "negatives_only" else e[label] / (s * q[label])
         base = QUADRATURE_STEP * t * s * np.exp(-t * s * a)  # dt = t dv
-        keys.append((s, convention))
         columns.append(base * np.exp((s - 1) * log_phi))
         with np.errstate(invalid="ignore"):
             positives.append(a * float(base @ np.exp(s * log_phi)) - 1.0)
@@ -374,8 +361,7 @@ def expected_coefficients(
 def gradient_summary(reference: np.ndarray, expected: np.ndarray, draws: list) -> dict:
     """Bias and cosine of the exact ``E[ĝ]`` against ``g`` (``reference``); per-draw error and
     cosine of the draws ``ĝ_r``, and their Monte Carlo bias, noise and check against ``E[ĝ]``."""
-    g = np.asarray(reference, np.float64).ravel()
-    e = np.asarray(expected, np.float64).ravel()
+    g, e = (np.asarray(x, np.float64).ravel() for x in (reference, expected))
     d = np.stack([np.asarray(x, np.float64).ravel() for x in draws])  # [R, size]
     r, norm, mean = len(d), np.linalg.norm(g), d.mean(axis=0)
     errors, mean_sq_error = np.linalg.norm(d - g, axis=1), np.sum((mean - g) ** 2)
@@ -408,6 +394,7 @@ def gradient_bias(model: MatrixFactorization, split: Split, options: Options, in
     """Part (a) on one dataset: exact bias and per-draw error of each proposal at each S (each
     point: per convention and part, the :func:`gradient_summary` averaged over batches)."""
     train, grid, n = split.train, options.bias_num_sampled, split.train.num_items
+    keys = list(itertools.product(grid, CONVENTIONS))
     item_table, user_table = model.item_table.numpy(), model.user_table.numpy()
     table64 = item_table.astype(np.float64)
     full, sampled = gradient_functions(tf.constant(item_table))
@@ -433,17 +420,15 @@ def gradient_bias(model: MatrixFactorization, split: Split, options: Options, in
         kernel = Categorical(kernel_weights(h_np, item_table, options.alpha)).probabilities
         proposals = {
             "uniform": np.full(n, 1.0 / n), "unigram": unigram_q,
-            "in_batch": batch_probability(train), "kernel": kernel,
+            "in_batch": train.item_counts / train.item_counts.sum(), "kernel": kernel,
             "kernel_mixture": kernel.mean(axis=0),
             "softmax": Categorical(softmax_e).probabilities,
         }  # fmt: skip
         tree_q = library["kernel_mixture"].probability(tf.range(n), h).numpy()
-        mixture_q = proposals["kernel_mixture"]
-        max_rel_diff = max(max_rel_diff, np.max(np.abs(tree_q / mixture_q - 1)))
+        max_rel_diff = max(max_rel_diff, np.max(np.abs(tree_q / proposals["kernel_mixture"] - 1)))
         for proposal, q_all in proposals.items():
             dist = None if proposal in library else Categorical(np.atleast_2d(q_all))
-            keys = itertools.product(grid, CONVENTIONS)
-            coefficients = {key: np.empty((len(rows), n)) for key in keys}
+            coefficients = {key: np.empty((rows.size, n)) for key in keys}
             for i in range(len(rows)):  # exact E[∂L̂/∂o], row by row
                 q = q_all if q_all.ndim == 1 else q_all[i]
                 for key, value in expected_coefficients(softmax_e[i], items[i], q, grid).items():
