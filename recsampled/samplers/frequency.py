@@ -165,13 +165,24 @@ def _check_alpha(alpha: object) -> float:
     return float(alpha)
 
 
+def _scatter_update(variable: tf.Variable, indices: tf.Tensor, values: tf.Tensor) -> tf.Operation:
+    """``variable[indices] = values``; in a replica of a ``tf.distribute`` strategy, whose
+    ``SyncOnRead`` variables have no scatter ops, as a dense assign of the replica's copy."""
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        return variable.assign(tf.tensor_scatter_nd_update(variable, indices, values))
+    return variable.scatter_nd_update(indices, values)
+
+
 class FrequencyEstimator(tf.Module):
     """Streaming estimate of the probability that an item is in a batch (Yi et al., 2019).
 
     The state (``last_seen`` = A, ``gap`` = B, ``sightings`` = C, and the global ``step``) lives in
     non-trainable ``tf.Variable``s, so the estimator is saved and restored with any checkpoint of
     the model that holds it. ``update`` and ``probability`` run in graph mode (inside
-    ``train_step``).
+    ``train_step``). Created under a ``tf.distribute`` strategy's scope, the variables are
+    ``SyncOnRead`` with ``ONLY_FIRST_REPLICA`` aggregation: each replica updates and reads its own
+    copy, and ``recsampled.tasks.Retrieval`` updates every copy with the ids of the whole global
+    batch, so the copies agree (``tests/tasks/test_distributed.py``).
 
     Args:
         num_buckets: H, buckets per hash function; a power of two. Take it several times the
@@ -223,11 +234,18 @@ class FrequencyEstimator(tf.Module):
         self._shift = tf.constant(64 - int(self.num_buckets).bit_length() + 1, tf.uint64)
         self._multipliers = tf.constant(HASH_MULTIPLIERS[: self.num_hashes], tf.uint64)
         shape = [self.num_hashes, self.num_buckets]
+        # One copy per replica under a tf.distribute strategy (SyncOnRead, saved from the first
+        # replica): the retrieval task updates every copy with the same global batch's ids.
+        state = {
+            "trainable": False,
+            "synchronization": tf.VariableSynchronization.ON_READ,
+            "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        }
         with self.name_scope:
-            self.step = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="step")
-            self.last_seen = tf.Variable(tf.zeros(shape, tf.int64), trainable=False, name="A")
-            self.gap = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="B")
-            self.sightings = tf.Variable(tf.zeros(shape, tf.int64), trainable=False, name="C")
+            self.step = tf.Variable(tf.constant(0, tf.int64), name="step", **state)
+            self.last_seen = tf.Variable(tf.zeros(shape, tf.int64), name="A", **state)
+            self.gap = tf.Variable(tf.zeros(shape, tf.float32), name="B", **state)
+            self.sightings = tf.Variable(tf.zeros(shape, tf.int64), name="C", **state)
 
     def buckets(self, ids: tf.Tensor) -> tf.Tensor:
         """``[num_hashes, *ids.shape]`` int64 bucket of each id under each hash function."""
@@ -260,9 +278,10 @@ class FrequencyEstimator(tf.Module):
         gaps = tf.cast(step - tf.gather_nd(self.last_seen, indices), tf.float32)
         average = (1.0 - self.alpha) * tf.gather_nd(self.gap, indices) + self.alpha * gaps
         return tf.group(
-            self.gap.scatter_nd_update(indices, average),
-            self.last_seen.scatter_nd_update(indices, tf.fill(tf.shape(flat), step)),
-            self.sightings.scatter_nd_add(indices, tf.ones_like(flat)),
+            _scatter_update(self.gap, indices, average),
+            _scatter_update(self.last_seen, indices, tf.fill(tf.shape(flat), step)),
+            # Indices are distinct: an update, not an add (SyncOnRead has neither).
+            _scatter_update(self.sightings, indices, tf.gather_nd(self.sightings, indices) + 1),
         )
 
     def probability(self, ids: tf.Tensor) -> tf.Tensor:
