@@ -60,13 +60,15 @@ def test_set_overrides_the_file_and_force_starts_over(tiny_yaml, tmp_path, capsy
     out = capsys.readouterr().out
     assert "recall@5" in out and "popularity" in out and f"Wrote {run}" in out
 
-    assert cli.main([*base, "--set", "training.epochs=2"]) == 2
+    # More epochs continue a finished run (issue 17); any other change needs --force.
+    changed = ["--set", "training.epochs=2", "--set", "training.learning_rate=0.02"]
+    assert cli.main([*base, *changed]) == 2
     err = capsys.readouterr().err
     assert "holds a checkpoint of a different config" in err
-    assert "training.epochs: 1 != 2" in err
+    assert "training.learning_rate: 0.01 != 0.02" in err
 
     (run / "evaluation.json").write_text("{}")  # what `recsampled evaluate` left of the old run
-    assert cli.main([*base, "--set", "training.epochs=2", "--force"]) == 0
+    assert cli.main([*base, *changed, "--force"]) == 0
     assert not (run / "evaluation.json").exists()
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
