@@ -168,6 +168,25 @@ def test_expected_counts_carry_no_gradient():
 # -- the tree ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("seed, num_classes, dim, leaf_size", [(0, 203, 8, 6), (1, 1000, 16, 16)])
+def test_rebuild_equals_a_numpy_reference_of_the_node_sums(seed, num_classes, dim, leaf_size):
+    """Every node's packed Σ w wᵀ (and the float64 root) against float64 NumPy sums."""
+    table = random_table(seed, num_classes, dim)
+    sampler = QuadraticKernelSampler(table, alpha=100.0, leaf_size=leaf_size)
+    rows, cols = np.triu_indices(dim)
+    padded = np.zeros((sampler.num_leaves * leaf_size, dim))
+    padded[:num_classes] = table
+    outer = np.einsum("mli,mlj->mij", *[padded.reshape(-1, leaf_size, dim)] * 2)[:, rows, cols]
+    levels = [outer]
+    while len(levels[-1]) > 1:
+        levels.append(levels[-1].reshape(-1, 2, len(rows)).sum(axis=1))
+    reference = np.concatenate([np.zeros((1, len(rows))), *levels[::-1]])
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(sampler.node_stats.numpy(), reference, atol=1e-6 * scale)
+    np.testing.assert_allclose(sampler.root_stats.numpy(), reference[1], atol=1e-12 * scale)
+    assert not np.allclose(sampler.node_stats.numpy()[2], reference[3], atol=1e-3 * scale)
+
+
 def test_updates_equal_a_rebuild_from_scratch():
     """Random updates (with repeated ids) leave every node as a fresh build would have it."""
     rng = np.random.default_rng(9)
