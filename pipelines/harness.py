@@ -25,7 +25,6 @@ import re
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import types
 import typing
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from recsampled import _io
 
 LOG = logging.getLogger("pipelines")
 T = TypeVar("T")
@@ -251,22 +252,10 @@ def _json_default(value: object) -> object:
 
 
 def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
-    """Writes ``report`` as indented JSON atomically (temporary file, fsync, rename); NumPy
-    scalars and arrays are converted."""
-    text = json.dumps(report, indent=2, default=_json_default) + "\n"
+    """Writes ``report`` as indented JSON atomically (recsampled._io); NumPy values converted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _io.write_atomic(path, json.dumps(report, indent=2, default=_json_default) + "\n")
     return path
 
 

@@ -73,6 +73,7 @@ def write_file(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) ->
     path = Path(path)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600: others (a server's user) may read it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

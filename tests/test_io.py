@@ -18,6 +18,7 @@ def test_write_atomic_replaces_and_leaves_no_temporary_file(tmp_path):
     write_atomic(path, "new")
     assert path.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others (mkstemp makes 0600)
 
 
 def test_a_failing_write_keeps_the_old_file_and_no_temporary(tmp_path):

@@ -164,7 +164,7 @@ def test_json_is_written_atomically(tmp_path) -> None:
     assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1], "c": str(tmp_path)}
     assert path.stat().st_mode & 0o777 == 0o644
     # A failure while writing leaves the old file whole and no temporary file behind.
-    with mock.patch.object(harness.os, "replace", side_effect=OSError("disk full")):
+    with mock.patch.object(harness._io.os, "replace", side_effect=OSError("disk full")):
         with pytest.raises(OSError):
             harness.write_json(path, {"a": 2})
     assert json.loads(path.read_text())["a"] == 1.5
