@@ -62,47 +62,29 @@ LOG = logging.getLogger("pipelines.bench_bias")
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Settings of one run (the defaults are those of the published numbers).
+    """Settings of one run (the defaults are those of the published numbers)."""
 
-    Attributes:
-        movielens_path: folder (or ``u.data``) of MovieLens-100K; empty leaves it out.
-        synthetic_items: catalogue sizes of the synthetic logs (users and rows scale with it).
-        test_fraction: share of each user's interactions held out (``random_holdout``).
-        embedding_dim: D.
-        batch_size: B of training (``in_batch``: S = B - 1).
-        learning_rate: Adagrad's.
-        train_seconds: training budget of every model per 10^4 items (>= min_train_seconds).
-        min_train_seconds: the least training budget.
-        alpha: α of the quadratic kernel.
-        bias_num_sampled: S of part (a) and of the step times.
-        bias_batches: batches of training pairs the bias is averaged over.
-        bias_batch_size: B of part (a).
-        bias_repeats: R, draws per (batch, proposal, S).
-        step_repeats: timed steps per (proposal, S).
-        recall_num_sampled: S of part (b).
-        ks: cut-offs of the ranking metrics (20 is the one reported).
-        max_eval_users: test users evaluated per dataset (a seeded sample).
-        seed: seed of the data split, initial weights, batch order and every draw.
-    """
-
+    #: folder (or ``u.data``) of MovieLens-100K; empty leaves it out.
     movielens_path: str = str(MOVIELENS_100K)
+    #: catalogue sizes of the synthetic logs (users and rows scale with it).
     synthetic_items: tuple[int, ...] = (20_000, 100_000)
-    test_fraction: float = 0.2
-    embedding_dim: int = 32
-    batch_size: int = 256
-    learning_rate: float = 0.2
+    test_fraction: float = 0.2  #: share of each user's interactions held out (``random_holdout``).
+    embedding_dim: int = 32  #: D.
+    batch_size: int = 256  #: B of training (``in_batch``: S = B - 1).
+    learning_rate: float = 0.2  #: Adagrad's.
+    #: training budget of every model per 10^4 items (>= min_train_seconds).
     train_seconds: float = 4.0
-    min_train_seconds: float = 20.0
-    alpha: float = 100.0
-    bias_num_sampled: tuple[int, ...] = (16, 64, 256, 1024)
-    bias_batches: int = 2
-    bias_batch_size: int = 32
-    bias_repeats: int = 4
-    step_repeats: int = 3
-    recall_num_sampled: int = 256
-    ks: tuple[int, ...] = (10, 20, 50)
-    max_eval_users: int = 2_000
-    seed: int = 0
+    min_train_seconds: float = 20.0  #: the least training budget.
+    alpha: float = 100.0  #: α of the quadratic kernel.
+    bias_num_sampled: tuple[int, ...] = (16, 64, 256, 1024)  #: S of part (a) and of the step times.
+    bias_batches: int = 2  #: batches of training pairs the bias is averaged over.
+    bias_batch_size: int = 32  #: B of part (a).
+    bias_repeats: int = 4  #: R, draws per (batch, proposal, S).
+    step_repeats: int = 3  #: timed steps per (proposal, S).
+    recall_num_sampled: int = 256  #: S of part (b).
+    ks: tuple[int, ...] = (10, 20, 50)  #: cut-offs of the ranking metrics (20 is the one reported).
+    max_eval_users: int = 2_000  #: test users evaluated per dataset (a seeded sample).
+    seed: int = 0  #: seed of the data split, initial weights, batch order and every draw.
 
 
 QUICK = Options(

@@ -62,44 +62,28 @@ QPS_KEYS = {"qps_1_thread": "1 thread", "qps_all_threads": "all threads"}
 
 @dataclasses.dataclass(frozen=True)
 class IndexBenchConfig:
-    """Settings of one run (the defaults are those of the published table).
+    """Settings of one run (the defaults are those of the published table)."""
 
-    Attributes:
-        num_items: N, synthetic items.
-        dim: D.
-        num_queries: Q, synthetic queries (all are used for recall).
-        num_clusters: Gaussian-mixture components of the synthetic data.
-        metric: the score of the synthetic data.
-        timing_queries: queries timed with one thread (a prefix of the Q queries).
-        threads: FAISS threads for "all threads" (default: all available).
-        repeats: timed rounds (each setting keeps its best).
-        ef_search: HNSW ``efSearch`` sweep.
-        nprobe: IVF-Flat ``nprobe`` sweep.
-        pq_nprobe: IVF-PQ ``nprobe`` sweep.
-        pq_k_factor: IVF-PQ ``k_factor_rf`` sweep.
-        indexes: which of flat, hnsw, ivf, ivfpq to build (Flat, the baseline, always).
-        tfrs: ``both`` (default threads and one thread), ``all`` (default threads) or ``none``.
-        tfrs_batch: queries per ``BruteForce`` call.
-        seed: seeds the data.
-        run: also benchmark a trained run's catalogue and users (``report["real"]``).
-    """
-
-    num_items: int = 1_000_000
-    dim: int = 64
-    num_queries: int = 10_000
-    num_clusters: int = 1000
-    metric: Literal["cosine", "dot"] = "cosine"
-    timing_queries: int = 1000
-    threads: int | None = None
+    num_items: int = 1_000_000  #: N, synthetic items.
+    dim: int = 64  #: D.
+    num_queries: int = 10_000  #: Q, synthetic queries (all are used for recall).
+    num_clusters: int = 1000  #: Gaussian-mixture components of the synthetic data.
+    metric: Literal["cosine", "dot"] = "cosine"  #: the score of the synthetic data.
+    timing_queries: int = 1000  #: queries timed with one thread (a prefix of the Q queries).
+    threads: int | None = None  #: FAISS threads for "all threads" (default: all available).
+    #: timed rounds (each setting keeps its best).
     repeats: int = dataclasses.field(default=2, metadata={"min": 1})
-    ef_search: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-    nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    pq_nprobe: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
-    pq_k_factor: tuple[int, ...] = (4, 16, 64)
+    ef_search: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  #: HNSW ``efSearch`` sweep.
+    nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  #: IVF-Flat ``nprobe`` sweep.
+    pq_nprobe: tuple[int, ...] = (4, 8, 16, 32, 64, 128)  #: IVF-PQ ``nprobe`` sweep.
+    pq_k_factor: tuple[int, ...] = (4, 16, 64)  #: IVF-PQ ``k_factor_rf`` sweep.
+    #: which of flat, hnsw, ivf, ivfpq to build (Flat, the baseline, always).
     indexes: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
+    #: ``both`` (default threads and one thread), ``all`` (default threads) or ``none``.
     tfrs: Literal["both", "all", "none"] = "both"
-    tfrs_batch: int = 32
-    seed: int = 0
+    tfrs_batch: int = 32  #: queries per ``BruteForce`` call.
+    seed: int = 0  #: seeds the data.
+    #: also benchmark a trained run's catalogue and users (``report["real"]``).
     run: str | None = None
 
 

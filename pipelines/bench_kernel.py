@@ -50,35 +50,28 @@ LOG = logging.getLogger("pipelines.bench_kernel")
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Settings of one run.
+    """Settings of one run."""
 
-    Attributes:
-        sizes: numbers of classes N of the sampler grid.
-        dims: embedding dims D of the sampler grid.
-        batch_size: B, queries per call / step.
-        num_sampled: S per query (per-query mode, and the small unigram step).
-        shared_num_sampled: S shared by the batch (batch mixture, unigram).
-        repeats: timed calls per variant.
-        update_rows: rows changed by one update().
-        step_size: N of the training step.
-        step_dim: D of the training step.
-        rebuild_every: steps between rebuilds, amortised into the kernel step.
-        full_chunk: queries per chunk of the full-softmax step.
-        full_repeats: timed full-softmax steps (0: leave it out).
-    """
-
+    #: numbers of classes N of the sampler grid.
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
-    dims: tuple[int, ...] = (64,)
+    dims: tuple[int, ...] = (64,)  #: embedding dims D of the sampler grid.
+    #: B, queries per call / step.
     batch_size: int = dataclasses.field(default=1024, metadata={"min": 1})
+    #: S per query (per-query mode, and the small unigram step).
     num_sampled: int = dataclasses.field(default=64, metadata={"min": 1})
+    #: S shared by the batch (batch mixture, unigram).
     shared_num_sampled: int = dataclasses.field(default=1024, metadata={"min": 1})
-    repeats: int = dataclasses.field(default=8, metadata={"min": 1})
+    repeats: int = dataclasses.field(default=8, metadata={"min": 1})  #: timed calls per variant.
+    #: rows changed by one update().
     update_rows: int = dataclasses.field(default=1024, metadata={"min": 1})
+    #: N of the training step.
     step_size: int = dataclasses.field(default=1_000_000, metadata={"min": 1})
-    step_dim: int = dataclasses.field(default=64, metadata={"min": 1})
+    step_dim: int = dataclasses.field(default=64, metadata={"min": 1})  #: D of the training step.
+    #: steps between rebuilds, amortised into the kernel step.
     rebuild_every: int = dataclasses.field(default=100, metadata={"min": 1})
+    #: queries per chunk of the full-softmax step.
     full_chunk: int = dataclasses.field(default=128, metadata={"min": 1})
-    full_repeats: int = 2
+    full_repeats: int = 2  #: timed full-softmax steps (0: leave it out).
 
 
 QUICK = Options(

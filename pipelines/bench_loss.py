@@ -45,39 +45,30 @@ _POSITIVE = {"min": 1}
 
 @dataclasses.dataclass(frozen=True)
 class LossBenchConfig:
-    """Settings of one run (the defaults are those of the published table).
+    """Settings of one run (the defaults are those of the published table)."""
 
-    Attributes:
-        sizes: numbers of classes N.
-        num_sampled: numbers of sampled candidates S.
-        batch_size: B.
-        embedding_dim: D.
-        repeats: timed calls of each sampled-loss step per N.
-        full_repeats: timed calls of the full-softmax step per N.
-        warmup: untimed calls of each sampled step before timing (the full softmax gets one).
-        sampler_sizes: N for ``recsampled.UnigramSampler``.
-        tf_sampler_sizes: N for TF's ``fixed_unigram_candidate_sampler`` (slow to trace).
-        sampler_num_sampled: S for the sampler benchmark.
-        sampler_repeats: timed calls of each sampler variant.
-        construct_repeats: timed constructions of ``UnigramSampler`` per N.
-        zipf_exponent: exponent ``a`` of the Zipf-like counts ``c_k ∝ (k + 1)^-a``.
-        seed: seed of the data and of TF's global generator.
-    """
-
-    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
-    num_sampled: tuple[int, ...] = (64, 1024)
-    batch_size: int = dataclasses.field(default=1024, metadata=_POSITIVE)
-    embedding_dim: int = dataclasses.field(default=64, metadata={"flag": "--dim", "min": 1})
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)  #: numbers of classes N.
+    num_sampled: tuple[int, ...] = (64, 1024)  #: numbers of sampled candidates S.
+    batch_size: int = dataclasses.field(default=1024, metadata=_POSITIVE)  #: B.
+    embedding_dim: int = dataclasses.field(default=64, metadata={"flag": "--dim", "min": 1})  #: D.
+    #: timed calls of each sampled-loss step per N.
     repeats: int = dataclasses.field(default=100, metadata=_POSITIVE)
+    #: timed calls of the full-softmax step per N.
     full_repeats: int = dataclasses.field(default=5, metadata=_POSITIVE)
+    #: untimed calls of each sampled step before timing (the full softmax gets one).
     warmup: int = dataclasses.field(default=2, metadata=_POSITIVE)
+    #: N for ``recsampled.UnigramSampler``.
     sampler_sizes: tuple[int, ...] = (100_000, 1_000_000, 10_000_000)
+    #: N for TF's ``fixed_unigram_candidate_sampler`` (slow to trace).
     tf_sampler_sizes: tuple[int, ...] = (100_000, 1_000_000)
+    #: S for the sampler benchmark.
     sampler_num_sampled: int = dataclasses.field(default=1024, metadata=_POSITIVE)
+    #: timed calls of each sampler variant.
     sampler_repeats: int = dataclasses.field(default=30, metadata=_POSITIVE)
+    #: timed constructions of ``UnigramSampler`` per N.
     construct_repeats: int = dataclasses.field(default=3, metadata=_POSITIVE)
-    zipf_exponent: float = 1.1
-    seed: int = 0
+    zipf_exponent: float = 1.1  #: exponent ``a`` of the Zipf-like counts ``c_k ∝ (k + 1)^-a``.
+    seed: int = 0  #: seed of the data and of TF's global generator.
 
 
 QUICK = LossBenchConfig(

@@ -35,29 +35,22 @@ TRAIN_CONFIG = REPO / "configs" / "large-catalogue.yaml"
 
 @dataclasses.dataclass(frozen=True)
 class MemoryBenchConfig:
-    """Settings of one run (the defaults are those of the published table).
+    """Settings of one run (the defaults are those of the published table)."""
 
-    Attributes:
-        num_interactions: rows of the synthetic log.
-        num_users: users of the synthetic log.
-        num_items: items of the synthetic log.
-        num_clusters: taste clusters of the synthetic log.
-        seed: seed of the synthetic log.
-        stages: the stages after ``generate`` (which always runs first).
-        train_steps: steps of the train stage (0: one epoch).
-        train_overrides: ``key=value`` overrides of the train stage's config.
-        workdir: where to write the log (default: a temporary folder).
-    """
-
+    #: rows of the synthetic log.
     num_interactions: int = dataclasses.field(default=10_000_000, metadata={"flag": "--rows"})
+    #: users of the synthetic log.
     num_users: int = dataclasses.field(default=200_000, metadata={"flag": "--users"})
+    #: items of the synthetic log.
     num_items: int = dataclasses.field(default=1_000_000, metadata={"flag": "--items"})
+    #: taste clusters of the synthetic log.
     num_clusters: int = dataclasses.field(default=100, metadata={"flag": "--clusters"})
-    seed: int = 0
+    seed: int = 0  #: seed of the synthetic log.
+    #: the stages after ``generate`` (which always runs first).
     stages: tuple[str, ...] = STAGES[1:]
-    train_steps: int = 300
-    train_overrides: tuple[str, ...] = ()
-    workdir: str | None = None
+    train_steps: int = 300  #: steps of the train stage (0: one epoch).
+    train_overrides: tuple[str, ...] = ()  #: ``key=value`` overrides of the train stage's config.
+    workdir: str | None = None  #: where to write the log (default: a temporary folder).
 
     @property
     def log(self) -> dict:

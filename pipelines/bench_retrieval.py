@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import json
 import logging
 import os
 import statistics
@@ -73,34 +74,25 @@ RELATIVE_GAP = 0.03  # best sampled variant vs full softmax, Recall@20
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalBenchConfig:
-    """Settings of one run (the defaults are those of the published table).
+    """Settings of one run (the defaults are those of the published table)."""
 
-    Attributes:
-        datasets: among ``movielens-100k`` and ``synthetic``.
-        movielens: the MovieLens 100K folder.
-        embedding_dim: D.
-        batch_size: B.
-        num_sampled: S, catalogue negatives of the mixed and sampled variants.
-        temperature: τ of the softmax over cosine scores (towers are L2-normalised).
-        learning_rate: Adam's.
-        epochs: training epochs of every variant.
-        seeds: one training run per seed (initial weights, data order, sampler draws).
-        throughput_rounds: alternated ``fit`` epochs of each task in the head-to-head.
-        step_repeats: timed calls per component in the step breakdown.
-        synthetic: arguments of ``recsampled.data.synthetic.generate``.
-    """
-
+    #: among ``movielens-100k`` and ``synthetic``.
     datasets: tuple[str, ...] = ("movielens-100k", "synthetic")
-    movielens: str = str(MOVIELENS)
-    embedding_dim: int = 32
-    batch_size: int = 256
-    num_sampled: int = 256
-    temperature: float = 0.1
-    learning_rate: float = 0.01
+    movielens: str = str(MOVIELENS)  #: the MovieLens 100K folder.
+    embedding_dim: int = 32  #: D.
+    batch_size: int = 256  #: B.
+    num_sampled: int = 256  #: S, catalogue negatives of the mixed and sampled variants.
+    temperature: float = 0.1  #: τ of the softmax over cosine scores (towers are L2-normalised).
+    learning_rate: float = 0.01  #: Adam's.
+    #: training epochs of every variant.
     epochs: int = dataclasses.field(default=6, metadata={"min": 1})
+    #: one training run per seed (initial weights, data order, sampler draws).
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: alternated ``fit`` epochs of each task in the head-to-head.
     throughput_rounds: int = dataclasses.field(default=10, metadata={"flag": "--rounds", "min": 1})
+    #: timed calls per component in the step breakdown.
     step_repeats: int = dataclasses.field(default=60, metadata={"min": 1})
+    #: arguments of ``recsampled.data.synthetic.generate``.
     synthetic: dict = dataclasses.field(  # the embedded default log (configs/default.yaml)
         default_factory=lambda: {"num_users": 1_000, "num_items": 2_000,
                                  "num_interactions": 50_000, "num_clusters": 20, "seed": 0}
@@ -123,13 +115,8 @@ class BenchData:
     user_features: TowerFeatures | None = None
     item_features: TowerFeatures | None = None
 
-    @property
-    def num_users(self) -> int:
-        return self.train.num_users
-
-    @property
-    def num_items(self) -> int:
-        return self.train.num_items
+    num_users = property(lambda self: self.train.num_users)
+    num_items = property(lambda self: self.train.num_items)
 
 
 def load_movielens(path: Path) -> BenchData:
@@ -468,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         extra=lambda p: p.add_argument("--throughput-only", action="store_true", help=REMEASURE),
     )  # fmt: skip
     if args.throughput_only:
-        results = harness.read_json(args.output)
+        results = json.loads(args.output.read_text(encoding="utf-8"))
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in results["settings"].items()}
         config = dataclasses.replace(
             RetrievalBenchConfig(**stored), throughput_rounds=config.throughput_rounds

@@ -46,35 +46,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Attributes:
-    demo_artifacts: the demo's artifact folder (``make demo`` writes runs/demo-artifacts).
-    large_items: items of the synthetic IVF artifact.
-    large_dim: its embedding dimension.
-    large_users: its users.
-    cache_dir: where the synthetic artifact is kept between runs.
-    clients: numbers of concurrent clients.
-    requests: timed requests per point.
-    warmup: untimed requests per point.
-    max_seconds: time limit of a point's timed requests.
-    max_batch_size: the server's --max-batch-size.
-    max_wait_ms: the server's --max-wait-ms.
-    k: items per request.
-    seed: seeds the synthetic artifact and the request mix.
-    """
+    """The benchmark's options."""
 
+    #: the demo's artifact folder (``make demo`` writes runs/demo-artifacts).
     demo_artifacts: str = "runs/demo-artifacts"
+    #: items of the synthetic IVF artifact.
     large_items: int = dataclasses.field(default=1_000_000, metadata={"min": 100})
-    large_dim: int = 64
-    large_users: int = dataclasses.field(default=20_000, metadata={"min": 10})
+    large_dim: int = 64  #: its embedding dimension.
+    large_users: int = dataclasses.field(default=20_000, metadata={"min": 10})  #: its users.
+    #: where the synthetic artifact is kept between runs.
     cache_dir: str = "/tmp/recsampled-bench-serve"
-    clients: tuple[int, ...] = (1, 8, 64)
+    clients: tuple[int, ...] = (1, 8, 64)  #: numbers of concurrent clients.
+    #: timed requests per point.
     requests: int = dataclasses.field(default=3000, metadata={"min": 1})
-    warmup: int = 200
-    max_seconds: float = 20.0
-    max_batch_size: int = 64
-    max_wait_ms: float = 2.0
-    k: int = 10
-    seed: int = 0
+    warmup: int = 200  #: untimed requests per point.
+    max_seconds: float = 20.0  #: time limit of a point's timed requests.
+    max_batch_size: int = 64  #: the server's --max-batch-size.
+    max_wait_ms: float = 2.0  #: the server's --max-wait-ms.
+    k: int = 10  #: items per request.
+    seed: int = 0  #: seeds the synthetic artifact and the request mix.
 
 
 COLUMNS = ("artifact", "batching", "clients", "qps", "p50_ms", "p99_ms", "mean_rows_per_search",

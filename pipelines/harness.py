@@ -8,7 +8,7 @@
   peak RSS and wall time around every report.
 - Reports: atomic JSON (:func:`write_json`), Markdown tables, plots.
 - :func:`parse_options`: one frozen options dataclass per benchmark becomes its parser (help from
-  its ``Attributes:`` docstring; ``tuple[int, ...]`` takes ``1e4,100000``; ``--quick`` preset).
+  each field's ``#:`` comment; ``tuple[int, ...]`` takes ``1e4,100000``; ``--quick`` preset).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import inspect
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import psutil
 
 from recsampled import _io
 
@@ -176,15 +178,11 @@ def peak_rss_bytes() -> int:
 
 def rss_bytes() -> int:
     """Resident set size of this process now."""
-    import psutil
-
     return int(psutil.Process().memory_info().rss)
 
 
 def available_memory_bytes() -> int:
     """Memory available to new allocations without swapping (``psutil``)."""
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 
@@ -195,8 +193,6 @@ _VERSIONED = {"numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "faiss
 
 def machine_info(**extra: object) -> dict[str, Any]:
     """CPU model, cores, memory, platform and versions of the imported libraries (+ ``extra``)."""
-    import psutil
-
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     info: dict[str, Any] = {
@@ -257,10 +253,6 @@ def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _io.write_atomic(path, json.dumps(report, indent=2, default=_json_default) + "\n")
     return path
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _is_number(value: object) -> bool:
@@ -349,8 +341,14 @@ def _comma_list(kind: type) -> Callable[[str], tuple]:
 
 
 def option_help(cls: type) -> dict[str, str]:
-    """The ``Attributes:`` entries of a Google-style class docstring: name -> text."""
-    helps: dict[str, str] = {}
+    """Field name -> help: the ``#:`` comment ending the field's (first) line or on the line
+    above it, or the field's entry in the ``Attributes:`` section of a Google-style docstring."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        source = ""
+    pattern = r"^    #: (.+)\n    (\w+): |^    (\w+): [^#\n]*#: (.+)$"
+    helps = {m[2] or m[3]: m[1] or m[4] for m in re.finditer(pattern, source, re.MULTILINE)}
     section = entry = name = None  # indents of "Attributes:" and of its entries
     for line in (cls.__doc__ or "").splitlines():
         indent, text = len(line) - len(line.lstrip()), line.strip()

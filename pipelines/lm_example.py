@@ -5,17 +5,16 @@ cores).
 
 Model: ``Embedding(V, E) -> LSTM(H, return_sequences=True)`` then ``SampledSoftmax(V, S)`` in a
 ``SampledSoftmaxModel`` (``compile``/``fit``), or ``Dense(V)`` + sparse cross-entropy as the
-reference. Quality: both train on the same batches of a known Markov chain over V ids: C
-hidden clusters, cluster transitions ``T`` with Dirichlet rows, a Zipf law within a
-cluster, ids numbered by decreasing stationary probability; its exact entropy rate
-``H = Σ_c π_c [H(T[c, :]) + Σ_c' T[c, c'] H(u | c')]`` is reported beside the held-out
-cross-entropy of each model and their ratio (target: sampled within 5% of full). Speed
-(V = 200,000, S = 1,000, ``Embedding(V, 256)``, ``LSTM(1024)``, 32 x 20 tokens; target >= 20x),
-per optimizer, timed round-robin (median wall and CPU seconds): the whole ``train_on_batch``;
-the output layer alone on fixed hidden states; the body alone (16-way output), which bounds the
-whole-step speed-up. Only
-optimizers that update just the rows of ``IndexedSlices`` gradients (``adagrad``,
-``legacy_sgd``, ``lazy_adam``) keep the step small; ``adam`` is the dense reference.
+reference. Quality: both train on the same batches of a known Markov chain over V ids: C hidden
+clusters, cluster transitions ``T`` with Dirichlet rows, a Zipf law within a cluster, ids numbered
+by decreasing stationary probability; its exact entropy rate
+``H = Σ_c π_c [H(T[c, :]) + Σ_c' T[c, c'] H(u | c')]`` is reported beside the held-out cross-entropy
+of each model and their ratio (target: sampled within 5% of full). Speed (V = 200,000, S = 1,000,
+``Embedding(V, 256)``, ``LSTM(1024)``, 32 x 20 tokens; target >= 20x), per optimizer, timed
+round-robin (median wall and CPU seconds): the whole ``train_on_batch``; the output layer alone on
+fixed hidden states; the body alone (16-way output), which bounds the whole-step speed-up. Only
+optimizers that update just the rows of ``IndexedSlices`` gradients (``adagrad``, ``legacy_sgd``,
+``lazy_adam``) keep the step small; ``adam`` is the dense reference.
 """
 
 from __future__ import annotations
@@ -81,14 +80,10 @@ def make_markov_chain(vocab_size: int, num_clusters: int, *, concentration: floa
     # Renumber ids by decreasing stationary probability.
     order = np.argsort(-stationary, kind="stable")
     cluster_of, within, stationary = cluster_of[order], within[order], stationary[order]
-    within_entropy = np.array(
-        [_entropy(within[cluster_of == c]) for c in range(num_clusters)], dtype=np.float64
-    )
-    entropy_rate = float(
-        cluster_stationary @ (_entropy(transitions) + transitions @ within_entropy)
-    )
+    within_entropy = np.array([_entropy(within[cluster_of == c]) for c in range(num_clusters)])
+    rate = float(cluster_stationary @ (_entropy(transitions) + transitions @ within_entropy))
     return MarkovChain(
-        transitions, cluster_of, within, stationary, entropy_rate, float(_entropy(stationary))
+        transitions, cluster_of, within, stationary, rate, float(_entropy(stationary))
     )
 
 
@@ -130,11 +125,9 @@ def build_language_model(vocab_size: int, embedding_dim: int, units: int, *,
     inputs = tf.keras.Input([length], dtype="int32")
     x = tf.keras.layers.Embedding(vocab_size, embedding_dim)(inputs)
     x = tf.keras.layers.LSTM(units, return_sequences=True)(x)
-    make_optimizer = OPTIMIZERS[optimizer][0]
-    optimizer_ = make_optimizer() if learning_rate is None else make_optimizer(learning_rate)
+    optimizer_ = OPTIMIZERS[optimizer][0](*([] if learning_rate is None else [learning_rate]))
     if num_sampled is None:
-        outputs = tf.keras.layers.Dense(output_classes or vocab_size)(x)
-        model = tf.keras.Model(inputs, outputs)
+        model = tf.keras.Model(inputs, tf.keras.layers.Dense(output_classes or vocab_size)(x))
         loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile(optimizer=optimizer_, loss=loss)
     else:
@@ -292,49 +285,28 @@ def judge_speed(speed: dict) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
-    """Settings of one run (the defaults are those of the published tables).
+    """Settings of one run (the defaults are those of the published tables)."""
 
-    Attributes:
-        vocab_size: V of the quality run.
-        num_clusters: clusters of the Markov chain.
-        num_sampled: S of the quality run.
-        embedding_dim: Embedding size of the quality run.
-        units: LSTM units of the quality run.
-        length: tokens per sequence of the quality run.
-        batch_size: sequences per step of the quality run.
-        learning_rate: Adam's, in the quality run.
-        quality_steps: training steps of the quality run (0 skips it).
-        test_sequences: held-out sequences.
-        seed: seeds the chain and its sequences.
-        speed_optimizers: optimizers of the step-time runs.
-        speed_vocab_size: V of the step-time runs.
-        speed_num_sampled: S of the step-time runs.
-        speed_embedding_dim: Embedding size of the step-time runs.
-        speed_units: LSTM units of the step-time runs.
-        speed_batch_size: sequences per step of the step-time runs.
-        speed_length: tokens per sequence of the step-time runs.
-        speed_steps: timed steps per model.
-    """
-
-    vocab_size: int = 50_000
-    num_clusters: int = 64
-    num_sampled: int = 1_000
-    embedding_dim: int = 64
-    units: int = 64
-    length: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-2
-    quality_steps: int = 300
-    test_sequences: int = 2_000
-    seed: int = 0
+    vocab_size: int = 50_000  #: V of the quality run.
+    num_clusters: int = 64  #: clusters of the Markov chain.
+    num_sampled: int = 1_000  #: S of the quality run.
+    embedding_dim: int = 64  #: Embedding size of the quality run.
+    units: int = 64  #: LSTM units of the quality run.
+    length: int = 20  #: tokens per sequence of the quality run.
+    batch_size: int = 32  #: sequences per step of the quality run.
+    learning_rate: float = 1e-2  #: Adam's, in the quality run.
+    quality_steps: int = 300  #: training steps of the quality run (0 skips it).
+    test_sequences: int = 2_000  #: held-out sequences.
+    seed: int = 0  #: seeds the chain and its sequences.
+    #: optimizers of the step-time runs.
     speed_optimizers: tuple[str, ...] = ("adagrad", "legacy_sgd", "lazy_adam", "adam")
-    speed_vocab_size: int = 200_000
-    speed_num_sampled: int = 1_000
-    speed_embedding_dim: int = 256
-    speed_units: int = 1024
-    speed_batch_size: int = 32
-    speed_length: int = 20
-    speed_steps: int = dataclasses.field(default=5, metadata={"min": 1})
+    speed_vocab_size: int = 200_000  #: V of the step-time runs.
+    speed_num_sampled: int = 1_000  #: S of the step-time runs.
+    speed_embedding_dim: int = 256  #: Embedding size of the step-time runs.
+    speed_units: int = 1024  #: LSTM units of the step-time runs.
+    speed_batch_size: int = 32  #: sequences per step of the step-time runs.
+    speed_length: int = 20  #: tokens per sequence of the step-time runs.
+    speed_steps: int = dataclasses.field(default=5, metadata={"min": 1})  #: timed steps per model.
 
 
 def _fields(config: LMConfig, prefix: str) -> dict:

@@ -238,3 +238,18 @@ def test_log_uniform_ids_follow_the_log_uniform_law() -> None:
     assert stats.chisquare(observed, expected).pvalue > 1e-3
     counts = harness.zipf_counts(50, 1.1, np.random.default_rng(0))
     assert sorted(counts, reverse=True)[0] == 1e9 and counts.min() >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Commented:
+    """Options documented by ``#:`` comments."""
+
+    size: int = 3  #: items per call.
+    #: a long help text that would not fit
+    seed: int = dataclasses.field(default=0, metadata={"min": 0})
+    plain: int = 1  # an ordinary comment, not help
+
+
+def test_help_comes_from_field_comments() -> None:
+    helps = harness.option_help(_Commented)
+    assert helps == {"size": "items per call.", "seed": "a long help text that would not fit"}
