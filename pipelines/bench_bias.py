@@ -613,7 +613,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         Options, argv, prog="python -m pipelines.bench_bias", description=__doc__,
         output="benchmarks/bias.json", quick=QUICK,
     )  # fmt: skip
-    harness.configure_logging()
     bench = harness.Benchmark("pipelines.bench_bias", options, schema_version=SCHEMA_VERSION)
     splits, skipped = load_datasets(options)
     datasets: dict[str, Any] = {}

@@ -114,10 +114,9 @@ def load_data(config: IndexBenchConfig) -> tuple[np.ndarray, np.ndarray, str, st
     else:
         rng = np.random.default_rng(config.seed)
         centers = rng.standard_normal((config.num_clusters, config.dim)).astype(np.float32)
-        items, queries = (
-            clustered_embeddings(n, config.dim, config.num_clusters, rng, centers)
-            for n in (config.num_items, config.num_queries)
-        )
+        args = (config.dim, config.num_clusters, rng, centers)
+        items = clustered_embeddings(config.num_items, *args)
+        queries = clustered_embeddings(config.num_queries, *args)
         source = f"synthetic Gaussian mixture, {config.num_clusters} clusters, seed {config.seed}"
     return prepare_vectors(items, metric), prepare_vectors(queries, metric), source, metric
 
@@ -301,9 +300,8 @@ def run_dataset(config: IndexBenchConfig, threads: int) -> dict:
 def plot(report: dict, path: Path) -> None:
     """Recall@10 vs queries/s (log x), one panel per thread setting and data set."""
     reports = [report] + ([report["real"]] if report.get("real") else [])
-    fig, grid = harness.pyplot().subplots(
-        len(reports), 2, figsize=(12, 4.8 * len(reports)), sharey=True, squeeze=False
-    )
+    n = len(reports)
+    fig, grid = harness.pyplot().subplots(n, 2, figsize=(12, 4.8 * n), sharey=True, squeeze=False)
     for axes, r in zip(grid, reports, strict=True):
         data = r["data"]
         for ax, key in zip(axes, QPS_KEYS, strict=True):
@@ -334,7 +332,6 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Runs the benchmark; writes the JSON and the PNG beside it."""
-    harness.configure_logging()
     config, args = harness.parse_options(
         IndexBenchConfig, argv, prog="python -m pipelines.bench_index", description=__doc__,
         output="benchmarks/index.json",

@@ -105,27 +105,20 @@ def bench_sampler(num_classes: int, dim: int, options: Options) -> dict:
     sample_mixture = tf.function(
         lambda: mixture.sample(labels, shared, query_embeddings=queries)[0]
     )
+    s = options.num_sampled
     sample_per_query = tf.function(
-        lambda: per_query.sample(
-            labels, options.num_sampled, unique=False, query_embeddings=queries
-        )[0]
+        lambda: per_query.sample(labels, s, unique=False, query_embeddings=queries)[0]
     )
     rebuild, update = tf.function(mixture.rebuild), tf.function(lambda: mixture.update(ids, rows))
-    timings = harness.time_round_robin(
-        {
-            "sample_mixture": lambda: sample_mixture().numpy(),
-            "sample_per_query": lambda: sample_per_query().numpy(),
-            "rebuild": _synced(rebuild, mixture),
-            "update": _synced(update, mixture),
-        },
-        repeats={
-            "sample_mixture": options.repeats,
-            "sample_per_query": options.repeats,
-            "rebuild": max(2, options.repeats // 2),
-            "update": min(5, options.repeats),
-        },
-        desc=f"sampler N={num_classes} D={dim}",
-    )
+    steps = {
+        "sample_mixture": lambda: sample_mixture().numpy(),
+        "sample_per_query": lambda: sample_per_query().numpy(),
+        "rebuild": _synced(rebuild, mixture),
+        "update": _synced(update, mixture),
+    }
+    reps = dict.fromkeys(("sample_mixture", "sample_per_query"), options.repeats)
+    reps |= {"rebuild": max(2, options.repeats // 2), "update": min(5, options.repeats)}
+    timings = harness.time_round_robin(steps, repeats=reps, desc=f"sampler N={num_classes} D={dim}")
     return {
         "num_classes": num_classes, "embedding_dim": dim, "batch_size": options.batch_size,
         "num_sampled": options.num_sampled, "shared_num_sampled": shared,
@@ -237,8 +230,7 @@ def bench_step(options: Options) -> dict:
     steps, mixture = _training_steps(options, weights, biases, queries, counts)
     calls = {name: (lambda s=step: s(labels).numpy()) for name, step in steps.items()}
     calls["rebuild"] = _synced(tf.function(mixture.rebuild), mixture)
-    repeats = {name: options.repeats for name in calls}
-    repeats["rebuild"] = max(2, options.repeats // 2)
+    repeats = dict.fromkeys(calls, options.repeats) | {"rebuild": max(2, options.repeats // 2)}
     chunk = min(batch, options.full_chunk)
     full_bytes = 3.0 * chunk * num_classes * 4 + 4 * num_classes * dim * 4
     skipped = None
@@ -288,11 +280,8 @@ def evaluate_targets(step: dict, samplers: list[dict]) -> dict:
     ratios = step["ratios"]
     mixture = ratios["kernel_mixture_amortised_over_unigram"]["median"]
     full = ratios.get("full_over_kernel_mixture", {}).get("of_medians")
-    memory = [
-        p["memory_bytes"]
-        for p in samplers
-        if (p["num_classes"], p["embedding_dim"]) == (step["num_classes"], step["embedding_dim"])
-    ]
+    size = (step["num_classes"], step["embedding_dim"])
+    memory = [p["memory_bytes"] for p in samplers if (p["num_classes"], p["embedding_dim"]) == size]
     memory_bytes = memory[0] if memory else step["kernel_memory_bytes"]
     return {
         "kernel_mixture_amortised_over_unigram": mixture,
@@ -310,7 +299,6 @@ def main(argv: list[str] | None = None) -> dict:
         Options, argv, prog="python -m pipelines.bench_kernel", description=__doc__,
         output="benchmarks/kernel.json", quick=QUICK,
     )  # fmt: skip
-    harness.configure_logging()
     bench = harness.Benchmark("pipelines.bench_kernel", options, schema_version=SCHEMA_VERSION)
     samplers = []
     for num_classes in options.sizes:

@@ -118,15 +118,10 @@ def _loss_fns(weights: tf.Variable, biases: tf.Variable, num_classes: int, num_s
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels[:, 0], logits)
 
     if mode is None:
-        full = functools.partial(recsampled.full_softmax_loss, weights, biases)
-        return {
-            "full": lambda labels, inputs: full(labels, inputs, num_classes),
-            "full_tf": full_tf,
-        }
-    return {
-        "tf": sampled(tf.nn.sampled_softmax_loss),
-        "ours": sampled(recsampled.sampled_softmax_loss),
-    }
+        fn = functools.partial(recsampled.full_softmax_loss, weights, biases)
+        return {"full": lambda labels, inputs: fn(labels, inputs, num_classes), "full_tf": full_tf}
+    ops = {"tf": tf.nn.sampled_softmax_loss, "ours": recsampled.sampled_softmax_loss}
+    return {name: sampled(op) for name, op in ops.items()}
 
 
 def _gradient_types(step: Callable, labels: tf.Tensor, inputs: tf.Tensor) -> list[str]:
@@ -262,17 +257,15 @@ def bench_sampler_size(num_classes: int, config: LossBenchConfig, with_tf: bool)
     for unique in (True, False):
         ours = functools.partial(sampler.sample, num_sampled=s, unique=unique)
         steps[f"ours|eager|{unique}"] = functools.partial(ours, labels)
-        steps[f"ours|function|{unique}"] = functools.partial(
-            tf.function(ours, autograph=False), labels
-        )
+        traced = tf.function(ours, autograph=False)
+        steps[f"ours|function|{unique}"] = functools.partial(traced, labels)
         if unigrams is not None:  # the counts closed over: a list argument would be hashed
             theirs = functools.partial(
                 tf.random.fixed_unigram_candidate_sampler, num_true=1, num_sampled=s,
                 unique=unique, range_max=num_classes, unigrams=unigrams, distortion=1.0,
             )  # fmt: skip
-            steps[f"tf|function|{unique}"] = functools.partial(
-                tf.function(theirs, autograph=False), labels
-            )
+            traced = tf.function(theirs, autograph=False)
+            steps[f"tf|function|{unique}"] = functools.partial(traced, labels)
     timings = harness.time_round_robin(
         steps, repeats=config.sampler_repeats, warmup=config.warmup, errors=(tf.errors.OpError,)
     )
@@ -292,8 +285,7 @@ def run_benchmark(config: LossBenchConfig,
     """Runs both parts; ``checkpoint`` gets the report so far after each N."""
     bench = harness.Benchmark("pipelines.bench_loss", config, schema_version=SCHEMA_VERSION)
     tf.random.set_seed(config.seed)
-    sampler_points: list[dict] = []
-    loss_points: list[dict] = []
+    sampler_points, loss_points = [], []
 
     def report(complete: bool = False) -> dict:
         loss = {"step": "mean loss, gradients w.r.t. weights, biases and inputs (not applied)",
@@ -310,8 +302,7 @@ def run_benchmark(config: LossBenchConfig,
         gc.collect()
         if checkpoint is not None:
             checkpoint(report())
-    tf_logger = tf.get_logger()
-    level = tf_logger.level
+    tf_logger, level = tf.get_logger(), tf.get_logger().level
     tf_logger.setLevel("ERROR")  # "triggered tf.function retracing": one function per step
     try:
         for n in config.sizes:
@@ -331,7 +322,6 @@ def run_benchmark(config: LossBenchConfig,
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark and writes the JSON."""
-    harness.configure_logging()
     config, args = harness.parse_options(
         LossBenchConfig, argv, prog="python -m pipelines.bench_loss", description=__doc__,
         output="benchmarks/loss.json", quick=QUICK,

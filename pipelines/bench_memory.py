@@ -172,7 +172,6 @@ def run(config: MemoryBenchConfig, workdir: str,
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    harness.configure_logging()
     config, args = harness.parse_options(
         MemoryBenchConfig, argv, prog="python -m pipelines.bench_memory", description=__doc__,
         output="benchmarks/memory.json",

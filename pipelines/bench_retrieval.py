@@ -210,9 +210,8 @@ def build_variant(variant: str, data: BenchData, config: RetrievalBenchConfig,
             FullSoftmax, num_items=data.num_items, temperature=config.temperature
         )
     features = {"user_features": data.user_features, "item_features": data.item_features}
-    return build_model(
-        variant_config(variant, data, config, seed), data.train, task=task, **features
-    )
+    library_config = variant_config(variant, data, config, seed)
+    return build_model(library_config, data.train, task=task, **features)
 
 
 def batches(data: BenchData, config: RetrievalBenchConfig, seed: int,
@@ -227,9 +226,8 @@ def evaluate_model(model: TwoTowerModel | None, data: BenchData) -> dict[str, fl
     scorers = {}
     if model is not None:
         queries = model.query_model(tf.range(data.num_users)).numpy()
-        scorers["model"] = embedding_scores(
-            queries, model.candidate_model(tf.range(data.num_items)).numpy()
-        )
+        items = model.candidate_model(tf.range(data.num_items)).numpy()
+        scorers["model"] = embedding_scores(queries, items)
     result = evaluate(scorers, data.train, data.test, ks=KS, popularity=model is None)
     return {m: float(v) for m, v in next(iter(result.values())).as_dict().items() if m in METRICS}
 
@@ -399,9 +397,8 @@ def throughput_check(throughput: dict) -> dict:
 
 def all_checks(entry: dict) -> dict:
     """Every check of a dataset entry, from its ``variants`` and ``fit_throughput``."""
-    return quality_checks(entry["variants"]) | {
-        "ours_at_least_tfrs_fit_throughput": throughput_check(entry["fit_throughput"])
-    }
+    throughput = throughput_check(entry["fit_throughput"])
+    return quality_checks(entry["variants"]) | {"ours_at_least_tfrs_fit_throughput": throughput}
 
 
 def run_dataset(data: BenchData, config: RetrievalBenchConfig) -> dict:
@@ -448,7 +445,6 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    harness.configure_logging()
     config, args = harness.parse_options(
         RetrievalBenchConfig, argv, prog="python -m pipelines.bench_retrieval",
         description=__doc__, output="benchmarks/retrieval.json", quick=QUICK,
@@ -457,9 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.throughput_only:
         results = json.loads(args.output.read_text(encoding="utf-8"))
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in results["settings"].items()}
-        config = dataclasses.replace(
-            RetrievalBenchConfig(**stored), throughput_rounds=config.throughput_rounds
-        )
+        config = RetrievalBenchConfig(**stored | {"throughput_rounds": config.throughput_rounds})
         for name, entry in results["datasets"].items():
             if not isinstance(data := load(name, config), str):
                 entry["fit_throughput"] = compare_fit_throughput(data, config)

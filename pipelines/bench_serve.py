@@ -232,7 +232,6 @@ def plot(points: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    harness.configure_logging()
     options, args = harness.parse_options(Options, argv, prog="python -m pipelines.bench_serve",
         description=__doc__, output="benchmarks/serve.json", quick=QUICK)  # fmt: skip
     machine = {"faiss_threads_per_search": 1}

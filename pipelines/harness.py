@@ -105,10 +105,9 @@ def time_round_robin(steps: Mapping[str, Callable[[], object]], *, repeats: int 
     """
     from tqdm.auto import tqdm
 
-    def per_step(value: int | Mapping[str, int]) -> dict[str, int]:
-        return {name: value if isinstance(value, int) else value[name] for name in steps}
-
-    repeats_, warmup_ = per_step(repeats), per_step(warmup)
+    repeats_, warmup_ = (
+        {n: v if isinstance(v, int) else v[n] for n in steps} for v in (repeats, warmup)
+    )
     first_call, failed = {}, {}
     for name, step in steps.items():
         try:
@@ -151,7 +150,6 @@ def fit_timer(unit: str = "epoch") -> Any:
     if unit not in ("epoch", "batch"):
         raise ValueError(f"`unit` must be 'epoch' or 'batch'. Received: unit={unit!r}")
     hook = "on_train_batch" if unit == "batch" else "on_epoch"  # only `unit`'s hooks are set
-
     timer, start = tf.keras.callbacks.Callback(), [0.0]
     timer.on_train_begin = lambda *_: setattr(timer, "seconds", [])
     setattr(timer, f"{hook}_begin", lambda *_: start.__setitem__(0, time.perf_counter()))
@@ -289,12 +287,11 @@ def pyplot() -> Any:
 
 def save_figure(figure: Any, path: str | Path, *, dpi: int = 110) -> Path:
     """Saves a matplotlib figure (PNG) and closes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
     pyplot().close(figure)
-    return path
+    return Path(path)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -397,10 +394,12 @@ def parse_options(
     Every field of ``cls`` of a type the CLI can express (``int``, ``float``, ``str``, ``bool``,
     ``Literal[...]``, ``tuple[int | str, ...]``, each optionally ``| None``) becomes
     ``--field-name`` (``metadata={"flag": "--dim"}`` renames it; ``{"min": 1}`` checks it) with
-    its docstring entry as help; flags not given keep the default of ``cls()`` or, with
+    its ``#:`` comment as help; flags not given keep the default of ``cls()`` or, with
     ``--quick``, of ``quick``. ``output`` adds ``--output`` (this default), ``extra`` adds the
-    benchmark's own arguments. Returns the options and the namespace.
+    benchmark's own arguments. Sets up logging (:func:`configure_logging`) first. Returns the
+    options and the namespace.
     """
+    configure_logging()
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=formatter)
     if output is not None:

@@ -340,7 +340,6 @@ def run(config: LMConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    harness.configure_logging()
     config, args = harness.parse_options(
         LMConfig, argv, prog="python -m pipelines.lm_example", description=__doc__,
         output="benchmarks/lm.json",
