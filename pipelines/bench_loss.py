@@ -186,18 +186,14 @@ def bench_loss_size(num_classes: int, config: LossBenchConfig) -> list[dict]:
                 "ratio_ours_tf": ours_ms / tf_ms,
                 "ratio_ours_tf_cpu": ours_t["cpu_median_ms"] / tf_t["cpu_median_ms"],
                 "ratio_ours_tf_per_round": per_round,
-                "speedup_tf_over_full": _ratio(full_ms, tf_ms),
-                "speedup_ours_over_full": _ratio(full_ms, ours_ms),
-                "speedup_ours_over_full_tf": _ratio(full_tf_ms, ours_ms),
+                "speedup_tf_over_full": full_ms and full_ms / tf_ms,
+                "speedup_ours_over_full": full_ms and full_ms / ours_ms,
+                "speedup_ours_over_full_tf": full_tf_ms and full_tf_ms / ours_ms,
                 "within_ratio_target": ours_ms / tf_ms <= RATIO_TARGET,
                 "timings": {name: summary[key] for name, key in keys.items()},
                 "gradient_types": {n: grad_types[k] for n, k in keys.items() if k in grad_types},
             })  # fmt: skip
     return results
-
-
-def _ratio(numerator: float | None, denominator: float) -> float | None:
-    return None if numerator is None else numerator / denominator
 
 
 def evaluate_targets(points: list[dict]) -> dict:
