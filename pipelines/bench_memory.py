@@ -157,10 +157,8 @@ def run(config: MemoryBenchConfig, workdir: str,
         LOG.info("%s ...", name)
         results[name] = run_stage(name, config, workdir)
     raw = 2 * config.num_interactions * 8
-    for name in (*LOAD_STAGES, "train"):
-        if name in results:
-            ratio = results[name]["peak_above_baseline_bytes"] / raw
-            results[name]["ratio_to_raw_id_columns"] = round(ratio, 3)
+    for stage in (results[n] for n in (*LOAD_STAGES, "train") if n in results):
+        stage["ratio_to_raw_id_columns"] = round(stage["peak_above_baseline_bytes"] / raw, 3)
     ratios = [results[n]["ratio_to_raw_id_columns"] for n in LOAD_STAGES if n in results]
     return bench.report(
         raw_id_columns={"dtype": "int64", "columns": 2, "rows": config.num_interactions,
