@@ -131,11 +131,8 @@ def _sweeps(config: IndexBenchConfig, num_items: int, dim: int) -> list[tuple[st
         "ivf": ("IVF-Flat", f"IVF{nlist},Flat", [{"nprobe": p} for p in config.nprobe]),
         "ivfpq": ("IVF-PQ", f"IVF{nlist},PQ{m}x4fs,RFlat", pq),
     }
-    return [
-        (name, factory, [g for g in grid if g.get("nprobe", 0) <= nlist])
-        for key, (name, factory, grid) in families.items()
-        if key in config.indexes or key == "flat"
-    ]
+    chosen = [families[key] for key in families if key in config.indexes or key == "flat"]
+    return [(name, f, [g for g in grid if g.get("nprobe", 0) <= nlist]) for name, f, grid in chosen]
 
 
 def build_indexes(items: np.ndarray, config: IndexBenchConfig, threads: int) -> list[dict]:
