@@ -12,7 +12,6 @@ import socket
 import warnings
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -22,6 +21,7 @@ import recsampled  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is fi
 import tensorflow as tf
 
 from recsampled.index import Retriever, export_artifact
+from tests.index.conftest import one_faiss_thread  # noqa: F401  (autouse: FAISS on one thread)
 
 with warnings.catch_warnings():  # Starlette asks for httpx2 (not installed); httpx works
     warnings.simplefilter("ignore")
@@ -96,15 +96,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """FAISS on one thread: OpenMP threads spin badly on a shared, loaded machine."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
