@@ -17,7 +17,7 @@ MARKER = re.compile(r"<!-- tested: ([\w-]+) -->\s*\n```python\n(.*?)\n```", re.D
 AUDIENCES = {"tfrs", "keras2", "keras3"}
 
 
-def tested_blocks() -> dict[str, str]:
+def readme_blocks() -> dict[str, str]:
     """``{name: code}`` of the marked blocks (a name used twice is an error)."""
     blocks: dict[str, str] = {}
     for name, code in MARKER.findall(README.read_text(encoding="utf-8")):
@@ -28,13 +28,13 @@ def tested_blocks() -> dict[str, str]:
 
 
 def test_every_audience_has_a_tested_block():
-    assert AUDIENCES <= set(tested_blocks())
+    assert AUDIENCES <= set(readme_blocks())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AUDIENCES))
 def test_readme_block_runs(name, tmp_path):
-    code = tested_blocks()[name]
+    code = readme_blocks()[name]
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     environment |= {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(README.parent)}
     result = subprocess.run(
