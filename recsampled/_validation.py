@@ -20,6 +20,17 @@ def received(name: str, value: Any) -> str:
     return f"Received: {name}={text} (of type {type(value).__name__})."
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Returns ``value`` if it is a bool, else raises the Keras-style ``ValueError``.
+
+    >>> check_bool("unique", True)
+    True
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool. {received(name, value)}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """Returns ``value`` as an ``int`` if it is a positive integer, else raises ``ValueError``."""
     if (

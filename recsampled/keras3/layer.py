@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from recsampled._validation import (
+    check_bool,
     check_num_sampled,
     check_optional_seed,
     check_positive_int,
@@ -76,12 +77,7 @@ class SampledSoftmax(keras.layers.Layer):
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.num_sampled = check_num_sampled(num_sampled, self.num_classes, unique=False)
         self.sampler = get_sampler(sampler, self.num_classes)
-        if not isinstance(remove_accidental_hits, bool):
-            raise ValueError(
-                "`remove_accidental_hits` must be a bool. "
-                f"{received('remove_accidental_hits', remove_accidental_hits)}"
-            )
-        self.remove_accidental_hits = remove_accidental_hits
+        self.remove_accidental_hits = check_bool("remove_accidental_hits", remove_accidental_hits)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = check_optional_seed("seed", seed)

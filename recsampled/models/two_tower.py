@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from recsampled._validation import check_positive_int, received
+from recsampled._validation import check_bool, check_positive_int, received
 from recsampled.tasks.retrieval import Retrieval
 
 
@@ -104,9 +104,7 @@ class Tower(tf.keras.Model):
                 f"{received('hidden_units', hidden_units)}"
             )
         self.hidden_units = tuple(check_positive_int("hidden_units", h) for h in hidden_units)
-        if not isinstance(normalize, bool):
-            raise ValueError(f"`normalize` must be a bool. {received('normalize', normalize)}")
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
 
         self.id_embedding = tf.keras.layers.Embedding(self.num_ids, self.embedding_dim)
         self._categorical_tables: list[tf.Variable] = []

@@ -34,7 +34,7 @@ from typing import ClassVar, NamedTuple
 
 import tensorflow as tf
 
-from recsampled._validation import check_num_sampled, check_optional_seed, received
+from recsampled._validation import check_bool, check_num_sampled, check_optional_seed
 
 
 class SampledValues(NamedTuple):
@@ -195,8 +195,7 @@ class CandidateSampler(tf.Module, abc.ABC):
             A :class:`SampledValues` triple with ``[S]`` candidates (``[batch_size, S]`` when
             :attr:`per_query`).
         """
-        if not isinstance(unique, bool):
-            raise ValueError(f"`unique` must be a bool. {received('unique', unique)}")
+        check_bool("unique", unique)
         num_sampled = check_num_sampled(num_sampled, self.num_supported_classes, unique)
         seed = check_optional_seed("seed", seed)
         true_classes = as_true_classes(true_classes, self.num_classes)

@@ -55,7 +55,7 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
-from recsampled._validation import check_positive_int, received
+from recsampled._validation import check_bool, check_positive_int, received
 from recsampled.samplers.unigram import _as_counts
 
 # Odd 64-bit multipliers: the golden-ratio constant of Fibonacci hashing, then the mixing
@@ -226,11 +226,7 @@ class FrequencyEstimator(tf.Module):
                 f"{received('num_hashes', num_hashes)}"
             )
         self.alpha = _check_alpha(alpha)
-        if not isinstance(bias_correction, bool):
-            raise ValueError(
-                f"`bias_correction` must be a bool. {received('bias_correction', bias_correction)}"
-            )
-        self.bias_correction = bias_correction
+        self.bias_correction = check_bool("bias_correction", bias_correction)
         self._shift = tf.constant(64 - int(self.num_buckets).bit_length() + 1, tf.uint64)
         self._multipliers = tf.constant(HASH_MULTIPLIERS[: self.num_hashes], tf.uint64)
         shape = [self.num_hashes, self.num_buckets]

@@ -107,7 +107,7 @@ from tensorflow_recommenders import layers as tfrs_layers
 from tensorflow_recommenders import metrics as tfrs_metrics
 from tensorflow_recommenders.tasks import base
 
-from recsampled._validation import check_num_sampled, check_optional_seed, received
+from recsampled._validation import check_bool, check_num_sampled, check_optional_seed, received
 from recsampled.samplers.base import CandidateSampler, SampledValues, repeated_per_row
 from recsampled.samplers.frequency import CandidateFrequency
 from recsampled.tasks.topk import metric_candidate_ids
@@ -121,12 +121,6 @@ def _check_optional_positive_float(name: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"`{name}` must be None or a number > 0. {received(name, value)}")
     return float(value)
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool. {received(name, value)}")
-    return value
 
 
 def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
@@ -271,10 +265,10 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         self._loss_metrics = loss_metrics or []
         self._temperature = _check_optional_positive_float("temperature", temperature)
         self._num_hard_negatives = num_hard_negatives
-        self._remove_accidental_hits = _check_bool("remove_accidental_hits", remove_accidental_hits)
-        self._in_batch_negatives = _check_bool("in_batch_negatives", in_batch_negatives)
+        self._remove_accidental_hits = check_bool("remove_accidental_hits", remove_accidental_hits)
+        self._in_batch_negatives = check_bool("in_batch_negatives", in_batch_negatives)
         self._seed = check_optional_seed("seed", seed)
-        self._global_batch_negatives = _check_bool("global_batch_negatives", global_batch_negatives)
+        self._global_batch_negatives = check_bool("global_batch_negatives", global_batch_negatives)
         if candidate_frequency is not None and not (
             callable(getattr(candidate_frequency, "update", None))
             and callable(getattr(candidate_frequency, "probability", None))
