@@ -46,3 +46,13 @@ def test_readme_block_runs(name, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, f"README block {name!r} failed:\n{result.stderr[-4000:]}"
+
+
+def test_serving_example_is_the_tested_file():
+    """The README's faiss + tensorflow example is ``tests/index/serving_example.py``'s
+    ``recommend`` (which tests/index/test_query_model.py runs), verbatim, with a 15-line body."""
+    example = (README.parent / "tests" / "index" / "serving_example.py").read_text("utf-8")
+    function = example[example.index("def recommend(") : example.index("\n\nif __name__")]
+    assert function.strip() in README.read_text(encoding="utf-8")
+    body = [line for line in function.splitlines()[2:] if line.strip()]  # after def + docstring
+    assert len(body) <= 15, len(body)
