@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 import numbers
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -52,8 +55,28 @@ from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.samplers.kernel import MODES as KERNEL_MODES
 
 
+logger = logging.getLogger(__name__)
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read (a config is a few kB; a bigger file is not a config)."""
+MAX_YAML_VALUES = 100_000
+"""The most values a config may expand to through YAML aliases (``*name``): an alias bomb, a
+few lines that expand to billions of values, is refused before it is built."""
+MAX_SEED = 2**31 - 1
+"""Seeds are in ``[0, MAX_SEED]``: NumPy, TF's op seeds and stateless ops all take them."""
+
+
 class _TypeMismatch(ConfigError):
     """A value of the wrong type (caught while trying the members of a union)."""
+
+
+class _Unused(ConfigError):
+    """A setting that another setting makes irrelevant (``key``, made so by ``decider``)."""
+
+    def __init__(self, message: str, *, key: str, decider: str | None):
+        super().__init__(message)
+        self.key = key
+        self.decider = decider
 
 
 class Negatives(NamedTuple):
@@ -149,9 +172,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value
     elif annotation is int:
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:
+                raise _fail(name, "an integer within int64 (|value| < 2**63)", value)
             return int(value)
     elif annotation is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .inf or .nan: no setting means that
+                raise _fail(name, "a finite number", value)
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
@@ -162,13 +189,31 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 def _type_message(name: str, value: Any, annotation: Any) -> str:
     message = f"`{name}` must be {_describe(annotation)}. {received(name, value)}"
     if isinstance(value, str) and annotation in (float, float | None):
-        try:
-            float(value)
-        except ValueError:
-            pass
-        else:  # YAML 1.1 reads 1e-3 (no dot) as text
-            message += f" Write it with a dot, e.g. {float(value)!r}, for YAML to read a number."
+        example = _yaml_number(value)
+        if example is not None:  # YAML 1.1 reads 1e-3 (no dot) as text
+            message += f" Write it with a dot, e.g. {example}, for YAML to read a number."
     return message
+
+
+def _yaml_number(text: str) -> str | None:
+    """``text`` (a number YAML 1.1 reads as text, e.g. ``1e-30``) spelled so that YAML reads
+    it as that number (``1.0e-30``), or None when it is not such a number."""
+    match = re.fullmatch(r"\s*([-+]?)(\d+)(?:\.(\d*))?[eE]([-+]?)(\d+)\s*", text)
+    if match is None:
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        candidates = [repr(number)]
+    else:
+        sign, whole, fraction, exponent_sign, exponent = match.groups()
+        number = float(text)
+        spelled = f"{sign}{whole}.{fraction or 0}e{exponent_sign or '+'}{exponent}"
+        candidates = [repr(number), spelled]
+    for candidate in candidates:
+        if "." in candidate and yaml.safe_load(candidate) == number:
+            return candidate
+    return None
 
 
 def _fail(name: str, rule: str, value: Any) -> ConfigError:
@@ -190,6 +235,11 @@ def _choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise _fail(name, f"one of {list(choices)}", value)
 
 
+def _check_seed(name: str, value: Any) -> None:
+    if isinstance(value, int) and not 0 <= value <= MAX_SEED:
+        raise _fail(name, f"an integer in [0, {MAX_SEED}] (a seed)", value)
+
+
 class _Section:
     """Mixin of the config dataclasses: type checks, dict and YAML conversion."""
 
@@ -202,6 +252,8 @@ class _Section:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = _coerce(self._name(f.name), getattr(self, f.name), hints[f.name])
+            if f.name == "seed":
+                _check_seed(self._name(f.name), value)
             object.__setattr__(self, f.name, value)
         self.validate()
 
@@ -209,16 +261,26 @@ class _Section:
         """Checks values and combinations; raises :class:`ConfigError`."""
 
     def _unused(self, keys: Sequence[str], reason: str) -> None:
-        """Raises if any of ``keys`` differs from its default: it would be ignored."""
+        """Raises if any of ``keys`` differs from its default: it would be ignored.
+
+        The setting that makes them irrelevant (the decider) is the first ``key=`` of
+        ``reason`` (``"by kind='time_cut'"``), else its ``without key`` (``"without
+        max_users"``); :func:`load_config` ignores such a key, with a notice, when a later
+        ``--set`` chose the decider (the user switched modes on the command line).
+        """
+        found = re.search(r"(\w+)=", reason) or re.search(r"without (\w+)", reason)
+        decider = self._name(found.group(1)) if found else None
         for f in dataclasses.fields(self):
             if f.name not in keys:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             value = getattr(self, f.name)
             if value != default:
-                raise ConfigError(
+                raise _Unused(
                     f"`{self._name(f.name)}` is not used {reason}; remove it or change that "
-                    f"setting. Received: {self._name(f.name)}={value!r}."
+                    f"setting. {received(self._name(f.name), value)}",
+                    key=self._name(f.name),
+                    decider=decider,
                 )
 
     @classmethod
@@ -589,6 +651,45 @@ class EarlyStoppingConfig(_Section):
         _choice(self._name("mode"), self.mode, EARLY_STOPPING_MODES)
 
 
+DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multi_worker")
+"""``training.distribute.strategy``: one device, ``tf.distribute.MirroredStrategy`` (devices of
+one host) or ``tf.distribute.MultiWorkerMirroredStrategy`` (hosts named by ``TF_CONFIG``)."""
+COMMUNICATIONS = ("auto", "ring", "nccl")
+"""``training.distribute.communication``: the collective implementation of ``multi_worker``."""
+
+
+@dataclass(frozen=True)
+class DistributeConfig(_Section):
+    """``training.distribute``: the ``tf.distribute`` strategy of ``recsampled train``
+    (:mod:`recsampled.runs.distribute`). ``training.batch_size`` is the global batch, split
+    evenly over the replicas.
+
+    Attributes:
+        strategy: one of :data:`DISTRIBUTE_STRATEGIES`.
+        devices: ``mirrored``'s devices, e.g. ``["/gpu:0", "/gpu:1"]`` (empty: every GPU, else
+            the CPU); CPUs beyond the first (``/cpu:1``) split the CPU into logical devices.
+        communication: ``multi_worker``'s collectives, one of :data:`COMMUNICATIONS`.
+        timeout_seconds: ``multi_worker``: a collective that waits longer fails (a lost
+            worker), instead of hanging (null: wait forever).
+    """
+
+    SECTION: ClassVar[str] = "training.distribute"
+
+    strategy: str = "none"
+    devices: tuple[str, ...] = ()
+    communication: str = "auto"
+    timeout_seconds: float | None = None
+
+    def validate(self) -> None:
+        _choice(self._name("strategy"), self.strategy, DISTRIBUTE_STRATEGIES)
+        _choice(self._name("communication"), self.communication, COMMUNICATIONS)
+        _positive(self._name("timeout_seconds"), self.timeout_seconds)
+        if self.strategy != "mirrored":
+            self._unused(["devices"], f"with strategy={self.strategy!r}")
+        if self.strategy != "multi_worker":
+            self._unused(["communication", "timeout_seconds"], f"with strategy={self.strategy!r}")
+
+
 @dataclass(frozen=True)
 class TrainingConfig(_Section):
     """``training``: ``Model.fit`` with checkpoints.
@@ -613,6 +714,7 @@ class TrainingConfig(_Section):
         max_checkpoints: checkpoints kept in ``RUN_DIR/checkpoints``.
         early_stopping: stop on a validation metric, restoring its best epoch's weights
             (:class:`EarlyStoppingConfig`; null: train every epoch).
+        distribute: the ``tf.distribute`` strategy (:class:`DistributeConfig`).
     """
 
     SECTION: ClassVar[str] = "training"
@@ -629,6 +731,7 @@ class TrainingConfig(_Section):
     checkpoint_every_steps: int = 1000
     max_checkpoints: int = 2
     early_stopping: EarlyStoppingConfig | None = None
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
 
     def validate(self) -> None:
         for key in ("batch_size", "epochs", "learning_rate", "max_checkpoints"):
@@ -745,11 +848,92 @@ def _flat_pairs(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
     return {prefix: (a, b)}
 
 
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML would keep the
+    last value silently)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+                if key in lines:
+                    raise ConfigError(
+                        f"{self.name}, line {line}: the key `{key_node.value[:100]}` is given "
+                        f"twice in one mapping (first on line {lines[key]}); YAML would keep "
+                        "only the last value. Remove one."
+                    )
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, source: str) -> int:
+    """How many values ``node`` stands for once its aliases are expanded (memoised, so an alias
+    bomb costs its number of nodes); raises for a recursive alias or too many values."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in active:
+            raise ConfigError(f"{source}, line {n.start_mark.line + 1}: a recursive YAML alias.")
+        active.add(id(n))
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            children = [part for pair in n.value for part in pair]
+        total = 1 + sum(size(child) for child in children)
+        active.discard(id(n))
+        sizes[id(n)] = total
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{source}, line {n.start_mark.line + 1}: the config expands to more than "
+                f"{MAX_YAML_VALUES} values through YAML aliases (*name); refused (an alias bomb?)."
+            )
+        return total
+
+    return size(node)
+
+
+def _yaml_error(source: str, error: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as ``source, line L, column C: problem`` (PyYAML's own message
+    quotes the offending line, which must not be echoed: it may be any file's content)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    problem = problem or type(error).__name__
+    return ConfigError(f"{source}: not valid YAML{where} ({problem}).")
+
+
+def _safe_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with duplicated keys refused and alias expansion bounded."""
+    loader = _ConfigLoader(text)
+    loader.name = source
     try:
-        values = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML ({e}).") from e
+        raise _yaml_error(source, e) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply to be a config.") from None
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{source}: {len(text)} characters is too large for a config "
+            f"(at most {MAX_CONFIG_BYTES})."
+        )
+    values = _safe_load(text, source)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -795,10 +979,105 @@ def apply_override(values: dict[str, Any], override: str) -> None:
             target[part] = {}
         target, section = target[part], annotation
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"The value of `{key}` is not valid YAML ({e}).") from e
+        value = _safe_load(text, f"The value of `{key.strip()}`")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from --set {_short(override)})") from None
     target[parts[-1]] = value
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _read_config_file(path: Path) -> str:
+    """The text of a config file; errors name the file and never quote its content."""
+    if not path.exists():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file (give a YAML file).")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a device or pipe?); give a YAML file.")
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; it is not a config.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a config is a YAML text file."
+        ) from None
+
+
+def _pop(values: dict[str, Any], key: str) -> Any:
+    *sections, last = key.split(".")
+    for section in sections:
+        values = values[section]
+    return values.pop(last)
+
+
+def _last_set(origins: dict[str, int], key: str) -> int:
+    """The index of the last override that set ``key`` or a key inside it (-1: the file)."""
+    return max(
+        (i for name, i in origins.items() if name == key or name.startswith(key + ".")),
+        default=-1,
+    )
+
+
+def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[str] = ()) -> Config:
+    """Reads a YAML config (or the defaults) and applies ``section.key=value`` overrides.
+
+    A setting of the file (or of an earlier override) that a later override makes irrelevant,
+    e.g. the file's ``task.num_sampled`` after ``--set task.negatives=in_batch``, is ignored
+    with a notice on the ``recsampled.config`` logger: the override switched modes. Errors
+    about a key that an override set end with ``(from --set section.key=value)``.
+
+    Args:
+        path: the YAML file; None starts from the defaults.
+        overrides: ``section.key=value`` strings, applied in order (values parsed as YAML).
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ConfigError: for bad YAML, an unknown key, a wrong type or value.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        values = _parse_yaml(_read_config_file(path), str(path))
+    origins: dict[str, int] = {}
+    for index, override in enumerate(overrides):
+        apply_override(values, override)
+        origins[override.partition("=")[0].strip()] = index
+    while True:
+        try:
+            return Config.from_dict(values)
+        except _Unused as e:
+            decided_at = origins.get(e.decider, -1) if e.decider else -1
+            if decided_at < 0 or _last_set(origins, e.key) >= decided_at:
+                raise _from_set(e, overrides, origins) from None
+            value = _pop(values, e.key)
+            where = "an earlier --set" if _last_set(origins, e.key) >= 0 else (path or "")
+            logger.warning(
+                "Ignoring %s=%s (from %s): --set %s makes it irrelevant.",
+                e.key, _short(repr(value)), where, _short(overrides[decided_at]),
+            )  # fmt: skip
+        except ConfigError as e:
+            raise _from_set(e, overrides, origins) from None
+
+
+def _from_set(error: ConfigError, overrides: Sequence[str], origins: dict[str, int]) -> ConfigError:
+    """``error``, ending with ``(from --set key=value)`` when it names a key an override set."""
+    for name in re.findall(r"`([\w.\[\]]+)`", str(error)):
+        key = name.split("[")[0]
+        matches = [i for k, i in origins.items() if key == k or key.startswith(k + ".")]
+        if matches:
+            found = type(error)(f"{error} (from --set {_short(overrides[max(matches)])})")
+            found.__cause__ = error.__cause__
+            return found
+    return error
 
 
 def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[str] = ()) -> Config:
@@ -818,9 +1097,3 @@ def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[st
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file not found: {path}")
-        values = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
-    for override in overrides:
-        apply_override(values, override)
-    return Config.from_dict(values)
