@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def train(
     run_dir: str | Path,
     *,
     force: bool = False,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     """Trains, checkpoints, exports and evaluates one run (module docstring).
 
@@ -88,6 +90,10 @@ def train(
             resumed, and so is one whose config differs only by a smaller ``training.epochs``
             (a finished run extended with more epochs).
         force: discard an earlier run in ``run_dir`` and start over.
+        on_epoch: called as ``on_epoch(epoch, logs)`` after each epoch (0-based, as Keras),
+            once its validation metrics, checkpoint and early-stopping check are done; ``logs``
+            is a copy of the epoch's Keras logs (``loss`` and the ``val_*`` metrics). An
+            exception it raises ends the run there (``recsampled tune`` prunes trials so).
 
     Progress and the data summary go to the ``recsampled`` logger.
 
@@ -131,7 +137,9 @@ def train(
     best = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model), str(run.checkpoints / "best"), max_to_keep=1
     )
-    _fit(model, fit_log, config, state, manager, validation=validation, best=best)
+    _fit(
+        model, fit_log, config, state, manager, validation=validation, best=best, on_epoch=on_epoch
+    )
     history = state.history_records()
     if config.training.early_stopping is not None:
         epoch = EarlyStoppingCallback.restore_best(tf.train.Checkpoint(model=model), best)
@@ -195,10 +203,19 @@ def _epoch_callbacks(
     checkpoints: CheckpointCallback,
     validation: Split | None,
     best: tf.train.CheckpointManager,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> tuple[list[tf.keras.callbacks.Callback], list[tf.keras.callbacks.Callback]]:
-    """The callbacks before the checkpoint callback (validation) and after it (early stop)."""
+    """The callbacks before the checkpoint callback (validation) and after it (early stop,
+    then ``on_epoch``)."""
+    hook = []
+    if on_epoch is not None:
+        hook = [
+            tf.keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch(epoch, dict(logs or {}))
+            )
+        ]
     if validation is None:
-        return [], []
+        return [], hook
     settings = config.evaluation
     before = [
         ValidationCallback(
@@ -214,7 +231,7 @@ def _epoch_callbacks(
     ]
     stopping = config.training.early_stopping
     if stopping is None:
-        return before, []
+        return before, hook
     after = EarlyStoppingCallback(
         checkpoints.history,
         best,
@@ -222,7 +239,7 @@ def _epoch_callbacks(
         mode=stopping.mode,
         patience=stopping.patience,
     )
-    return before, [after]
+    return before, [after, *hook]
 
 
 def _stopped(config: Config, state: TrainingState) -> bool:
@@ -244,6 +261,7 @@ def _fit(
     *,
     validation: Split | None = None,
     best: tf.train.CheckpointManager,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> None:
     """``model.fit`` from ``state.position`` to the last epoch, with checkpoints and progress
     (and validation and early stopping when configured).
@@ -286,7 +304,7 @@ def _fit(
         )
 
     start = state.position
-    before, after = _epoch_callbacks(model, config, checkpoints, validation, best)
+    before, after = _epoch_callbacks(model, config, checkpoints, validation, best, on_epoch)
     callbacks = [*before, checkpoints, *after, progress, *sampler_callbacks(config, model)]
     fit = dict(callbacks=callbacks, verbose=0)
     if _stopped(config, state):
