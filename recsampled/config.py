@@ -944,11 +944,14 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return values
 
 
-def apply_override(values: dict[str, Any], override: str) -> None:
+def apply_override(
+    values: dict[str, Any], override: str, *, schema: type[_Section] | None = None
+) -> None:
     """Applies one ``section.key=value`` to a nested dict, checking the key against the schema.
 
     The value is parsed as YAML (``3`` is an int, ``0.5`` a float, ``null`` None, ``[10, 20]``
-    a list, anything else text).
+    a list, anything else text). ``schema`` is the root section class (default :class:`Config`;
+    ``recsampled tune`` passes the one of its ``tune:`` section).
 
     Raises:
         ConfigError: for a malformed override or a key that is not in the schema.
@@ -960,7 +963,7 @@ def apply_override(values: dict[str, Any], override: str) -> None:
             f"Received: {override!r}."
         )
     parts = key.strip().split(".")
-    section: type[_Section] = Config
+    section: type[_Section] = Config if schema is None else schema
     target = values
     for depth, part in enumerate(parts):
         valid = section.keys()
@@ -1074,26 +1077,7 @@ def _from_set(error: ConfigError, overrides: Sequence[str], origins: dict[str, i
         key = name.split("[")[0]
         matches = [i for k, i in origins.items() if key == k or key.startswith(k + ".")]
         if matches:
-            found = type(error)(f"{error} (from --set {_short(overrides[max(matches)])})")
+            found = ConfigError(f"{error} (from --set {_short(overrides[max(matches)])})")
             found.__cause__ = error.__cause__
             return found
     return error
-
-
-def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[str] = ()) -> Config:
-    """Reads a YAML config (or the defaults) and applies ``section.key=value`` overrides.
-
-    Args:
-        path: the YAML file; None starts from the defaults.
-        overrides: ``section.key=value`` strings, applied in order (values parsed as YAML).
-
-    Returns:
-        The validated :class:`Config`.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ConfigError: for bad YAML, an unknown key, a wrong type or value.
-    """
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
