@@ -8,8 +8,13 @@ column (Parquet, in-memory tables, the fast CSV path). Both go through the same 
   integers, and then the others are bad rows (a stray ``abc`` among 10^7 integers is garbage, not
   a reason to turn every id into text); else it holds string ids. ``"int"`` requires integers;
   ``"str"`` keeps the text verbatim. Typed columns (Parquet, tables) keep their type.
+  Integer-valued decimals (``255.0``, as pandas writes a float column of ids) are integers; a
+  column of numbers with a fraction (``2.5``) is not read as text ids but rejected, row by row.
 - numbers (ratings, weights, timestamps): finite, integer (int64) when every value is an integer,
-  else float64; weights must also be >= 0. Parquet timestamp columns become Unix seconds.
+  else float64; weights must also be >= 0. Parquet timestamp columns become Unix seconds, and so
+  does a text timestamp column whose values are mostly not numbers but date-times (ISO 8601 /
+  pandas, e.g. ``2020-01-31 12:00:00``, ``2020-01-31T12:00:00+01:00``, ``2020-01-31``; without an
+  offset a time is read as UTC).
 
 Vectorised with ``pyarrow.compute``; the NumPy masks it returns are ``None`` when no row is bad,
 so that clean data costs no extra memory.
@@ -21,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,14 +46,16 @@ _NULL_TOKENS = pa.array(
     ]
 )  # fmt: skip
 _INT = r"^[+-]?\d{1,19}$"
+_INTEGRAL = r"^[+-]?\d{1,19}(\.0*)?$"  # 255 or 255.0: an integer id
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 EXPECTED_ID = "a non-empty id"
 EXPECTED_INT_ID = "a non-empty integer id"
 EXPECTED_AUTO_INT_ID = (
-    "an integer id, as most ids of the column are (pass id_dtype='str' if ids can be text)"
+    "an integer id, as the column holds numbers (pass id_dtype='str' if ids can be text)"
 )
 EXPECTED_NUMBER = "a finite number"
+EXPECTED_TIME = "a date-time (ISO 8601, e.g. '2020-01-31 12:00:00') or a number (Unix seconds)"
 EXPECTED_NON_NEGATIVE = "a finite number >= 0"
 
 
@@ -127,8 +135,8 @@ def _unsupported(source: str, name: str, column: pa.ChunkedArray, what: str) -> 
 
 
 def _text_to_int(text: pa.ChunkedArray, bad: np.ndarray | None) -> pa.ChunkedArray:
-    """Casts trimmed integer text to int64; rows in ``bad`` become null."""
-    text = pc.replace_substring_regex(text, r"^\+", "")
+    """Casts trimmed integer text (``255`` or ``255.0``) to int64; rows in ``bad`` become null."""
+    text = pc.replace_substring_regex(pc.replace_substring_regex(text, r"^\+", ""), r"\.0*$", "")
     if bad is not None:
         text = pc.if_else(pa.chunked_array([bad]), pa.scalar(None, pa.string()), text)
     return pc.cast(text, pa.int64())
@@ -144,12 +152,15 @@ def parse_ids(source: str, name: str, column: pa.ChunkedArray, id_dtype: IdDtype
         missing = _mask(pc.or_(pc.is_null(column), pc.is_in(trimmed, value_set=_NULL_TOKENS)))
         if id_dtype == "str":
             return Parsed(column, missing, EXPECTED_ID)
-        not_int = _mask(pc.invert(pc.match_substring_regex(trimmed, _INT)))
+        not_int = _mask(pc.invert(pc.match_substring_regex(trimmed, _INTEGRAL)))
         if not_int is not None and missing is not None:
             not_int = not_int & ~missing if (not_int & ~missing).any() else None
         if id_dtype == "auto" and not_int is not None:
             present = len(column) - (0 if missing is None else int(missing.sum()))
-            if 2 * int(not_int.sum()) >= present:  # mostly text: text ids
+            text = not_int & ~np.asarray(
+                pc.fill_null(pc.match_substring_regex(trimmed, _NUMBER), False), bool
+            )  # neither integers nor numbers (2.5 is a bad integer id, not a text id)
+            if 2 * int(text.sum()) >= present:  # mostly text: text ids
                 return Parsed(column, missing, EXPECTED_ID)
         bad = _either(missing, not_int)
         try:
@@ -198,6 +209,8 @@ def parse_numbers(
     if _is_text(type_):
         trimmed = pc.utf8_trim_whitespace(column)
         bad = _mask(pc.invert(pc.match_substring_regex(trimmed, _NUMBER)))
+        if allow_datetime and bad is not None and 2 * int(bad.sum()) > len(column):
+            return _parse_times(trimmed)
         is_int = pc.match_substring_regex(trimmed, _INT)
         if bad is not None:
             is_int = pc.or_(is_int, pa.chunked_array([bad]))
@@ -228,6 +241,21 @@ def parse_numbers(
     if non_negative:
         bad = _either(bad, _mask(pc.less(values, 0)))
     return Parsed(values, bad, expected)
+
+
+def _parse_times(text: pa.ChunkedArray) -> Parsed:
+    """Date-time text (ISO 8601, as pandas writes it; UTC without an offset) to int64 Unix
+    seconds (sub-second parts truncated, as for Parquet timestamps); unparsable rows bad."""
+    times = pd.to_datetime(
+        pd.Series(text.to_numpy(zero_copy_only=False), dtype=object),
+        errors="coerce",
+        format="ISO8601",
+        utc=True,
+    )
+    bad = np.asarray(times.isna(), bool)
+    seconds = (times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    values = np.where(bad, 0, seconds.fillna(0).to_numpy()).astype(np.int64)
+    return Parsed(pa.chunked_array([values]), bad if bad.any() else None, EXPECTED_TIME)
 
 
 def _shown(column: pa.ChunkedArray, position: int) -> str:

@@ -33,7 +33,14 @@ import pyarrow.csv as pcsv
 
 from recsampled._validation import received
 from recsampled.data._columns import MAX_EXAMPLES, IdDtype, OnBadRows, RawLog, clean_columns
-from recsampled.data.errors import BadRow, DataError, missing_columns_error, sniff_delimiter
+from recsampled.data._detect import detect_columns
+from recsampled.data.errors import (
+    BadRow,
+    DataError,
+    check_unique_columns,
+    missing_columns_error,
+    sniff_delimiter,
+)
 
 # 4 MiB blocks (Arrow's default is 1 MiB): at 10^7 rows, 1 MiB blocks leave the parser's freed
 # buffers scattered among the column chunks, where the allocator cannot return them; the peak
@@ -161,6 +168,10 @@ class DelimitedFile:
     def read(self, columns: Mapping[str, str], id_dtype: IdDtype, on_bad_rows: OnBadRows) -> RawLog:
         schema = self._schema()
         found = [n for n in schema.names if not n.startswith("\0filler")]
+        check_unique_columns(
+            self.source, found, "header (line 1)" if self.header_lines else "column_names"
+        )
+        columns = detect_columns(self.source, found, columns)
         error = missing_columns_error(
             self.source,
             found,
@@ -187,6 +198,8 @@ class DelimitedFile:
             if role in ("user", "item"):
                 as_int = id_dtype == "int" or (id_dtype == "auto" and pa.types.is_int64(inferred))
                 types[name] = pa.int64() if as_int else pa.string()
+            elif pa.types.is_timestamp(inferred) or pa.types.is_date(inferred):
+                types[name] = pa.string()  # date-time text: parsed in _columns
             else:
                 types[name] = pa.int64() if pa.types.is_int64(inferred) else pa.float64()
         try:

@@ -57,6 +57,27 @@ class BadRow(NamedTuple):
         return f"{source}, {where}{column}: expected {self.expected}, got {show_value(self.value)}."
 
 
+def check_unique_columns(source: str, found: Sequence[str], where: str) -> None:
+    """Raises a :class:`DataError` naming the first column name that ``found`` holds twice.
+
+    Example:
+        >>> check_unique_columns("log.csv", ["user_id", "item_id", "user_id"], "header (line 1)")
+        Traceback (most recent call last):
+        ...
+        recsampled.errors.DataError: log.csv, header (line 1): column 'user_id' appears 2 ...
+    """
+    names = [str(name) for name in found]
+    for name in dict.fromkeys(names):
+        positions = [k + 1 for k, n in enumerate(names) if n == name]
+        if len(positions) > 1:
+            shown = ", ".join(map(str, positions[:-1])) + f" and {positions[-1]}"
+            raise DataError(
+                f"{source}, {where}: column {name!r} appears {len(positions)} times "
+                f"(columns {shown}); rename one of them.",
+                source=source,
+            )
+
+
 def missing_columns_error(
     source: str,
     found: Sequence[str],

@@ -282,11 +282,16 @@ def read_interactions(
             ``ratings.dat``; compressed ``.gz``/``.bz2`` too); ``"movielens-100k"`` (``u.data``),
             ``"movielens-1m"`` (``ratings.dat``, ``::``) and ``"movielens-latest"``
             (``ratings.csv``) fix the layout and columns.
-        user_col: the user id column; default ``"user_id"``.
-        item_col: the item id column; default ``"item_id"``.
-        timestamp_col: optional timestamp column (numbers, e.g. Unix seconds); needed by
-            time-based splits.
-        rating_col: optional rating column; needed by ``min_rating``.
+        user_col: the user id column; default: detected from the column names
+            (``user_id``, else one column such as ``userId``, ``user``, ``customer_id``; see
+            :func:`recsampled.data.readers.detect_columns`), ``"user_id"`` if none.
+        item_col: the item id column; default: detected (``item_id``, ``movieId``, ``item``,
+            ``product_id``, ...), ``"item_id"`` if none.
+        timestamp_col: optional timestamp column (numbers, e.g. Unix seconds, or date-times
+            such as ``2020-01-31 12:00:00``; Parquet timestamps); needed by time-based splits;
+            default: detected (``timestamp``, ``ts``, ``time``, ``datetime``, ...), else none.
+        rating_col: optional rating column; needed by ``min_rating``; default: detected
+            (``rating``, ``score``, ``stars``, ...), else none.
         weight_col: optional non-negative weight column.
         delimiter: field delimiter of CSV/TSV files (default ``","``/``"\\t"``); one character, or
             one character repeated such as ``"::"``.
@@ -325,6 +330,7 @@ def read_interactions(
         timestamp_col=timestamp_col,
         rating_col=rating_col,
         weight_col=weight_col,
+        detect=True,
     )
     check_options(min_rating=min_rating, has_ratings="rating" in columns, k_core=k_core)
     log = read_log(
@@ -337,6 +343,7 @@ def read_interactions(
         id_dtype=id_dtype,
         on_bad_rows=on_bad_rows,
     )
+    check_options(min_rating=min_rating, has_ratings="rating" in log.columns, k_core=k_core)
     return build_interactions(log, min_rating=min_rating, dedupe=dedupe, k_core=k_core)
 
 

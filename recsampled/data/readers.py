@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 
 from recsampled._validation import received
 from recsampled.data._columns import IdDtype, OnBadRows, RawLog, clean_columns, release_memory
+from recsampled.data._detect import detect_columns
 from recsampled.data.delimited import DelimitedFile
-from recsampled.data.errors import DataError, missing_columns_error
+from recsampled.data.errors import DataError, check_unique_columns, missing_columns_error
 
 Format = Literal[
     "auto", "csv", "tsv", "parquet", "movielens-100k", "movielens-1m", "movielens-latest"
@@ -71,8 +72,13 @@ def resolve_columns(
     timestamp_col: str | None,
     rating_col: str | None,
     weight_col: str | None,
-) -> dict[str, str]:
-    """Role -> column name, from the arguments and the format's fixed layout."""
+    detect: bool = False,
+) -> dict[str, str | None]:
+    """Role -> column name, from the arguments and the format's fixed layout.
+
+    With ``detect``, the user, item, timestamp and rating roles left unset map to None, for
+    :func:`detect_columns` to fill from the file's column names.
+    """
     given = {
         "user": user_col,
         "item": item_col,
@@ -94,9 +100,13 @@ def resolve_columns(
                     f"leave it unset. {received(arg, name)}"
                 )
         return dict(preset.columns)
-    columns = {"user": user_col or "user_id", "item": item_col or "item_id"}
-    columns.update({r: given[r] for r in ("timestamp", "rating", "weight") if given[r]})
-    names = list(columns.values())
+    if detect:
+        columns = {r: given[r] for r in ("user", "item", "timestamp", "rating")}
+        columns.update({"weight": weight_col} if weight_col else {})
+    else:
+        columns = {"user": user_col or "user_id", "item": item_col or "item_id"}
+        columns.update({r: given[r] for r in ("timestamp", "rating", "weight") if given[r]})
+    names = [name for name in columns.values() if name is not None]
     if len(set(names)) != len(names):
         raise ValueError(f"Each role needs its own column. Received: columns {columns}.")
     return columns
@@ -204,6 +214,8 @@ def _read_parquet(
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{source}: not a readable Parquet file ({e}).", source=source) from e
+    check_unique_columns(source, schema.names, "schema")
+    columns = detect_columns(source, schema.names, columns)
     error = missing_columns_error(source, schema.names, columns, where="schema")
     if error is not None:
         raise error
@@ -229,6 +241,8 @@ def _read_table(
     found = (
         [str(c) for c in table.columns] if isinstance(table, pd.DataFrame) else table.column_names
     )
+    check_unique_columns(source, found, "table")
+    columns = detect_columns(source, found, columns)
     error = missing_columns_error(source, found, columns, where="table")
     if error is not None:
         raise error

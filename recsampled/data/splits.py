@@ -334,7 +334,7 @@ def _read_test(
     if not isinstance(source, pd.DataFrame | pa.Table):
         source, format = resolve_format(source, format)
     roles = ("user_col", "item_col", "timestamp_col", "rating_col", "weight_col")
-    columns = resolve_columns(format, **{k: read_kwargs.get(k) for k in roles})
+    columns = resolve_columns(format, **{k: read_kwargs.get(k) for k in roles}, detect=True)
     min_rating = read_kwargs.get("min_rating")
     check_options(min_rating=min_rating, has_ratings="rating" in columns, k_core=None)
     options = ("delimiter", "column_names", "encoding", "on_bad_rows")
@@ -345,6 +345,7 @@ def _read_test(
         id_dtype=read_kwargs.get("id_dtype", "auto"),  # the rules the training file met
         **{k: read_kwargs[k] for k in options if k in read_kwargs},
     )
+    check_options(min_rating=min_rating, has_ratings="rating" in log.columns, k_core=None)
     num_rows = len(log.columns["user"])
     below = 0
     if min_rating is not None:

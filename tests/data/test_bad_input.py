@@ -24,9 +24,9 @@ BAD_FILES = [
     ("header.csv", HEADER, RATED, ["header.csv", "no data rows"]),
     ("header2.csv", HEADER.strip(), RATED, ["header2.csv", "no data rows"]),
     (
-        "names.csv",
-        "userid,item,rating,ts\n1,2,3,4\n",
-        RATED,
+        "names.csv",  # a named user_col is not detected; `itm` is no item column's name
+        "userid,itm,rating,ts\n1,2,3,4\n",
+        dict(RATED, user_col="user_id"),
         ["names.csv", "header (line 1)", "user_col='user_id' (did you mean 'userid'?)", "item_col"],
     ),
     (

@@ -160,8 +160,9 @@ def test_movielens_1m_and_latest_layouts(write, tmp_path):
     assert latest.report.format == "movielens-latest" and len(latest) == 2
     with pytest.raises(ValueError, match="`user_col` is fixed by format='movielens-1m'"):
         read_interactions(ml1m, user_col="uid")
-    with pytest.raises(DataError, match="pass format='movielens-latest'"):
-        read_interactions(latest_dir / "ratings.csv")
+    plain = read_interactions(latest_dir / "ratings.csv", min_rating=4)  # columns detected
+    assert plain.report.format == "csv" and len(plain) == 2
+    assert plain.timestamps.tolist() == [964982703, 964981247]
 
 
 def test_format_guessing(write):
@@ -186,4 +187,5 @@ def test_format_guessing(write):
 )
 def test_bad_arguments(write, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        read_interactions(write("log.csv", _csv(ROWS)), **kwargs)
+        header = ("user_id", "item_id", "r", "t")  # no column named like a rating
+        read_interactions(write("log.csv", _csv(ROWS, header=header)), **kwargs)

@@ -118,7 +118,7 @@ def test_time_cut():
     ],
 )
 def test_bad_split_arguments(split, kwargs, message):
-    log = read_interactions(LOG)  # no timestamps
+    log = read_interactions(LOG.drop(columns="ts"))  # no timestamps
     with pytest.raises(ValueError, match=message):
         split(log, **kwargs)
 
