@@ -54,7 +54,6 @@ from recsampled.samplers import SAMPLERS  # (its __init__ selects Keras 2 for OP
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.samplers.kernel import MODES as KERNEL_MODES
 
-
 logger = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1 << 20
