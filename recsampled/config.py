@@ -969,6 +969,8 @@ def apply_override(
         if part not in valid:
             raise ConfigError(_unknown_key(section.SECTION, part, valid))
         annotation = typing.get_type_hints(section)[part]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None
+            annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
         last = depth == len(parts) - 1
         if last:
             break
