@@ -13,6 +13,14 @@ complete one, or (killed between the two renames) nothing, with the previous one
 backup name. Leftovers of dead processes are removed by the next write to the same name
 (:func:`remove_stale`).
 
+**Locks** (:func:`claim`): an exclusive ``fcntl.flock`` on a lock file, held for a whole train or
+export; a second process asking for it fails at once with a
+:class:`~recsampled.errors.FolderInUseError` naming the folder and the holder's pid (written into
+the lock file). The kernel drops the lock when its holder dies, even by SIGKILL.
+
+**Publishing without replacing** (:func:`rename_noreplace`): ``renameat2(RENAME_NOREPLACE)``,
+so that a folder written meanwhile by someone else is never replaced.
+
 **Checksums**: :func:`sha256_file`, :func:`sha256_part` (a file, or a folder's files) and
 :func:`sha256_array` (an array's float32 bytes).
 
@@ -30,6 +38,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -42,11 +53,15 @@ from typing import IO, Any
 
 import numpy as np
 
+from recsampled.errors import FolderInUseError
+
 __all__ = [
     "atomic_directory",
+    "claim",
     "fsync_path",
     "fsync_tree",
     "remove_stale",
+    "rename_noreplace",
     "sha256_array",
     "sha256_file",
     "sha256_part",
@@ -190,19 +205,105 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
     return stale
 
 
+_HELD: dict[Path, int] = {}  # lock files this process holds -> nesting depth
+
+
+def _holder(lock_file: Path) -> int | None:
+    try:
+        text = lock_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@contextlib.contextmanager
+def claim(lock_file: str | os.PathLike, *, folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_file`` for the block (re-entrant in a process).
+
+    Args:
+        lock_file: the lock file (created if needed; kept afterwards, holding the last pid).
+        folder: the folder the lock protects, for the message.
+        what: what the caller does, e.g. ``"train into it"``, for the message.
+
+    Raises:
+        FolderInUseError: at once, if another process holds the lock.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with claim(folder / ".lock", folder=folder, what="write it"):
+        ...     int((folder / ".lock").read_text()) == os.getpid()
+        True
+    """
+    lock_file = Path(lock_file).absolute()
+    if lock_file in _HELD:
+        _HELD[lock_file] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock_file] -= 1
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder(lock_file)
+            raise FolderInUseError(
+                f"{folder} is in use: process {pid if pid is not None else '(unknown pid)'} "
+                f"holds its lock ({lock_file.name}), so this process cannot {what}. Wait for "
+                "it to finish, or choose another folder.",
+                path=folder,
+                pid=pid,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[lock_file] = 1
+        try:
+            yield
+        finally:
+            del _HELD[lock_file]
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def rename_noreplace(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Renames ``source`` to ``target``, failing if ``target`` exists (never replacing it).
+
+    Raises:
+        FileExistsError: if ``target`` exists (made by someone else since it was checked).
+    """
+    source, target = os.fsencode(source), os.fsencode(target)
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, rename_noreplace_flag = -100, 1
+        if renameat2(at_fdcwd, source, at_fdcwd, target, rename_noreplace_flag) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # unsupported here: fall back
+            raise OSError(code, os.strerror(code), os.fsdecode(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(target))
+    os.rename(source, target)  # (the check above and this rename are not one step)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yields a temporary folder that becomes ``path`` when the block ends without error.
 
     Args:
         path: the final folder (its parent is created if needed).
-        overwrite: replace an existing ``path``; otherwise an existing path is an error.
+        overwrite: replace an existing ``path``; otherwise an existing path is an error,
+            checked again when publishing: a folder made at ``path`` meanwhile is never
+            replaced (:func:`rename_noreplace`).
 
     Yields:
         The temporary folder to write into (a hidden sibling of ``path``).
 
     Raises:
-        FileExistsError: if ``path`` exists and ``overwrite`` is false.
+        FileExistsError: if ``path`` exists and ``overwrite`` is false, at the start or (made
+            meanwhile) when publishing.
     """
     path = Path(path).absolute()
     if not overwrite and (path.exists() or path.is_symlink()):
@@ -219,9 +320,9 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
     try:
         yield temporary
         fsync_tree(temporary)
-        if path.exists() or path.is_symlink():
+        if overwrite and (path.exists() or path.is_symlink()):
             os.replace(path, backup)
-        os.replace(temporary, path)
+        rename_noreplace(temporary, path)
         fsync_path(path.parent)
     except BaseException:
         if backup.exists() and not path.exists():

@@ -11,6 +11,8 @@ directory) carry it in ``part``, so that a caller (the CLI) can name it without 
     │   └── ArtifactNotFoundError   ... that is missing (also a FileNotFoundError)
     ├── RunError                    a trained run directory (path, part)
     ├── RunDirectoryError           a run directory that holds another config's run
+    │   └── FolderInUseError        ... or that another process is writing (path, pid)
+    ├── TrainingError               training that cannot go on (a NaN loss: step, kept)
     ├── UnknownUserError            a user id outside the vocabulary (also a KeyError)
     └── UnknownItemError            an item id outside the catalogue (also a KeyError)
 
@@ -40,9 +42,11 @@ __all__ = [
     "ArtifactNotFoundError",
     "ConfigError",
     "DataError",
+    "FolderInUseError",
     "RecsampledError",
     "RunDirectoryError",
     "RunError",
+    "TrainingError",
     "UnknownItemError",
     "UnknownUserError",
 ]
@@ -132,6 +136,32 @@ class RunError(_PartError):
 
 class RunDirectoryError(RecsampledError):
     """A run directory that cannot be used for this run (e.g. it holds another config's run)."""
+
+
+class FolderInUseError(RunDirectoryError):
+    """A folder (a run directory, an artifact's output) that another process holds locked.
+
+    Attributes:
+        path: the folder.
+        pid: the holder's process id (None if it could not be read).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike, pid: int | None):
+        super().__init__(message)
+        self.path = Path(path)
+        self.pid = pid
+
+
+class TrainingError(RecsampledError):
+    """Training that stopped because it cannot go on (e.g. the loss became NaN or inf).
+
+    Attributes:
+        step: the global step (1-based) at which it stopped.
+    """
+
+    def __init__(self, message: str, *, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class _UnknownIdError(RecsampledError, KeyError):
