@@ -747,6 +747,32 @@ class TrainingConfig(_Section):
         _non_negative(self._name("checkpoint_every_steps"), self.checkpoint_every_steps)
 
 
+EVALUATION_BASELINES = ("ials",)
+"""``evaluation.baselines``: what is shown beside the model besides popularity (always shown)."""
+
+
+@dataclass(frozen=True)
+class IALSConfig(_Section):
+    """``evaluation.ials``: the iALS baseline (``implicit``'s CPU ALS on the training rows;
+    :func:`recsampled.evaluation.fit_ials`), ``implicit``'s defaults."""
+
+    SECTION: ClassVar[str] = "evaluation.ials"
+
+    factors: int = 100
+    regularization: float = 0.01
+    alpha: float = 1.0
+    iterations: int = 15
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("factors", "alpha", "iterations"):
+            _positive(self._name(key), getattr(self, key))
+        _non_negative(self._name("regularization"), self.regularization)
+        for key in ("regularization", "alpha"):
+            if not math.isfinite(getattr(self, key)):
+                raise _fail(self._name(key), "a finite number", getattr(self, key))
+
+
 @dataclass(frozen=True)
 class EvaluationConfig(_Section):
     """``evaluation``: full-catalogue ranking metrics on the test split.
@@ -761,6 +787,9 @@ class EvaluationConfig(_Section):
         validation_users: rank a seeded subset of this many validation users after each epoch
             (null: all; seeded by ``data.split.validation.seed``); needs
             ``data.split.validation``.
+        baselines: shown beside the model and popularity in the training report and by
+            ``recsampled evaluate``: a list of :data:`EVALUATION_BASELINES` (``[]``: none).
+        ials: the iALS baseline's settings (:class:`IALSConfig`).
     """
 
     SECTION: ClassVar[str] = "evaluation"
@@ -770,9 +799,13 @@ class EvaluationConfig(_Section):
     max_users: int | None = None
     seed: int = 0
     validation_users: int | None = None
+    baselines: tuple[str, ...] = ("ials",)
+    ials: IALSConfig = field(default_factory=IALSConfig)
 
     def validate(self) -> None:
         _positive(self._name("validation_users"), self.validation_users)
+        for k, name in enumerate(self.baselines):
+            _choice(f"{self._name('baselines')}[{k}]", name, EVALUATION_BASELINES)
         if not self.ks:
             raise _fail(self._name("ks"), "a non-empty list of positive integers", self.ks)
         for k, value in enumerate(self.ks):
