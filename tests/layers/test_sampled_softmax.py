@@ -174,7 +174,9 @@ def test_bad_targets():
 
 
 @pytest.mark.parametrize(
-    "sampler", ["log_uniform", "uniform", FixedSampler(V, [1, 2, 3, 4, 5])], ids=str
+    "sampler",
+    ["log_uniform", "uniform", FixedSampler(V, [1, 2, 3, 4, 5])],
+    ids=lambda sampler: sampler if isinstance(sampler, str) else type(sampler).__name__,
 )
 def test_config_round_trip(sampler):
     head = SampledSoftmax(V, 5, sampler=sampler, seed=7, remove_accidental_hits=False)
