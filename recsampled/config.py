@@ -754,12 +754,12 @@ EVALUATION_BASELINES = ("ials",)
 @dataclass(frozen=True)
 class IALSConfig(_Section):
     """``evaluation.ials``: the iALS baseline (``implicit``'s CPU ALS on the training rows;
-    :func:`recsampled.evaluation.fit_ials`), ``implicit``'s defaults."""
+    :func:`recsampled.evaluation.fit_ials`, whose defaults these are)."""
 
     SECTION: ClassVar[str] = "evaluation.ials"
 
-    factors: int = 100
-    regularization: float = 0.01
+    factors: int = 64
+    regularization: float = 10.0
     alpha: float = 1.0
     iterations: int = 15
     seed: int = 0
