@@ -25,11 +25,14 @@ artifact, or the new complete one, or (killed between the two renames of an over
 with the previous artifact intact under the backup name, which the loader's error points to.
 Temporary folders left by dead processes are removed by the next export to the same name.
 
-**Checks on load** (:func:`read_manifest`, :func:`check_files`): the folder and every part exist;
-each file's sha256 equals the manifest's (so a truncated or bit-flipped index is named before FAISS
-reads it); the manifest's counts and dimension agree with the index, the id maps, the seen matrix,
-the popularity and the query tower. Every failure is an :class:`ArtifactError` whose ``part``
-names the culprit.
+**Checks on load** (:func:`read_manifest`, :func:`check_files`): with a key, ``manifest.sig``
+matches the manifest's bytes before anything else is read (:mod:`recsampled.index.integrity`);
+the folder and every part exist as regular files inside it (no symlinks, devices or FIFOs), of the
+size the manifest records; each file's sha256 equals the manifest's (so a truncated or bit-flipped
+index is named before FAISS reads it); the manifest's counts and dimension agree with the index,
+the id maps, the seen matrix, the popularity and the query tower, whose graph holds only pure
+tensor ops (:func:`recsampled.models.saved.check_saved_model`). Every failure is an
+:class:`ArtifactError` whose ``part`` names the culprit.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import numpy as np
 
 from recsampled import _io
 from recsampled.errors import ArtifactError, ArtifactNotFoundError
+from recsampled.index import integrity
 
 #: 2: ``query_model/1/`` (TF-Serving layout, ids mapped in the graph), optional index shards.
 #: Version 1 artifacts (``query_model/`` taking user indices) still load.
@@ -63,6 +67,9 @@ QUERY_MODEL_VERSION = "1"
 SEEN_FILE = "seen.npz"
 POPULARITY_FILE = "item_popularity.npy"
 ITEM_TITLES_FILE = "item_titles.npy"
+SIGNATURE_FILE = integrity.SIGNATURE_FILE
+#: The largest ``manifest.json`` read (bytes; the training config is its largest field).
+MAX_MANIFEST_BYTES = 64 << 20
 #: Parts that every artifact has (beside the manifest): the index is ``index.faiss`` or shards.
 REQUIRED_PARTS = (ITEM_IDS_FILE,)
 SHARD_PATTERN = re.compile(r"index-(\d{5})-of-(\d{5})\.faiss")
@@ -128,6 +135,9 @@ class RecallInfo:
         query_source: ``"sample_queries"`` (given), ``"query_model"`` (random users through the
             query tower), ``"item_embeddings"`` (no queries available) or ``"exact"``.
         trials: every configuration tried: ``{"params", "recall", "queries_per_second"}``.
+        excludes_seen: the recall is that of the served lists (top-k after each sample user's
+            seen items are left out, fetched as :class:`~recsampled.index.Retriever` fetches
+            them) against exact search with the same exclusion (false: plain top-k).
     """
 
     k: int
@@ -137,6 +147,7 @@ class RecallInfo:
     num_queries: int
     query_source: str
     trials: list[dict[str, Any]]
+    excludes_seen: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +171,10 @@ class Manifest:
         versions: library versions at export (recsampled, faiss, tensorflow, numpy).
         query_model: how to call ``query_model/`` (empty in version 1 artifacts and without a
             query tower): ``{"path", "user_id_dtype", "signatures", "unknown_users"}``.
+        sizes: part name -> its size in bytes (a folder: its files together), checked before
+            a part is read (empty in artifacts written before it existed).
+        id_dtypes: ``{"item_ids": ..., "user_ids": ...}``: ``"int64"`` or ``"string"``, checked
+            against the id parts (empty in older artifacts).
     """
 
     schema_version: int
@@ -176,6 +191,8 @@ class Manifest:
     training_config: dict[str, Any]
     versions: dict[str, str]
     query_model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    id_dtypes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON-able data."""
@@ -234,7 +251,28 @@ class Manifest:
             raise bad("`index.search_params` must be an object.")
         if not isinstance(values.get("query_model", {}), dict):
             raise bad("`query_model` must be an object.")
+        _check_sizes_and_dtypes(values, files, bad)
         return cls(**values)
+
+
+def _check_sizes_and_dtypes(
+    values: dict, files: dict[str, str], bad: Callable[[str], ArtifactError]
+) -> None:
+    sizes = values.get("sizes", {})
+    if not isinstance(sizes, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()
+    ):
+        raise bad("`sizes` must map part names to sizes in bytes (non-negative integers).")
+    if sizes and set(sizes) != set(files):
+        raise bad(f"`sizes` must list the parts of `files`. Received: {sorted(sizes)}.")
+    dtypes = values.get("id_dtypes", {})
+    if not isinstance(dtypes, dict) or not all(
+        k in (ITEM_IDS_FILE, USER_IDS_FILE) and v in ("int64", "string") for k, v in dtypes.items()
+    ):
+        raise bad(
+            f"`id_dtypes` must map {ITEM_IDS_FILE!r} / {USER_IDS_FILE!r} to 'int64' or "
+            f"'string'. Received: {dtypes!r}."
+        )
 
 
 def _fields(
@@ -287,8 +325,18 @@ def _check_shards(
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
-    """Writes ``manifest.json`` into ``folder`` (the last part of an export)."""
+    """Writes ``manifest.json`` into ``folder`` (the last part of an export, before its
+    signature)."""
     _io.write_json(Path(folder) / MANIFEST_FILE, manifest.to_dict())
+
+
+def sign_artifact(folder: str | os.PathLike, key: bytes | str | None = None) -> bool:
+    """Writes ``manifest.sig`` for ``folder``'s manifest with ``key`` (or
+    :data:`recsampled.index.integrity.KEY_ENV`); returns whether there was a key."""
+    key = integrity.resolve_key(key)
+    if key is not None:
+        integrity.sign_manifest(Path(folder), key)
+    return key is not None
 
 
 def _is_replaceable(path: Path) -> bool:
@@ -378,64 +426,79 @@ def not_found(path: str | os.PathLike) -> ArtifactNotFoundError:
     )
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Reads and validates ``path/manifest.json``.
+def read_manifest(path: str | os.PathLike, *, key: bytes | str | None = None) -> Manifest:
+    """Reads and validates ``path/manifest.json``; with a key (``key`` or
+    :data:`recsampled.index.integrity.KEY_ENV`), checks its signature first.
 
     Raises:
         ArtifactNotFoundError: if the folder or its manifest is missing.
-        ArtifactError: if the manifest is not valid JSON or misses fields.
+        ArtifactError: if the manifest is not a regular file, not valid JSON or misses fields,
+            or (with a key) its signature is missing or differs.
     """
     path = Path(path)
+    key = integrity.resolve_key(key)
     if not path.is_dir():
         raise not_found(path)
     file = path / MANIFEST_FILE
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         raise ArtifactNotFoundError(
             f"The artifact at {path} has no {MANIFEST_FILE} (the part written last): it is not a "
             "complete export. Export it again.",
             path=path,
             part=MANIFEST_FILE,
         )
+    data = integrity.read_bytes(path, MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES)
+    if key is not None:
+        integrity.verify_signature(path, data, key)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        parsed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(
             f"The manifest of the artifact at {path} is not valid JSON: {e}",
             path=path,
             part=MANIFEST_FILE,
         ) from e
-    return Manifest.from_dict(data, path=path)
+    return Manifest.from_dict(parsed, path=path)
 
 
 def check_files(
     path: str | os.PathLike, manifest: Manifest, *, verify_checksums: bool = True
 ) -> None:
-    """Checks that every part listed in the manifest exists and has its recorded sha256.
+    """Checks that every part listed in the manifest is a regular file (or a folder of them)
+    inside ``path``, of the manifest's size, with its recorded sha256.
+
+    File types (always) and sizes (with ``verify_checksums``) are checked before any byte is
+    read, so a part replaced by a symlink or a device fails at once (``index.faiss -> /dev/zero``
+    does not hang).
 
     Raises:
         ArtifactNotFoundError: naming the first missing part.
-        ArtifactError: naming the first part whose checksum differs (corrupt or replaced).
+        ArtifactError: naming the first part that is a symlink, device or FIFO, has another
+            size, or whose checksum differs (corrupt or replaced).
     """
     path = Path(path)
-    for part, expected in manifest.files.items():
-        file = path / part
-        if not file.exists():
-            raise ArtifactNotFoundError(
-                f"The artifact at {path} is incomplete: its part {part!r} is missing "
-                f"(listed in {MANIFEST_FILE}, not found at {file}).",
+    checked = {part: integrity.part_files(path, part) for part in manifest.files}
+    if not verify_checksums:
+        return
+    for part, files in checked.items():
+        size = sum(s for _, _, s in files)
+        if part in manifest.sizes and size != manifest.sizes[part]:
+            raise ArtifactError(
+                f"The artifact at {path} is corrupt: its part {part!r} has {size} bytes, but "
+                f"{MANIFEST_FILE} records {manifest.sizes[part]}. Export the artifact again.",
                 path=path,
                 part=part,
             )
-        if verify_checksums:
-            actual = _io.sha256_part(file)
-            if actual != expected:
-                raise ArtifactError(
-                    f"The artifact at {path} is corrupt: the sha256 of its part {part!r} is "
-                    f"{actual}, but {MANIFEST_FILE} records {expected}. The file was truncated, "
-                    "modified or replaced; export the artifact again.",
-                    path=path,
-                    part=part,
-                )
+    for part, files in checked.items():
+        actual = integrity.sha256_part(path, part, files)
+        if actual != manifest.files[part]:
+            raise ArtifactError(
+                f"The artifact at {path} is corrupt: the sha256 of its part {part!r} is "
+                f"{actual}, but {MANIFEST_FILE} records {manifest.files[part]}. The file was "
+                "truncated, modified or replaced; export the artifact again.",
+                path=path,
+                part=part,
+            )
 
 
 def mismatch(path: str | os.PathLike, part: str, message: str) -> ArtifactError:

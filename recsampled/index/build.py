@@ -43,7 +43,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import faiss
@@ -271,11 +271,14 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> SearchResult:
 
 
 def recall_at_k(found_rows: np.ndarray, exact_rows: np.ndarray) -> float:
-    """``mean_q |found(q) ∩ exact(q)| / k`` over queries (``-1`` rows never count).
+    """``Σ_q |found(q) ∩ exact(q)| / Σ_q |exact(q)|`` (``-1`` rows never count).
+
+    With full exact rows this is ``mean_q |found(q) ∩ exact(q)| / k``; where exact search has
+    fewer than k rows (a user who has seen nearly every item, served lists), only its rows count.
 
     Args:
         found_rows: ``[num_queries, k]`` rows returned by the index under test.
-        exact_rows: ``[num_queries, k]`` rows of exact search.
+        exact_rows: ``[num_queries, k]`` rows of exact search (``-1`` where there is none).
 
     Returns:
         The recall in ``[0, 1]``.
@@ -287,10 +290,11 @@ def recall_at_k(found_rows: np.ndarray, exact_rows: np.ndarray) -> float:
             "`found_rows` and `exact_rows` must have the same shape [num_queries, k]. "
             f"Received: shapes {found_rows.shape} and {exact_rows.shape}."
         )
-    if found_rows.size == 0:
+    valid = int((exact_rows >= 0).sum())
+    if valid == 0:
         return 1.0
     hits = (found_rows[:, :, None] == exact_rows[:, None, :]).any(axis=2) & (found_rows >= 0)
-    return float(hits.sum() / exact_rows.size)
+    return float(hits.sum() / valid)
 
 
 def set_search_params(index: faiss.Index, params: Mapping[str, int]) -> None:
@@ -371,14 +375,23 @@ def create_index(
     return index
 
 
+#: ``searcher(index, queries, k)``: how tuning searches (plain :func:`search`, or served lists).
+Searcher = Callable[[faiss.Index, np.ndarray, int], SearchResult]
+
+
 def _time_search(
-    index: faiss.Index, queries: np.ndarray, k: int, repeats: int = 1
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    repeats: int = 1,
+    searcher: Searcher | None = None,
 ) -> tuple[SearchResult, float]:
     """Searches ``repeats`` times; returns the result and the best queries/s (least noisy)."""
+    searcher = searcher or search
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        result = search(index, queries, k)
+        result = searcher(index, queries, k)
         best = min(best, time.perf_counter() - start)
     return result, len(queries) / max(best, 1e-9)
 
@@ -397,6 +410,7 @@ def tune_search_params(
     exact_rows: np.ndarray,
     *,
     target_recall: float = DEFAULT_TARGET_RECALL,
+    searcher: Searcher | None = None,
 ) -> tuple[dict[str, int], float, tuple[SearchTrial, ...]]:
     """Finds the fastest search parameters whose recall@k reaches ``target_recall``.
 
@@ -410,8 +424,11 @@ def tune_search_params(
     Args:
         index: an approximate index (it keeps the chosen parameters on return).
         queries: ``[num_queries, embedding_dim]`` prepared float32 queries.
-        exact_rows: ``[num_queries, k]`` exact top-k rows of the queries.
+        exact_rows: ``[num_queries, k]`` exact top-k rows of the queries (of ``searcher`` on an
+            exact index).
         target_recall: the recall@k to reach.
+        searcher: how to search (default :func:`search`); ``recsampled.index.served.ServedSearch``
+            measures the lists served with seen items left out.
 
     Returns:
         ``(params, recall, trials)``: the chosen parameters (the highest-recall ones if none
@@ -421,7 +438,7 @@ def tune_search_params(
     names = search_param_names(index)
     primary = "efSearch" if "efSearch" in names else "nprobe" if "nprobe" in names else None
     if primary is None:  # nothing to tune: an exhaustive index
-        result, qps = _time_search(index, queries, k)
+        result, qps = _time_search(index, queries, k, searcher=searcher)
         recall = recall_at_k(result.rows, exact_rows)
         return {}, recall, (SearchTrial({}, recall, qps),)
     secondaries = K_FACTOR_GRID if "k_factor_rf" in names else (None,)
@@ -436,7 +453,7 @@ def tune_search_params(
             if secondary is not None:
                 params["k_factor_rf"] = int(secondary)
             set_search_params(index, params)
-            result, qps = _time_search(index, queries, k)
+            result, qps = _time_search(index, queries, k, searcher=searcher)
             trial = SearchTrial(params, recall_at_k(result.rows, exact_rows), qps)
             trials.append(trial)
             history.append(trial.recall)
@@ -450,7 +467,7 @@ def tune_search_params(
         timed = []
         for trial in reached:
             set_search_params(index, trial.params)
-            _, qps = _time_search(index, queries, k, repeats=3)
+            _, qps = _time_search(index, queries, k, repeats=3, searcher=searcher)
             timed.append((qps, trial))
         best = max(timed, key=lambda pair: pair[0])[1]
     else:
@@ -503,12 +520,15 @@ def _measure(
     *,
     target_recall: float,
     search_params: Mapping[str, int] | None,
+    searcher: Searcher | None,
 ) -> tuple[dict[str, int], float, tuple[SearchTrial, ...]]:
     """Tunes the search parameters, or measures the recall of the given ones."""
     if search_params is None:
-        return tune_search_params(index, queries, exact_rows, target_recall=target_recall)
+        return tune_search_params(
+            index, queries, exact_rows, target_recall=target_recall, searcher=searcher
+        )
     set_search_params(index, search_params)
-    result, qps = _time_search(index, queries, exact_rows.shape[1])
+    result, qps = _time_search(index, queries, exact_rows.shape[1], searcher=searcher)
     recall = recall_at_k(result.rows, exact_rows)
     return dict(search_params), recall, (SearchTrial(dict(search_params), recall, qps),)
 
@@ -548,6 +568,7 @@ def build_index(
     factory: str | None = None,
     search_params: Mapping[str, int] | None = None,
     seed: int = 0,
+    searcher: Searcher | None = None,
 ) -> BuiltIndex:
     """Builds a FAISS index over item embeddings and tunes it to a target recall@k.
 
@@ -567,6 +588,11 @@ def build_index(
         search_params: fixed search parameters (e.g. ``{"nprobe": 32}``): skips tuning but
             still measures the recall.
         seed: seeds the training and query samples.
+        searcher: how recall is measured: ``searcher(index, queries, k)`` on the index under test
+            against the same call on exact search (default :func:`search`: plain top-k).
+            ``export_artifact`` passes a :class:`recsampled.index.served.ServedSearch` of the
+            sample users' seen rows, so that the recall is that of the served lists; it needs
+            ``sample_queries`` in the order of its rows, at most :data:`MAX_TUNING_QUERIES`.
 
     Returns:
         A :class:`BuiltIndex`.
@@ -601,14 +627,27 @@ def build_index(
             trials=(), tune_seconds=0.0,
         )  # fmt: skip
     start = time.perf_counter()
+    if searcher is not None and (
+        sample_queries is None or len(np.asarray(sample_queries)) > MAX_TUNING_QUERIES
+    ):
+        raise ValueError(
+            f"`searcher` needs `sample_queries` (at most {MAX_TUNING_QUERIES}, in its order). "
+            f"Received: sample_queries={'None' if sample_queries is None else 'too many'}."
+        )
     queries, source = _tuning_queries(vectors, sample_queries, metric, seed)
     k = min(recall_k, num_items)
-    exact_rows = exact_search(vectors, queries, k).rows
+    if searcher is None:
+        exact_rows = exact_search(vectors, queries, k).rows
+    else:
+        exact = faiss.IndexFlatIP(dim)
+        exact.add(vectors)
+        exact_rows = searcher(exact, queries, k).rows
     logger.info("tuning %s on %d queries to recall@%d >= %s", factory, len(queries), k,
                 target_recall)  # fmt: skip
     params, recall, trials = _measure(
-        built, queries, exact_rows, target_recall=target_recall, search_params=search_params
-    )
+        built, queries, exact_rows, target_recall=target_recall, search_params=search_params,
+        searcher=searcher,
+    )  # fmt: skip
     result = BuiltIndex(
         **common, search_params=params, recall=recall, num_queries=len(queries),
         query_source=source, trials=trials, tune_seconds=time.perf_counter() - start,

@@ -25,11 +25,12 @@ from typing import Any
 import faiss
 import numpy as np
 import tensorflow as tf
+from scipy import sparse
 
 from recsampled import _io
 from recsampled._validation import check_positive_int, received
 from recsampled.data.interactions import user_item_matrix
-from recsampled.index import artifact
+from recsampled.index import artifact, integrity
 from recsampled.index import query_model as serving_model
 from recsampled.index.artifact import (
     INDEX_FILE,
@@ -57,8 +58,11 @@ from recsampled.index.build import (
     check_metric,
     prepare_vectors,
 )
+from recsampled.index.integrity import part_size
+from recsampled.index.served import ServedSearch, csr_rows
 from recsampled.index.shards import shard_ranges, split_index
-from recsampled.models import embed_ids, load_tower, save_tower
+from recsampled.models import embed_ids, save_tower
+from recsampled.models.saved import load_tower
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +212,13 @@ def as_csr(seen: object, num_users: int, num_items: int) -> tuple[np.ndarray, np
             f"[{indices.min()}, {indices.max()}]."
         )
     dtype = np.int32 if num_items < 2**31 else np.int64
-    return indptr.astype(np.int64), indices.astype(dtype)
+    # Canonical rows (sorted, distinct): the loader checks it (recsampled.index.checks).
+    matrix = sparse.csr_matrix(
+        (np.ones(len(indices), np.int8), indices.astype(np.int64), indptr.astype(np.int64)),
+        shape=(num_users, num_items),
+    )
+    matrix.sum_duplicates()
+    return matrix.indptr.astype(np.int64), matrix.indices.astype(dtype)
 
 
 def _popularity(values: object, num_items: int) -> np.ndarray:
@@ -310,24 +320,31 @@ def check_inputs(
 
 def tuning_queries(
     inputs: ExportInputs, index: IndexChoice, sample_queries: object | None, seed: int
-) -> tuple[object | None, str | None]:
-    """The queries that tune an ANN index, and where they came from.
+) -> tuple[object | None, str | None, ServedSearch | None]:
+    """The queries that tune an ANN index, where they came from, and how to search them.
 
-    Given queries are used as they are (``"sample_queries"``); otherwise, when the index is
-    approximate and there is a query tower, up to :data:`MAX_TUNING_QUERIES` random users
-    through it (``"query_model"``); else None (``build_index`` then uses item embeddings).
+    Given queries are used as they are (``"sample_queries"``, plain top-k); otherwise, when the
+    index is approximate and there is a query tower, up to :data:`MAX_TUNING_QUERIES` random users
+    through it (``"query_model"``), searched as they are served: with ``seen``, their seen items
+    left out (a :class:`~recsampled.index.served.ServedSearch`); else None (``build_index`` then
+    uses item embeddings).
     """
     if sample_queries is not None:
-        return sample_queries, "sample_queries"
+        return sample_queries, "sample_queries", None
     num_items = len(inputs.item_ids)
     wants_ann = index != "flat" and not (index == "auto" and num_items < AUTO_EXACT_MAX_ITEMS)
     if inputs.query_model is None or not inputs.num_users or not wants_ann:
-        return None, None
+        return None, None, None
     rng = np.random.default_rng(seed)
     users = inputs.num_users
     chosen = np.sort(rng.choice(users, min(users, MAX_TUNING_QUERIES), replace=False))
     queries = embed_ids(inputs.query_model, chosen, desc="embedding sample queries")
-    return queries, "query_model"
+    if inputs.seen is None:
+        return queries, "query_model", None
+    indptr, indices = inputs.seen
+    lengths, rows = csr_rows(indptr, indices, chosen)
+    served = ServedSearch(np.concatenate([[0], np.cumsum(lengths)]), rows)
+    return queries, "query_model", served
 
 
 def write_index(folder: Path, inputs: ExportInputs, built: BuiltIndex, shards: int) -> None:
@@ -382,8 +399,10 @@ def make_manifest(
     *,
     requested: IndexChoice,
     query_source: str | None,
+    excludes_seen: bool = False,
 ) -> Manifest:
-    """The manifest of the parts written into ``folder`` (their checksums included)."""
+    """The manifest of the parts written into ``folder`` (their checksums and sizes included);
+    ``excludes_seen``: the recall was measured on served lists (seen items left out)."""
     source = built.query_source
     if source == "sample_queries" and query_source is not None:
         source = query_source
@@ -425,6 +444,7 @@ def make_manifest(
             num_queries=built.num_queries,
             query_source=source,
             trials=[dataclasses.asdict(t) for t in built.trials],
+            excludes_seen=excludes_seen,
         ),
         embeddings_sha256=_io.sha256_array(inputs.embeddings),
         files={part: _io.sha256_part(folder / part) for part in parts},
@@ -433,6 +453,12 @@ def make_manifest(
         query_model=(
             serving_model.describe(inputs.user_ids, int(dim)) if inputs.query_model else {}
         ),
+        sizes={part: part_size(folder, part) for part in parts},
+        id_dtypes={
+            name: "string" if ids.dtype.kind == "U" else "int64"
+            for name, ids in ((ITEM_IDS_FILE, inputs.item_ids), (USER_IDS_FILE, inputs.user_ids))
+            if ids is not None
+        },
     )
 
 
@@ -454,6 +480,7 @@ def export_artifact(
     shards: int = 1,
     overwrite: bool = False,
     seed: int = 0,
+    key: bytes | str | None = None,
 ) -> ArtifactInfo:
     """Builds the FAISS index and writes the artifact folder atomically.
 
@@ -491,6 +518,9 @@ def export_artifact(
             and IVF shards (sharing the trained quantizer) return what one index returns.
         overwrite: replace an existing artifact at ``output_dir``.
         seed: seeds the samples used for training and tuning.
+        key: sign the manifest with HMAC-SHA256 under this key (``manifest.sig``; at least 16
+            bytes); default: the environment variable ``RECSAMPLED_ARTIFACT_KEY``, if set.
+            Load it with the same key to have every part verified against it.
 
     Returns:
         An :class:`ArtifactInfo` with the final path and the manifest.
@@ -510,6 +540,7 @@ def export_artifact(
     metric = check_metric(metric)
     index = check_index_choice(index)
     shards = check_positive_int("shards", shards)
+    integrity.resolve_key(key)  # a bad key fails before the work
     artifact.check_output_dir(output_dir, overwrite=overwrite)  # fail before minutes of work
     inputs = check_inputs(
         item_embeddings=item_embeddings, item_ids=item_ids, query_model=query_model,
@@ -521,10 +552,10 @@ def export_artifact(
             f"`shards` must be an integer in [1, num_items={len(inputs.item_ids)}]. "
             f"Received: shards={shards}."
         )
-    queries, query_source = tuning_queries(inputs, index, sample_queries, seed)
+    queries, query_source, served = tuning_queries(inputs, index, sample_queries, seed)
     built = build_index(
         inputs.embeddings, index=index, metric=metric, sample_queries=queries,
-        target_recall=target_recall, recall_k=RECALL_K, seed=seed,
+        target_recall=target_recall, recall_k=RECALL_K, seed=seed, searcher=served,
     )  # fmt: skip
     logger.info(
         "index %s %s: recall@%d=%.4f (target %s, %d queries)", built.factory,
@@ -532,8 +563,12 @@ def export_artifact(
     )  # fmt: skip
     with artifact.atomic_directory(output_dir, overwrite=overwrite) as folder:
         write_parts(folder, inputs, built, shards=shards)
-        manifest = make_manifest(folder, inputs, built, requested=index, query_source=query_source)
+        manifest = make_manifest(
+            folder, inputs, built, requested=index, query_source=query_source,
+            excludes_seen=served is not None and built.num_queries > 0,
+        )  # fmt: skip
         artifact.write_manifest(folder, manifest)
+        artifact.sign_artifact(folder, key)
     final = Path(output_dir).absolute()
     logger.info("wrote %s", final)
     return ArtifactInfo(path=final, manifest=manifest)

@@ -1,12 +1,18 @@
 """Serving: load an artifact folder and return top-k original item ids for users or items.
 
 ``recommend`` embeds users with the saved query tower and searches the FAISS index.
-``exclude_seen`` asks the index for ``k + s`` rows, where ``s`` is the largest number of seen
-items among the users of a batch (users are grouped by seen count, so one heavy user does not
-widen everyone's search), drops the seen rows and keeps the first ``k``; with exact search this is
-exactly the top k of the unseen items. An approximate index may return fewer than ``k`` rows:
-the missing entries have row ``-1``, score ``-inf``, and :meth:`Recommendations.to_frame` leaves
-them out.
+``exclude_seen`` asks the index for ``k + w`` rows, where ``w`` is the user's number of seen
+items rounded up to a power of two (:mod:`recsampled.index.served`: users are grouped by ``w``, so
+a user's list never depends on who else is in the request, and export tunes on exactly these
+lists), drops the seen rows and keeps the first ``k``; with exact search this is exactly the top k
+of the unseen items. An approximate index may return fewer than ``k`` rows: the missing entries
+have row ``-1``, score ``-inf``, and :meth:`Recommendations.to_frame` leaves them out. ``k`` may
+not exceed the catalogue (an error, not a huge allocation).
+
+:meth:`Retriever.load` reads nothing it has not checked: the signature with a key, the parts'
+file types and sizes and checksums (:mod:`recsampled.index.integrity`), the query model's graph
+(:func:`recsampled.models.saved.check_saved_model`, unless ``trusted=True``) before TensorFlow
+loads it, and every part's structure (:mod:`recsampled.index.checks`).
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ import tensorflow as tf
 from scipy import sparse
 
 from recsampled._validation import check_positive_int, received
-from recsampled.errors import UnknownItemError, UnknownUserError
-from recsampled.index import artifact
+from recsampled.errors import RecsampledError, UnknownItemError, UnknownUserError
+from recsampled.index import artifact, checks, served
 from recsampled.index import query_model as serving_model
 from recsampled.index.artifact import (
     ITEM_IDS_FILE,
@@ -39,9 +45,10 @@ from recsampled.index.artifact import (
     Manifest,
     mismatch,
 )
-from recsampled.index.build import prepare_vectors, search, set_search_params
+from recsampled.index.build import prepare_vectors, set_search_params
 from recsampled.index.shards import ShardedIndex, reconstruct_rows
 from recsampled.models import embed_ids
+from recsampled.models.saved import UnsafeModelError, check_saved_model
 
 UnknownUserPolicy = Literal["error", "popular"]
 
@@ -96,8 +103,18 @@ class Recommendations:
         return pd.DataFrame(columns)
 
 
-def _check_k(k: object) -> int:
-    return check_positive_int("k", k)
+class TooManyItemsError(RecsampledError):
+    """``k`` larger than the artifact's catalogue."""
+
+
+def _check_k(k: object, num_items: int | None = None) -> int:
+    k = check_positive_int("k", k)
+    if num_items is not None and k > num_items:
+        raise TooManyItemsError(
+            f"`k` must be at most the number of items in the catalogue ({num_items}). "
+            f"Received: k={k}."
+        )
+    return k
 
 
 def _as_queries(values: object, name: str) -> np.ndarray:
@@ -187,6 +204,8 @@ class Retriever:
         unknown_user: UnknownUserPolicy = "error",
         verify_checksums: bool = True,
         batch_size: int = 1024,
+        key: bytes | str | None = None,
+        trusted: bool = False,
     ) -> Retriever:
         """Loads an artifact folder and checks that its parts are present and agree.
 
@@ -196,29 +215,38 @@ class Retriever:
                 the most popular items for users outside the vocabulary).
             verify_checksums: compare every file's sha256 with the manifest.
             batch_size: users embedded and searched per step.
+            key: the signing key (at least 16 bytes; default: ``$RECSAMPLED_ARTIFACT_KEY`` if
+                set): ``manifest.sig`` must match before anything else is read.
+            trusted: load the query model without inspecting its graph (only for artifacts you
+                trust: any op in it runs).
 
         Returns:
             A :class:`Retriever`.
 
         Raises:
             ArtifactNotFoundError: if the folder or a part is missing (``error.part`` names it).
-            ArtifactError: if a part is corrupt or disagrees with the manifest or another part.
+            ArtifactError: if a part is corrupt or disagrees with the manifest or another part,
+                is not a regular file, or (with a key) the signature is missing or differs;
+                :class:`UnsafeArtifactError` if the query model holds an op that is not a pure
+                tensor op.
         """
         path = Path(path).absolute()
-        manifest = artifact.read_manifest(path)
+        manifest = artifact.read_manifest(path, key=key)
         artifact.check_files(path, manifest, verify_checksums=verify_checksums)
         files = manifest.files
         user_ids = None
         if USER_IDS_FILE in files:
-            user_ids = _ids_part(path, USER_IDS_FILE, manifest.num_users, "num_users")
+            user_ids = _ids_part(path, USER_IDS_FILE, manifest.num_users, "num_users", manifest)
         return cls(
             path=path,
             manifest=manifest,
             index=_load_index(path, manifest),
-            item_ids=_ids_part(path, ITEM_IDS_FILE, manifest.num_items, "num_items"),
+            item_ids=_ids_part(path, ITEM_IDS_FILE, manifest.num_items, "num_items", manifest),
             user_ids=user_ids,
             query_model=(
-                _load_query_model(path, manifest, user_ids) if QUERY_MODEL_DIR in files else None
+                _load_query_model(path, manifest, user_ids, trusted=trusted)
+                if QUERY_MODEL_DIR in files
+                else None
             ),
             seen=_load_seen(path, manifest) if SEEN_FILE in files else None,
             item_popularity=_load_popularity(path, manifest) if POPULARITY_FILE in files else None,
@@ -346,7 +374,7 @@ class Retriever:
         Returns:
             :class:`Recommendations` whose ``queries`` are ``0 .. batch_size - 1``.
         """
-        k = _check_k(k)
+        k = _check_k(k, self.num_items)
         queries = self._prepare(query_embeddings)
         rows = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -385,6 +413,7 @@ class Retriever:
                 f"`exclude_seen=True` needs the seen items, but the artifact at {self.path} has "
                 "none; export it with `seen=...` or pass exclude_seen=False."
             )
+        k = _check_k(k, self.num_items)
         user_ids = _as_queries(user_ids, "user_ids")
         indices = self.user_indices(user_ids)
         if self.unknown_user == "error":
@@ -393,12 +422,12 @@ class Retriever:
         rows = np.full((batch, k), -1, np.int64)
         scores = np.full((batch, k), -np.inf, np.float32)
         known = np.flatnonzero(indices >= 0)
-        if exclude_seen:  # similar seen counts share a batch: k + max(seen) stays tight
+        counts = np.zeros(len(known), np.int64)
+        if exclude_seen:  # users fetching the same k + w rows share a batch (served.py)
             indptr = self.seen[0]
             counts = indptr[indices[known] + 1] - indptr[indices[known]]
-            known = known[np.argsort(counts, kind="stable")]
-        for start in range(0, len(known), self.batch_size):
-            positions = known[start : start + self.batch_size]
+        for group in served.groups(counts, self.batch_size):
+            positions = known[group]
             users = indices[positions]
             queries = self._prepare(self._embed(users))
             s, r = self._search_excluding(queries, k, users if exclude_seen else None)
@@ -423,7 +452,7 @@ class Retriever:
         Raises:
             UnknownItemError: for ids outside the catalogue.
         """
-        k = _check_k(k)
+        k = _check_k(k, self.num_items)
         item_ids = _as_queries(item_ids, "item_ids")
         own = self.item_rows(item_ids)
         batch = len(own)
@@ -439,7 +468,7 @@ class Retriever:
 
     def popular_items(self, k: int = 10) -> np.ndarray:
         """``[k]`` original ids of the most popular items (needs ``item_popularity``)."""
-        k = _check_k(k)
+        k = _check_k(k, self.num_items)
         if self._popular_rows is None:
             raise ValueError(f"The artifact at {self.path} has no item popularity.")
         return self.item_ids[self._popular_rows[:k]]
@@ -485,55 +514,21 @@ class Retriever:
         """
         batch = len(queries)
         if users is not None:
-            indptr, indices = self.seen
-            starts, ends = indptr[users], indptr[users + 1]
-            lengths = ends - starts
-            flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-            excluded = indices[np.arange(int(lengths.sum())) + flat]
-            owners = np.repeat(np.arange(batch), lengths)
+            lengths, excluded = served.csr_rows(*self.seen, users)
         elif exclude_rows is not None:
             ends, excluded = exclude_rows
             lengths = np.diff(np.concatenate([[0], ends]))
-            owners = np.repeat(np.arange(batch), lengths)
         else:
             lengths = np.zeros(batch, np.int64)
-            excluded = owners = np.zeros(0, np.int64)
-        width = min(self.num_items, k + int(lengths.max(initial=0)))
-        scores, rows = search(self.index, queries, width)
-        n = np.int64(self.num_items)
-        banned = owners.astype(np.int64) * n + excluded.astype(np.int64)
-
-        def kept(rows: np.ndarray) -> np.ndarray:
-            keep = rows >= 0
-            if len(excluded):
-                candidates = np.arange(batch, dtype=np.int64)[:, None] * n + rows
-                keep &= ~np.isin(candidates, banned)
-            return keep
-
-        keep = kept(rows)
-        # An approximate index may return fewer than `width` rows (an IVF probing few lists),
-        # so a user with many seen items could get fewer than k: those users get exact search.
-        short = keep.sum(axis=1) < np.minimum(k, self.num_items - lengths)
-        if short.any():
-            exact_scores, exact_rows = search(self._exact_index(), queries[short], width)
-            scores[short], rows[short] = exact_scores, exact_rows
-            keep = kept(rows)
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        rows = np.take_along_axis(rows, order, axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
-        valid = np.take_along_axis(keep, order, axis=1)
-        out_rows = np.full((batch, k), -1, np.int64)
-        out_scores = np.full((batch, k), -np.inf, np.float32)
-        out_rows[:, : rows.shape[1]] = np.where(valid, rows, -1)
-        out_scores[:, : rows.shape[1]] = np.where(valid, scores, -np.inf)
-        return out_scores, out_rows
+            excluded = np.zeros(0, np.int64)
+        return served.search_excluding(
+            self.index, queries, k, lengths=lengths, excluded=excluded, exact=self._exact_index
+        )
 
     def _exact_index(self) -> faiss.Index:
         """An exact inner-product index over the stored vectors (built on first use)."""
         if getattr(self, "_exact", None) is None:
-            vectors = self._reconstruct(np.arange(self.num_items))
-            self._exact = faiss.IndexFlatIP(vectors.shape[1])
-            self._exact.add(np.ascontiguousarray(vectors, np.float32))
+            self._exact = served.exact_index_of(self.index)
         return self._exact
 
     def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
@@ -582,26 +577,33 @@ def _show(value: object) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def _ids_part(path: Path, part: str, expected: int, field: str) -> np.ndarray:
+def _ids_part(path: Path, part: str, expected: int, field: str, manifest: Manifest) -> np.ndarray:
     ids = artifact.load_npy(path, part)
-    if ids.ndim != 1 or len(ids) != expected:
-        raise mismatch(
-            path,
-            part,
-            f"{part} holds {len(ids) if ids.ndim else 0} ids, but "
-            f"manifest.json says {field}={expected}.",
-        )
-    if ids.dtype.kind not in "iU":
-        raise mismatch(path, part, f"{part} must hold integer or string ids, not {ids.dtype}.")
-    if not pd.Index(ids).is_unique:
-        raise mismatch(path, part, f"{part} holds repeated ids.")
+    dtype = manifest.id_dtypes.get(part)
+    if part == USER_IDS_FILE and manifest.query_model:
+        dtype = dtype or manifest.query_model.get("user_id_dtype")
+    checks.check_ids(path, part, ids, expected=expected, field=field, dtype=dtype)
     return ids
 
 
-def _load_query_model(path: Path, manifest: Manifest, user_ids: np.ndarray | None) -> Any:
-    """``query_model/1/`` (``query_model/`` in version 1 artifacts), checked: user index 0 has
-    the manifest's dimension and the id signature maps the first and last user ids to their
-    index embeddings."""
+class UnsafeArtifactError(ArtifactError):
+    """An artifact whose query model holds an op outside the allowlist (nothing of it ran).
+
+    Attributes:
+        op: the refused op (None when the graph file itself was refused).
+    """
+
+    def __init__(self, message: str, *, path: Path, part: str, op: str | None):
+        super().__init__(message, path=path, part=part)
+        self.op = op
+
+
+def _load_query_model(
+    path: Path, manifest: Manifest, user_ids: np.ndarray | None, *, trusted: bool = False
+) -> Any:
+    """``query_model/1/`` (``query_model/`` in version 1 artifacts), checked: its graph holds only
+    allowed ops (unless ``trusted``), user index 0 has the manifest's dimension, and the id
+    signature maps every user id to its index and the first and last to their embeddings."""
     folder = path / QUERY_MODEL_DIR
     versioned = (folder / QUERY_MODEL_VERSION).is_dir()
     if manifest.query_model and not versioned:
@@ -611,8 +613,19 @@ def _load_query_model(path: Path, manifest: Manifest, user_ids: np.ndarray | Non
             path=path,
             part=QUERY_MODEL_DIR,
         )
+    model_dir = folder / QUERY_MODEL_VERSION if versioned else folder
+    if not trusted:
+        try:
+            check_saved_model(model_dir)
+        except UnsafeModelError as e:
+            raise UnsafeArtifactError(
+                f"The artifact at {path} has a query model that recsampled will not run: {e}",
+                path=path,
+                part=QUERY_MODEL_DIR,
+                op=e.op,
+            ) from e
     try:
-        model = tf.saved_model.load(str(folder / QUERY_MODEL_VERSION if versioned else folder))
+        model = tf.saved_model.load(str(model_dir))
     except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
         raise ArtifactError(
             f"The artifact at {path} has an unreadable query tower ({QUERY_MODEL_DIR}): {e}",
@@ -674,6 +687,7 @@ def _check_id_signature(path: Path, model: Any, user_ids: np.ndarray, dim: int) 
             f"the query model's {serving_model.SERVING_SIGNATURE!r} signature does not map the "
             f"users of {USER_IDS_FILE} to their index embeddings (first/last user, unknown id).",
         )
+    checks.check_user_map(path, signature, user_ids, dtype)
 
 
 def _load_index(path: Path, manifest: Manifest) -> faiss.Index:
@@ -712,6 +726,9 @@ def _read_index(path: Path, part: str, n: int, manifest: Manifest) -> faiss.Inde
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise mismatch(path, part, f"{part} does not use the inner product.")
+    params = manifest.index.search_params
+    checks.check_search_params(path, part, index, manifest.index.type, params)
+    checks.check_metric(path, part, index, manifest)
     try:
         set_search_params(index, manifest.index.search_params)
     except ValueError as e:
@@ -723,15 +740,9 @@ def _load_seen(path: Path, manifest: Manifest) -> sparse.csr_matrix:
     """``seen.npz`` as a ``[num_users, num_items]`` CSR matrix, checked against the manifest."""
     indptr, indices = artifact.load_csr(path, SEEN_FILE)
     users, n = manifest.num_users, manifest.num_items
-    if indptr.shape != (users + 1,) or indices.shape != (int(indptr[-1]),):
-        raise mismatch(
-            path,
-            SEEN_FILE,
-            f"{SEEN_FILE} has {len(indptr) - 1} users and {len(indices)} entries, but "
-            f"manifest.json says num_users={users} and its indptr ends at {indptr[-1]}.",
-        )
-    if len(indices) and (indices.min() < 0 or indices.max() >= n):
-        raise mismatch(path, SEEN_FILE, f"{SEEN_FILE} has item rows outside [0, {n}).")
+    checks.check_csr(
+        path, indptr, indices, num_users=users, num_items=n, sorted_rows=bool(manifest.sizes)
+    )
     data = np.ones(len(indices), np.int8)
     return sparse.csr_matrix(
         (data, indices.astype(np.int64), indptr.astype(np.int64)), shape=(users, n)
@@ -740,14 +751,7 @@ def _load_seen(path: Path, manifest: Manifest) -> sparse.csr_matrix:
 
 def _load_popularity(path: Path, manifest: Manifest) -> np.ndarray:
     popularity = artifact.load_npy(path, POPULARITY_FILE)
-    n = manifest.num_items
-    if popularity.shape != (n,):
-        raise mismatch(
-            path,
-            POPULARITY_FILE,
-            f"{POPULARITY_FILE} has shape {popularity.shape}, but manifest.json says "
-            f"num_items={n}.",
-        )
+    checks.check_popularity(path, POPULARITY_FILE, popularity, manifest.num_items)
     return popularity
 
 

@@ -184,9 +184,10 @@ def _shorter_item_ids(update_checksum: bool) -> Callable[[Path], None]:
     def edit(path: Path) -> None:
         ids = np.load(path / "item_ids.npy")
         np.save(path / "item_ids.npy", ids[:-1])
-        if update_checksum:
+        if update_checksum:  # as an attacker would: re-hash the part and record its size
             data = json.loads((path / "manifest.json").read_text())
             data["files"]["item_ids.npy"] = sha256_part(path / "item_ids.npy")
+            data["sizes"]["item_ids.npy"] = (path / "item_ids.npy").stat().st_size
             (path / "manifest.json").write_text(json.dumps(data))
 
     return edit
@@ -210,7 +211,8 @@ CORRUPTIONS = [
      "no manifest.json"),
     ("missing query tower", _remove("query_model"), ArtifactNotFoundError, "query_model",
      "missing"),
-    ("truncated index", _truncate, ArtifactError, "index.faiss", "is corrupt: the sha256"),
+    ("truncated index", _truncate, ArtifactError, "index.faiss",
+     "is corrupt: its part 'index.faiss' has 100 bytes, but manifest.json records"),
     ("flipped byte", _flip_byte, ArtifactError, "index.faiss", "is corrupt: the sha256"),
     ("query tower file", _delete_query_model_file, ArtifactError, "query_model", "is corrupt"),
     ("wrong dim", _edit_manifest(embedding_dim=9), ArtifactError, "index.faiss",

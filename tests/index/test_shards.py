@@ -102,7 +102,7 @@ def test_a_corrupt_or_inconsistent_shard_is_named(pair, tmp_path) -> None:
     shutil.copytree(pair[1].path, path)
     with open(path / "index-00001-of-00003.faiss", "r+b") as f:
         f.truncate(50)
-    with pytest.raises(ArtifactError, match="is corrupt: the sha256") as caught:
+    with pytest.raises(ArtifactError, match="is corrupt: its part .* has 50 bytes") as caught:
         Retriever.load(path)
     assert caught.value.part == "index-00001-of-00003.faiss"
     shutil.rmtree(path)
