@@ -463,7 +463,9 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
 
         def gather(value: tf.Tensor | None) -> tf.Tensor | None:
-            return None if value is None else context.all_gather(value, axis=0)
+            # tf.identity: under MultiWorkerMirroredStrategy a step's input tensor has no device,
+            # and all_gather needs one (its destination).
+            return None if value is None else context.all_gather(tf.identity(value), axis=0)
 
         queries = query_embeddings
         if self._num_sampled and self.sampler.needs_queries and not self.sampler.per_query:
