@@ -274,7 +274,7 @@ def test_evaluate_exact_reproduces_training_and_flat_index_equals_exact(
     argv = ["evaluate", "--run", str(run_dir), "--artifacts", str(flat_artifact)]
     assert cli.main([*argv, "--output", str(output)]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["metric", "exact", "index", "popularity"]
+    assert table.splitlines()[0].split() == ["metric", "exact", "index", "ials", "popularity"]
     for name in ("recall@10", "ndcg@5", "hit_rate@10", "mrr", "coverage@10"):
         assert any(line.startswith(name) for line in table.splitlines())
     data = json.loads(output.read_text())
@@ -295,7 +295,8 @@ def test_evaluate_exact_reproduces_training_and_flat_index_equals_exact(
 def test_evaluate_without_artifacts_prints_json_and_writes_it_in_the_run(run_dir, capsys):
     assert cli.main(["evaluate", "--run", str(run_dir), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert list(printed["metrics"]) == ["exact", "popularity"] and printed["artifact"] is None
+    assert list(printed["metrics"]) == ["exact", "ials", "popularity"]
+    assert printed["artifact"] is None
     assert json.loads((run_dir / "evaluation.json").read_text()) == printed
 
 

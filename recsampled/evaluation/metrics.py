@@ -390,6 +390,7 @@ def evaluate(
     max_users: int | None = None,
     seed: int = 0,
     popularity: bool = True,
+    ials: Mapping[str, object] | None = None,
     num_users: int | None = None,
     num_items: int | None = None,
 ) -> dict[str, RankingMetrics]:
@@ -408,11 +409,15 @@ def evaluate(
         max_users: evaluate a seeded sample of this many test users (None: all of them).
         seed: seeds the sample.
         popularity: add the popularity baseline under ``"popularity"`` (last).
+        ials: add the iALS baseline under ``"ials"`` (before popularity), fitted on ``train``
+            with these options of :func:`recsampled.evaluation.baselines.fit_ials` (e.g.
+            ``{"factors": 64, "iterations": 15, "seed": 0}``); None: no iALS.
         num_users: users of the score functions (default: ``train``'s vocabulary).
         num_items: items (default: ``train``'s vocabulary).
 
     Returns:
-        name -> :class:`RankingMetrics`, in the order of ``scorers`` (then ``"popularity"``).
+        name -> :class:`RankingMetrics`, in the order of ``scorers`` (then ``"ials"``, then
+        ``"popularity"``).
 
     Example:
         >>> from recsampled.data import synthetic, random_holdout
@@ -430,12 +435,22 @@ def evaluate(
     seen, held_out = train.user_items(num_users), test.user_items(num_users)
     users = sample_users(test.user_ids, max_users, seed)
     scorers = dict(scorers)
+    if ials is not None:
+        from recsampled.evaluation.baselines import ials_scores  # noqa: PLC0415 - a cycle
+
+        scorers["ials"] = ials_scores(train, num_users=num_users, **ials)
     if popularity:
         scorers["popularity"] = popularity_scores(train.item_counts)
     return {
         name: ranking_metrics(
-            score, seen, held_out, num_users=num_users, num_items=num_items, ks=ks,
-            batch_size=batch_size, users=users,
+            score,
+            seen,
+            held_out,
+            num_users=num_users,
+            num_items=num_items,
+            ks=ks,
+            batch_size=batch_size,
+            users=users,
         )  # fmt: skip
         for name, score in scorers.items()
     }

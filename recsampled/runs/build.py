@@ -141,10 +141,11 @@ def sampler_callbacks(config: Config, model: TwoTowerModel) -> list[tf.keras.cal
 
 def evaluation_settings(settings: EvaluationConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`recsampled.evaluation.evaluate` that the ``evaluation``
-    section sets (cut-offs, batch size, user sample)."""
+    section sets (cut-offs, batch size, user sample, the iALS baseline)."""
+    ials = dataclasses.asdict(settings.ials) if "ials" in settings.baselines else None
     return dict(
         ks=settings.ks, batch_size=settings.batch_size, max_users=settings.max_users,
-        seed=settings.seed,
+        seed=settings.seed, ials=ials,
     )  # fmt: skip
 
 
@@ -241,7 +242,7 @@ def build_model(
         learning_rate=config.training.learning_rate,
         row_l2=config.training.row_l2,
     )
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=optimizer, jit_compile=config.training.jit_compile)
     ids = tf.zeros([1], tf.int32)
     model({"user_id": ids, "item_id": ids})  # creates the towers' variables
     optimizer.build(model.trainable_variables)  # and the optimiser's, so restores apply at once

@@ -1,9 +1,10 @@
-"""Evaluating a run on its test split: exact search, through an artifact's index, popularity.
+"""Evaluating a run on its test split: exact search, through an artifact's index, baselines.
 
 :func:`evaluate_run` scores Recall@K, NDCG@K, HitRate@K, MRR and coverage with
 :func:`recsampled.evaluation.evaluate` (training items removed, the same seeded test users for
-every column), so that the exact column reproduces the run's ``metrics.json``
-(``recsampled evaluate``; tests: ``tests/test_cli_serving.py``).
+every column: the model, iALS (``evaluation.baselines``) and popularity), so that the exact
+column reproduces the run's ``metrics.json`` (``recsampled evaluate``; tests:
+``tests/test_cli_serving.py``, ``tests/runs/test_evaluate_baselines.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class RunEvaluation:
         split: the split's method, e.g. ``"leave_last_out(num_test=1)"``.
         exact: the model by exact search (every item scored by ``Q·Cᵀ``).
         popularity: the popularity baseline (training counts).
+        ials: the iALS baseline (``implicit``'s ALS on the training rows, ``evaluation.ials``),
+            or None when ``evaluation.baselines`` leaves it out.
         index: the model through the artifact's index (``Retriever.recommend``), or None.
         artifact: the artifact folder, index factory, search parameters and the recall@10
             measured at export; None without an artifact.
@@ -52,12 +55,15 @@ class RunEvaluation:
     popularity: RankingMetrics
     index: RankingMetrics | None = None
     artifact: dict[str, Any] | None = None
+    ials: RankingMetrics | None = None
 
     def columns(self) -> dict[str, RankingMetrics]:
         """Column name -> metrics, in table order."""
         columns = {"exact": self.exact}
         if self.index is not None:
             columns["index"] = self.index
+        if self.ials is not None:
+            columns["ials"] = self.ials
         columns["popularity"] = self.popularity
         return columns
 
@@ -75,7 +81,7 @@ class RunEvaluation:
         }
 
     def table(self) -> str:
-        """One row per metric, one column per scorer (exact, index, popularity)."""
+        """One row per metric, one column per scorer (exact, index, ials, popularity)."""
         columns = {name: m.as_dict() for name, m in self.columns().items()}
         keys = [k for k in columns["exact"] if k not in ("num_users", "num_items")]
         order = [k for p in ("recall", "ndcg", "hit_rate", "mrr", "coverage") for k in keys
@@ -103,7 +109,7 @@ def evaluate_run(
     run: TrainedRun | str | os.PathLike,
     artifacts: str | os.PathLike | Retriever | None = None,
 ) -> RunEvaluation:
-    """Evaluates a run on its test split: exact, through an artifact's index, and popularity.
+    """Evaluates a run on its test split: exact, through an artifact's index, and baselines.
 
     The cut-offs, batch size and user sample are the run's ``evaluation`` section, so the exact
     column reproduces the run's ``metrics.json``. Through the index, each user's top
@@ -151,6 +157,7 @@ def evaluate_run(
         popularity=columns["popularity"],
         index=columns.get("index"),
         artifact=info,
+        ials=columns.get("ials"),
     )
 
 
