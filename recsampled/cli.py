@@ -3,6 +3,9 @@
 - ``recsampled train --config configs/NAME.yaml [--set section.key=value ...] --output RUN_DIR``
   trains a two-tower retrieval model as the config says, checkpoints it, and writes the run
   directory (``recsampled.runs.directory``); run again on the same RUN_DIR, it resumes.
+- ``recsampled tune --config FILE.yaml [--trials N] --output DIR`` runs (or resumes) an Optuna
+  study over the config's ``tune:`` search space, trains the best config and reports its test
+  metrics once (:func:`recsampled.runs.tune.tune`).
 - ``recsampled export --run RUN_DIR --output ARTIFACT_DIR [--index flat|hnsw|ivf|ivfpq|auto]
   [--shards N]`` embeds the catalogue with the run's candidate tower, builds and tunes the FAISS
   index (split into N shards searched together) and writes the artifact folder atomically
@@ -50,6 +53,16 @@ Train a two-tower retrieval model. The config is YAML with the sections data, mo
 training and evaluation (see configs/default.yaml); --set overrides one key, its value read as
 YAML (3, 0.5, true, null, [10, 20], text). Progress goes to stderr, the metrics table to stdout.
 Running the command again with the same config and RUN_DIR resumes from the last checkpoint.
+"""
+
+_TUNE_HELP = """\
+Tune a training config with Optuna: the config is a training config plus a tune: section (the
+search space over temperature, learning rate, row L2, embedding dimension, negatives and
+num_sampled; see configs/tune.yaml). Each trial trains into DIR/trials/NNNN, validates on
+data.split.validation after every epoch (pruned when unpromising, stopped early), and is
+compared on validation only. The study lives in DIR/study.db: run the command again to resume
+after a kill. Then the best config is written to DIR/best.yaml, trained into DIR/best, and
+evaluated on the test split once (DIR/result.json, history.png, importance.png).
 """
 
 _EXPORT_HELP = """\
@@ -105,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_output_options(suppress=True)]
-    for add in (_add_train, _add_export, _add_recommend, _add_evaluate, _add_serve):
+    for add in (_add_train, _add_tune, _add_export, _add_recommend, _add_evaluate, _add_serve):
         add(commands, common)
     return parser
 
@@ -137,6 +150,26 @@ def _add_train(commands: Subparsers, common: list[argparse.ArgumentParser]) -> N
         action="store_true",
         help="discard an earlier run in RUN_DIR (checkpoints and outputs) and start over",
     )
+
+
+def _add_tune(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    tune = commands.add_parser(
+        "tune", help="search hyperparameters with Optuna, train the best config",
+        description=_TUNE_HELP, parents=common,
+    )  # fmt: skip
+    tune.add_argument(
+        "--config", type=Path, default=None,
+        help="YAML training config with a tune: section (default: every key at its default)",
+    )  # fmt: skip
+    tune.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config key (tune.* too); repeatable, applied in order",
+    )  # fmt: skip
+    tune.add_argument(
+        "--trials", type=int, default=None, metavar="N",
+        help="finished trials to reach (default: tune.trials, 20)",
+    )  # fmt: skip
+    tune.add_argument("--output", type=Path, required=True, metavar="DIR", help="the tune folder")
 
 
 def _add_export(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -227,6 +260,21 @@ def _train(args: argparse.Namespace) -> None:
     result = train(config, args.output, force=args.force)
     print(result.table())
     print(f"Wrote {result.run_dir} in {result.seconds:.1f} s.")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    import optuna
+
+    from recsampled.runs.search_space import load_tune_config
+    from recsampled.runs.tune import tune
+
+    if args.trials is not None and args.trials <= 0:
+        raise ValueError(f"--trials must be a positive integer. Received: --trials {args.trials}.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the recsampled logger reports trials
+    setup = load_tune_config(args.config, overrides=args.overrides)
+    result = tune(setup.config, args.output, tune=setup.tune, trials=args.trials)
+    print(result.table())
+    print(f"Wrote {result.output} in {result.seconds:.1f} s.")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -325,6 +373,7 @@ def _json_value(value: object) -> object:
 
 _COMMANDS = {
     "train": _train,
+    "tune": _tune,
     "export": _export,
     "recommend": _recommend,
     "evaluate": _evaluate,
@@ -332,10 +381,12 @@ _COMMANDS = {
 }
 
 
-def _import_tensorflow(*, show_log: bool) -> None:
+def _import_tensorflow(*, show_log: bool, initialize: bool = True) -> None:
     """Imports TensorFlow (and runs one op, which initialises the devices) with its C++ log
     lines hidden, unless ``show_log``: they are written to file descriptor 2 while importing,
-    before any Python logging is set up, so they are hidden by pointing fd 2 at /dev/null."""
+    before any Python logging is set up, so they are hidden by pointing fd 2 at /dev/null.
+    ``initialize=False`` (``train``) leaves the devices alone: a ``training.distribute``
+    strategy must configure them (logical CPUs, collectives) before TensorFlow initialises."""
     if "tensorflow" in sys.modules:
         return
     from recsampled._keras_env import prefer_legacy_keras
@@ -352,7 +403,8 @@ def _import_tensorflow(*, show_log: bool) -> None:
         os.dup2(null, 2)
         import tensorflow as tf
 
-        tf.constant(0.0) + 1.0  # device initialisation (CUDA probing) logs here
+        if initialize:
+            tf.constant(0.0) + 1.0  # device initialisation (CUDA probing) logs here
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -378,16 +430,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"argument -k: must be a positive integer, got {args.k}")
     configure_logging(_verbosity(args))
     show_log = bool(getattr(args, "tf_log", False)) or os.environ.get(TF_LOG_ENV, "") == "1"
-    _import_tensorflow(show_log=show_log)
+    command = f"recsampled {args.command}"
     try:
+        _import_tensorflow(show_log=show_log, initialize=args.command != "train")
         status = _COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was kept, how to go on
+        print(f"{command}: interrupted. {_kept(args)}", file=sys.stderr)
+        return 130
     except RecsampledError as e:  # config, data, run, artifact, unknown ids
         where = f"[{e.part}] " if e.part else ""
         hint = " (Here: --popular-fallback.)" if isinstance(e, UnknownUserError) else ""
-        print(f"recsampled {args.command}: error: {where}{e}{hint}", file=sys.stderr)
+        message = _as_set_keys(str(e)) if args.command in ("train", "tune") else str(e)
+        print(f"{command}: error: {where}{message}{hint}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as e:  # missing files, existing outputs, bad argument values
-        hint = " (Here: --overwrite.)" if isinstance(e, FileExistsError) else ""
-        print(f"recsampled {args.command}: error: {e}{hint}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001  (disk full: OSError, or TensorFlow's own errors)
+        if not _disk_full(e):
+            if not isinstance(e, OSError | ValueError):
+                raise
+            # missing files, existing outputs, bad argument values
+            hint = _EXISTS_HINTS.get(args.command, "") if isinstance(e, FileExistsError) else ""
+            print(f"{command}: error: {e}{hint}", file=sys.stderr)
+            return 2
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"{command}: error: the disk is full{where}. {_kept(args)}", file=sys.stderr)
+        return 1
     return int(status or 0)
+
+
+#: The option that replaces an existing output, per command (for FileExistsError).
+_EXISTS_HINTS = {"train": " (Here: --force.)", "export": " (Here: --overwrite.)"}
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk is full (``ENOSPC``, also inside TensorFlow's errors)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return type(error).__module__.startswith("tensorflow") and "No space left" in str(error)
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves, and how to go on, in one sentence."""
+    again = "run the same command again"
+    if args.command == "train":
+        try:
+            import tensorflow as tf
+
+            latest = tf.train.latest_checkpoint(str(Path(args.output) / "checkpoints"))
+        except Exception:  # noqa: BLE001  (interrupted while importing TensorFlow)
+            latest = None
+        if latest is None:
+            return f"No checkpoint was kept in {args.output}; {again} to start the run."
+        step = latest.rsplit("-", 1)[-1]
+        return f"Kept: the checkpoint of step {step} ({latest}); {again} to resume from it."
+    if args.command == "export":
+        return f"No artifact was written to {args.output} (exports are atomic); {again}."
+    return f"Nothing was changed; {again}."
+
+
+def _as_set_keys(message: str) -> str:
+    """A library message's ``pass `name` to read_interactions`` / ``pass name='v'`` hints,
+    phrased as the ``--set data.name=...`` the command line takes."""
+    import re
+
+    from recsampled.config import DataConfig
+
+    keys = set(DataConfig.keys())
+
+    def key_only(match: re.Match) -> str:
+        name = match.group(1)
+        return f"set `data.{name}` (--set data.{name}=...)" if name in keys else match.group(0)
+
+    def key_value(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        return f"--set data.{name}={value}" if name in keys else match.group(0)
+
+    message = re.sub(r"[Pp]ass `(\w+)`(?: to read_interactions)?", key_only, message)
+    return re.sub(r"(?<=[Pp]ass )(\w+)=('[^']*'|\"[^\"]*\"|[\w.-]+)", key_value, message)
