@@ -429,6 +429,68 @@ class SplitConfig(_Section):
             raise _fail(self._name("test_path"), "the test file for kind='files'", self.test_path)
 
 
+FEATURE_FORMATS = ("auto", "csv", "tsv", "parquet")
+MISSING_FEATURES = ("error", "default")
+
+
+@dataclass(frozen=True)
+class _FeaturesConfig(_Section):
+    """Side features of a tower: a table with one row per id
+    (:func:`recsampled.data.read_side_features`; the towers embed the ``categorical`` columns and
+    standardise the ``numeric`` ones).
+
+    Attributes:
+        path: the CSV/TSV (with a header) or Parquet file.
+        format: one of :data:`FEATURE_FORMATS` (``auto``: from the name).
+        id_col: the id column (null: detected, e.g. ``item_id``, ``movieId``, ``user``).
+        categorical: columns of categories.
+        numeric: columns of numbers.
+        missing: ids without a row, blank numbers: ``error``, or ``default`` (category 0 =
+            unknown, the column's mean).
+        delimiter: of a CSV/TSV file (null: ``,`` / tab).
+    """
+
+    path: str | None = None
+    format: str = "auto"
+    id_col: str | None = None
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    missing: str = "error"
+    delimiter: str | None = None
+
+    def validate(self) -> None:
+        if not self.path:
+            raise _fail(self._name("path"), "the feature table's file", self.path)
+        _choice(self._name("format"), self.format, FEATURE_FORMATS)
+        _choice(self._name("missing"), self.missing, MISSING_FEATURES)
+        if not self.categorical and not self.numeric:
+            raise ConfigError(
+                f"`{self._name('categorical')}` or `{self._name('numeric')}` must name at least "
+                "one column. Received: neither."
+            )
+        named = [self.id_col, *self.categorical, *self.numeric]
+        repeated = sorted({c for c in named if c is not None and named.count(c) > 1})
+        if repeated:
+            raise ConfigError(
+                f"Each column of `{self.SECTION}` must be named once (id_col, categorical, "
+                f"numeric). Received: {repeated} more than once."
+            )
+
+
+@dataclass(frozen=True)
+class UserFeaturesConfig(_FeaturesConfig):
+    """``data.user_features``: side features of the query tower (one row per user)."""
+
+    SECTION: ClassVar[str] = "data.user_features"
+
+
+@dataclass(frozen=True)
+class ItemFeaturesConfig(_FeaturesConfig):
+    """``data.item_features``: side features of the candidate tower (one row per item)."""
+
+    SECTION: ClassVar[str] = "data.item_features"
+
+
 _FILE_OPTIONS = (
     "path", "format", "user_col", "item_col", "timestamp_col", "rating_col", "weight_col",
     "delimiter", "column_names", "encoding", "id_dtype", "min_rating", "on_bad_rows",
@@ -448,6 +510,10 @@ class DataConfig(_Section):
     ``u.item`` (``id|title|...``, Latin-1) or ``movies.dat`` (``id::title::genres``), or a CSV/TSV
     with a header whose first column is the item id and which has a ``title`` column (e.g.
     MovieLens ``movies.csv``). See :func:`recsampled.index.run.read_item_titles`.
+
+    ``user_features`` / ``item_features`` (optional) name a table of side features per user /
+    item (:class:`UserFeaturesConfig`), used by the query / candidate tower in training, export
+    and evaluation.
     """
 
     SECTION: ClassVar[str] = "data"
@@ -471,6 +537,8 @@ class DataConfig(_Section):
     on_bad_rows: str = "error"
     item_metadata: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    user_features: UserFeaturesConfig | None = None
+    item_features: ItemFeaturesConfig | None = None
 
     def validate(self) -> None:
         _choice(self._name("source"), self.source, list(DATA_SOURCES))
@@ -714,6 +782,7 @@ class TrainingConfig(_Section):
         early_stopping: stop on a validation metric, restoring its best epoch's weights
             (:class:`EarlyStoppingConfig`; null: train every epoch).
         distribute: the ``tf.distribute`` strategy (:class:`DistributeConfig`).
+        jit_compile: compile the train step with XLA (``Model.compile(jit_compile=True)``).
     """
 
     SECTION: ClassVar[str] = "training"
@@ -731,6 +800,7 @@ class TrainingConfig(_Section):
     max_checkpoints: int = 2
     early_stopping: EarlyStoppingConfig | None = None
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    jit_compile: bool = False
 
     def validate(self) -> None:
         for key in ("batch_size", "epochs", "learning_rate", "max_checkpoints"):
