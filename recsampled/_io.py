@@ -217,8 +217,11 @@ def _holder(lock_file: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def claim(lock_file: str | os.PathLike, *, folder: str | os.PathLike, what: str) -> Iterator[None]:
-    """Holds an exclusive ``flock`` on ``lock_file`` for the block (re-entrant in a process).
+def claim(
+    lock_file: str | os.PathLike, *, folder: str | os.PathLike, what: str, shared: bool = False
+) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_file`` for the block (re-entrant in a process);
+    with ``shared``, a shared one (readers: many may hold it, but no exclusive holder).
 
     Args:
         lock_file: the lock file (created if needed; kept afterwards, holding the last pid).
@@ -244,10 +247,16 @@ def claim(lock_file: str | os.PathLike, *, folder: str | os.PathLike, what: str)
             _HELD[lock_file] -= 1
         return
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except (PermissionError, OSError) as e:
+        if not shared or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a reader of a folder it cannot write: nobody can write it either
+        return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _holder(lock_file)
             raise FolderInUseError(

@@ -196,6 +196,11 @@ def _add_export(commands: Subparsers, common: list[argparse.ArgumentParser]) -> 
     export.add_argument(
         "--overwrite", action="store_true", help="replace an existing artifact at ARTIFACT_DIR"
     )
+    export.add_argument(
+        "--key-file", type=Path, default=None, metavar="FILE",
+        help="sign the manifest (HMAC-SHA256, manifest.sig) with the key in FILE "
+        "(default: $RECSAMPLED_ARTIFACT_KEY, if set)",
+    )  # fmt: skip
 
 
 def _add_recommend(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -226,6 +231,16 @@ def _add_recommend(commands: Subparsers, common: list[argparse.ArgumentParser]) 
         action="store_true",
         help="popular items for unknown users instead of an error",
     )
+    recommend.add_argument(
+        "--key-file", type=Path, default=None, metavar="FILE",
+        help="verify the manifest's signature with the key in FILE before reading anything "
+        "(default: $RECSAMPLED_ARTIFACT_KEY, if set)",
+    )  # fmt: skip
+    recommend.add_argument(
+        "--trust-artifact", action="store_true",
+        help="load the query model without checking that its graph holds only pure tensor ops "
+        "(only for artifacts you trust: any op in it runs)",
+    )  # fmt: skip
 
 
 def _add_evaluate(commands: Subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -280,6 +295,10 @@ def _tune(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from recsampled.runs import export_run
 
+    if args.key_file is not None:  # export_artifact signs with $RECSAMPLED_ARTIFACT_KEY
+        from recsampled.index.integrity import KEY_ENV, read_key_file
+
+        os.environ[KEY_ENV] = read_key_file(args.key_file).decode()
     info = export_run(
         args.run,
         args.output,
@@ -311,9 +330,13 @@ def _recommend(args: argparse.Namespace) -> None:
         from recsampled.index.batch import output_format
 
         output_format(args.output)  # a bad suffix fails before the artifact is loaded
+    from recsampled.index.integrity import read_key_file
+
     retriever = Retriever.load(
-        args.artifacts, unknown_user="popular" if args.popular_fallback else "error"
-    )
+        args.artifacts, unknown_user="popular" if args.popular_fallback else "error",
+        key=read_key_file(args.key_file) if args.key_file is not None else None,
+        trusted=args.trust_artifact,
+    )  # fmt: skip
     users = None if args.all_users else retriever.parse_user_ids(args.user)
     if args.output is not None:
         _write_recommendations(args, retriever, users)
@@ -440,8 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecsampledError as e:  # config, data, run, artifact, unknown ids
         where = f"[{e.part}] " if e.part else ""
         hint = " (Here: --popular-fallback.)" if isinstance(e, UnknownUserError) else ""
-        message = _as_set_keys(str(e)) if args.command in ("train", "tune") else str(e)
-        print(f"{command}: error: {where}{message}{hint}", file=sys.stderr)
+        print(f"{command}: error: {where}{_phrased(args, e)}{hint}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001  (disk full: OSError, or TensorFlow's own errors)
         if not _disk_full(e):
@@ -449,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             # missing files, existing outputs, bad argument values
             hint = _EXISTS_HINTS.get(args.command, "") if isinstance(e, FileExistsError) else ""
-            print(f"{command}: error: {e}{hint}", file=sys.stderr)
+            print(f"{command}: error: {_phrased(args, e)}{hint}", file=sys.stderr)
             return 2
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"{command}: error: the disk is full{where}. {_kept(args)}", file=sys.stderr)
@@ -489,6 +511,11 @@ def _kept(args: argparse.Namespace) -> str:
     return f"Nothing was changed; {again}."
 
 
+def _phrased(args: argparse.Namespace, error: BaseException) -> str:
+    """The error's message, its hints as ``--set`` keys for the commands that take them."""
+    return _as_set_keys(str(error)) if args.command in ("train", "tune") else str(error)
+
+
 def _as_set_keys(message: str) -> str:
     """A library message's ``pass `name` to read_interactions`` / ``pass name='v'`` hints,
     phrased as the ``--set data.name=...`` the command line takes."""
@@ -504,7 +531,10 @@ def _as_set_keys(message: str) -> str:
 
     def key_value(match: re.Match) -> str:
         name, value = match.group(1), match.group(2).strip("'\"")
-        return f"--set data.{name}={value}" if name in keys else match.group(0)
+        if name not in keys:
+            return match.group(0)
+        setting = f"data.{name}={value}"
+        return f"--set {setting}" if re.fullmatch(r"[\w.=/-]+", setting) else f"--set '{setting}'"
 
     message = re.sub(r"[Pp]ass `(\w+)`(?: to read_interactions)?", key_only, message)
     return re.sub(r"(?<=[Pp]ass )(\w+)=('[^']*'|\"[^\"]*\"|[\w.-]+)", key_value, message)

@@ -100,3 +100,63 @@ def test_index_choices_match_the_library():
 def test_serve_is_a_subcommand_with_the_serving_options():
     args = cli._parser().parse_args(["serve", "--artifacts", "a", "--port", "9000", "-q"])
     assert args.command == "serve" and args.port == 9000 and args.quiet
+
+
+# Issue 16: one line, phrased for the command line, never a traceback.
+
+
+def test_library_hints_are_phrased_as_set_keys(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(5) for i in range(4)))
+    overrides = ["data.source=file", f"data.path={log}", "data.split.kind=time_cut"]
+    argv = [part for override in overrides for part in ("--set", override)]
+    status = cli.main(["train", *argv, "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert "set `data.timestamp_col` (--set data.timestamp_col=...)" in err
+    assert "read_interactions" not in err
+    assert cli._as_set_keys("pass delimiter=';', or pass on_bad_rows='skip'; pass x=1") == (
+        "pass --set 'data.delimiter=;', or pass --set data.on_bad_rows=skip; pass x=1"
+    )
+
+
+@pytest.mark.parametrize(
+    "command, hint", [("train", "(Here: --force.)"), ("export", "(Here: --overwrite.)")]
+)
+def test_an_existing_output_names_the_commands_own_option(command, hint, monkeypatch, capsys):
+    def exists(args):
+        raise FileExistsError("`output_dir` already exists.")
+
+    monkeypatch.setitem(cli._COMMANDS, command, exists)
+    argv = {
+        "train": ["train", "--output", "x"],
+        "export": ["export", "--run", "r", "--output", "x"],
+    }
+    assert cli.main(argv[command]) == 2
+    err = capsys.readouterr().err
+    assert err == f"recsampled {command}: error: `output_dir` already exists. {hint}\n"
+
+
+@pytest.mark.parametrize(
+    "raised, status, line",
+    [
+        (KeyboardInterrupt(), 130, "recsampled export: interrupted. No artifact was written to x "
+                                   "(exports are atomic); run the same command again."),
+        (OSError(28, "No space left on device", "x/index.faiss"), 1,
+         "recsampled export: error: the disk is full (x/index.faiss). No artifact was written"),
+    ],
+    ids=["ctrl-c", "disk full"],
+)  # fmt: skip
+def test_ctrl_c_and_a_full_disk_are_one_line(raised, status, line, monkeypatch, capsys):
+    def fail(args):
+        raise raised
+
+    monkeypatch.setitem(cli._COMMANDS, "export", fail)
+    assert cli.main(["export", "--run", "r", "--output", "x"]) == status
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1
+
+
+def test_a_device_as_config_is_not_a_regular_file(tmp_path, capsys):
+    assert cli.main(["train", "--config", "/dev/null", "--output", str(tmp_path / "run")]) == 2
+    assert "error: /dev/null: not a regular file" in capsys.readouterr().err

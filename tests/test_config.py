@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,112 @@ def test_diff_lists_the_keys_that_differ():
     b = load_config(overrides=["training.epochs=5", "data.synthetic.seed=3"])
     assert a.diff(b) == ["data.synthetic.seed: 0 != 3", "training.epochs: 1 != 5"]
     assert a.diff(a) == []
+
+
+# Issue 16: configs as careless and hostile users write them.
+
+
+def test_a_duplicated_key_names_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("training:\n  epochs: 2\n  batch_size: 8\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path}, line 4: the key `epochs` is given twice in one mapping (first on line 2); "
+        "YAML would keep only the last value. Remove one."
+    )
+    path.write_text("base: &b {epochs: 2}\ntraining:\n  <<: *b\n  epochs: 3\n")  # a merge key
+    with pytest.raises(ConfigError, match="Unknown key `base`"):  # overriding a merge is fine
+        load_config(path)
+
+
+def test_an_alias_bomb_is_refused_cheaply(tmp_path):
+    lines = ['x0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 12)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\ntraining: {seed: *a11}\n")  # 9^12 values expanded
+    started = time.process_time()
+    with pytest.raises(ConfigError, match="expands to more than 100000 values through YAML"):
+        load_config(path)
+    assert time.process_time() - started < 1.0
+    path.write_text("training: &a {seed: *a}\n")
+    with pytest.raises(ConfigError, match="a recursive YAML alias"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="expands to more than .* \\(from --set evaluation.ks="):
+        load_config(overrides=["evaluation.ks=[" + ", ".join(["1"] * 100_001) + "]"])
+
+
+def test_a_file_that_is_not_a_config_is_named_and_never_quoted(tmp_path):
+    with pytest.raises(ConfigError, match="^/dev/null: not a regular file"):
+        load_config("/dev/null")
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        load_config(tmp_path)
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(ConfigError, match=f"^{binary}: not UTF-8 text \\(byte 0: invalid"):
+        load_config(binary)
+    secret = "$6$rounds=5000$Xy1s3cr3tSALT$hashHASHhash"
+    shadow = tmp_path / "shadow"
+    for text in (f"root:{secret}:19000:0:99999:7:::\nuser: [\n", f"{secret}: x: y\n",
+                 f"- {secret}\n"):  # fmt: skip
+        shadow.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            load_config(shadow)
+        assert secret not in str(error.value) and "s3cr3t" not in str(error.value)
+        assert str(shadow) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.learning_rate=.inf", "`training.learning_rate` must be a finite number. "
+                                        "Received: training.learning_rate=inf"),
+        ("task.temperature=.nan", "`task.temperature` must be a finite number."),
+        ("training.learning_rate=1e-30", "Write it with a dot, e.g. 1.0e-30, for YAML"),
+        ("training.learning_rate=2E5", "Write it with a dot, e.g. 200000.0, for YAML"),
+        ("training.seed=-1", "`training.seed` must be an integer in [0, 2147483647] (a seed)."),
+        ("data.synthetic.seed=4294967296", "`data.synthetic.seed` must be an integer in [0, "),
+        ("training.epochs=100000000000000000000", "`training.epochs` must be an integer within "
+                                                  "int64"),
+    ],
+)  # fmt: skip
+def test_values_no_run_could_use_are_refused_at_config_time(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert message in str(error.value)
+    assert str(error.value).endswith(f"(from --set {override})")
+
+
+def test_the_dot_hint_spells_a_number_yaml_reads():
+    import yaml
+
+    from recsampled.config import _yaml_number
+
+    for text in ("1e-30", "1e-3", "2E5", "-3e+7", "5e0"):
+        assert yaml.safe_load(_yaml_number(text)) == float(text), text
+    assert _yaml_number("ten") is None
+
+
+def test_a_setting_a_later_set_makes_irrelevant_is_ignored_with_a_notice(tmp_path, caplog):
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        "task:\n  negatives: mixed\n  num_sampled: 100\n  sampler: unigram\n  distortion: 0.5\n"
+        "  remove_accidental_hits: true\n"
+    )
+    caplog.set_level("WARNING", logger="recsampled.config")
+    config = load_config(path, overrides=["task.negatives=in_batch"])
+    assert config.task == TaskConfig(remove_accidental_hits=True)
+    assert f"Ignoring task.num_sampled=100 (from {path}): --set task.negatives=in_batch" in (
+        caplog.text
+    )
+    assert "task.sampler='unigram'" in caplog.text and "task.distortion=0.5" in caplog.text
+    # Set after (or without) the switch, the setting is meant: still an error.
+    with pytest.raises(ConfigError, match="(from --set task.num_sampled=4)"):
+        load_config(path, overrides=["task.negatives=in_batch", "task.num_sampled=4"])
+    with pytest.raises(ConfigError, match="`task.num_sampled` is not used"):
+        load_config(overrides=["task.num_sampled=8"])
+    switched = load_config(
+        overrides=["data.split.kind=random_holdout", "data.split.seed=3",
+                   "data.split.kind=leave_last_out"]
+    )  # fmt: skip
+    assert switched.data.split == SplitConfig()

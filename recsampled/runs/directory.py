@@ -8,6 +8,19 @@ Layout of ``RUN_DIR``::
     towers/              query/ and candidate/ SavedModels, towers.json
     history.json         one record per epoch: epoch, mean batch loss, steps
     metrics.json         full-catalogue metrics of the model beside the popularity baseline
+    .recsampled-run.json the names this run owns in the folder, and the fingerprint of its data
+    .recsampled.lock     the lock a train holds (``flock``; the holder's pid inside)
+
+**Claimed, and never someone else's files.** A train holds the folder's lock from
+:meth:`RunDirectory.prepare` to its end (:func:`holds_run_lock`); a second train into it, or an
+export of it, fails at once naming the holder's pid. A folder holding entries that recsampled
+did not write (not among the run's parts in ``.recsampled-run.json``) is refused, unless
+``force``: then the run writes beside them, but never over, into, or instead of one of them.
+
+**The data's fingerprint** (:func:`data_fingerprint`: the files' paths, sizes and mtimes, and a
+sha256 of the id columns and vocabularies) is recorded with the first checkpointed run; a rerun
+whose data gives another fingerprint refuses to resume before it writes anything
+(:meth:`RunDirectory.check_data`), and :meth:`TrainedRun.split` refuses changed data too.
 
 Files are written to a temporary name and ``os.replace``-d into place; folders are built under a
 temporary name and renamed into place (an older folder of the same name is first renamed aside,
@@ -26,10 +39,15 @@ Indices are those of the vocabularies (``Vocabulary.lookup`` maps original ids t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
+import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +56,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import sparse
 
-from recsampled._io import atomic_directory, write_atomic, write_json
+from recsampled._io import atomic_directory, claim, write_atomic, write_json
 from recsampled.config import Config, ConfigError
 from recsampled.data import DataError, Vocabulary, read_item_titles
 from recsampled.data.splits import Split
@@ -50,9 +68,95 @@ from recsampled.runs.build import load_split
 
 SCHEMA_VERSION = 1
 
-__all__ = ["RunDirectory", "RunDirectoryError", "TrainedRun", "load_run"]
+__all__ = [
+    "RunDirectory",
+    "RunDirectoryError",
+    "TrainedRun",
+    "data_fingerprint",
+    "holds_run_lock",
+    "load_run",
+]
 
 logger = logging.getLogger(__name__)
+
+MANIFEST = ".recsampled-run.json"
+LOCK = ".recsampled.lock"
+FORMAT_NAME = "recsampled-run"
+#: The entries a run writes in its folder (``.recsampled-run.json`` lists those it owns).
+PARTS = (
+    "config.yaml", "checkpoints", "vocabulary", "towers", "history.json", "history.png",
+    "metrics.json", "evaluation.json",
+)  # fmt: skip
+
+_CLAIMS: list[contextlib.ExitStack] = []  # one per running holds_run_lock call
+
+
+def holds_run_lock(function: Callable) -> Callable:
+    """Decorates ``train``: a run folder's lock taken by :meth:`RunDirectory.prepare` during
+    the call is held until the call ends (returns or raises)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            _CLAIMS.append(stack)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _CLAIMS.pop()
+
+    return wrapper
+
+
+def _ours(name: str, owned: set[str]) -> bool:
+    """Whether an entry of the folder is recsampled's: an owned part, the manifest, the lock,
+    or a temporary/backup sibling of an owned part (``.towers.tmp-...``)."""
+    if name in owned or name in (MANIFEST, LOCK) or name.startswith(f".{MANIFEST}."):
+        return True
+    return any(name.startswith(f".{part}.") for part in owned)
+
+
+def _array_bytes(values: np.ndarray) -> bytes:
+    values = np.asarray(values)
+    if values.dtype.kind in "OUS":
+        return "\0".join(map(str, values.tolist())).encode()
+    return np.ascontiguousarray(values).tobytes()
+
+
+def data_fingerprint(data: Any, split: Split) -> dict[str, Any]:
+    """The fingerprint of a run's data: each file's path, size and mtime, and a sha256 of the
+    split's id columns and vocabularies (``data`` is the config's ``data`` section)."""
+    files = []
+    for path in (getattr(data, "path", None), getattr(data.split, "test_path", None)):
+        if path:
+            stat = Path(path).stat()
+            absolute = str(Path(path).absolute())
+            files.append({"path": absolute, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    digest = hashlib.sha256()
+    train = split.train
+    for array in (
+        train.users.original_ids, train.items.original_ids, train.user_ids, train.item_ids,
+        split.test.user_ids, split.test.item_ids,
+    ):  # fmt: skip
+        chunk = _array_bytes(array)
+        digest.update(len(chunk).to_bytes(8, "little") + chunk)
+    return {"source": data.source, "files": files, "ids_sha256": digest.hexdigest()}
+
+
+def _fingerprint_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, in words (an mtime alone is no change)."""
+    changes = []
+    saved_files = {f["path"]: f for f in saved.get("files", [])}
+    now_files = {f["path"]: f for f in now.get("files", [])}
+    if set(saved_files) != set(now_files):
+        changes.append(f"files {sorted(saved_files)} != {sorted(now_files)}")
+    for path in sorted(set(saved_files) & set(now_files)):
+        if saved_files[path]["size"] != now_files[path]["size"]:
+            changes.append(
+                f"{path}: {saved_files[path]['size']} bytes then, {now_files[path]['size']} now"
+            )
+    if saved.get("ids_sha256") != now.get("ids_sha256"):
+        changes.append("the user/item id columns (their sha256) differ")
+    return changes
 
 
 def _part(name: str, doc: str) -> property:
@@ -101,9 +205,18 @@ class RunDirectory:
 
         Raises:
             RunDirectoryError: if the folder holds a checkpoint of another config (or one whose
-                config cannot be read), unless ``force``.
+                config cannot be read), unless ``force``; if it holds files recsampled did not
+                write, unless ``force``, or one where the run writes (even with ``force``).
+            FolderInUseError: if another process holds the folder's lock (module docstring).
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.claim("train into it")
+        if _CLAIMS:
+            _CLAIMS[-1].enter_context(lock)  # held until train() ends
+        else:
+            with lock:  # nobody else holds it now
+                pass
+        self._check_ownership(force=force)
         if force:
             self.clear()
         elif self.latest_checkpoint() is not None:
@@ -115,7 +228,82 @@ class RunDirectory:
                     f"two runs. Differences (saved != now): {'; '.join(differences)}.{hint} "
                     "Pass --force to discard that run and start over, or choose another --output."
                 )
+        self._update_manifest(owned=PARTS)
         write_atomic(self.config_file, config.to_yaml())
+
+    def claim(self, what: str, *, shared: bool = False) -> contextlib.AbstractContextManager:
+        """The folder's lock (:func:`recsampled._io.claim`), e.g.
+        ``with run.claim("export it", shared=True): ...``."""
+        return claim(self.path / LOCK, folder=self.path, what=what, shared=shared)
+
+    def manifest(self) -> dict[str, Any]:
+        """``.recsampled-run.json`` ({} when absent or unreadable). A folder without one whose
+        ``config.yaml`` is a recsampled config beside ``checkpoints/`` (a run written before
+        manifests) owns its parts."""
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME:
+            return manifest
+        if not self.checkpoints.is_dir():
+            return {}
+        try:
+            Config.from_yaml(self.config_file.read_text(), source=str(self.config_file))
+        except (OSError, ValueError):
+            return {}
+        return {"format": FORMAT_NAME, "owned": list(PARTS)}
+
+    def _update_manifest(self, **changes: Any) -> None:
+        manifest = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, **self.manifest()}
+        if "owned" in changes:
+            changes["owned"] = sorted(set(manifest.get("owned", [])) | set(changes["owned"]))
+        write_json(self.path / MANIFEST, {**manifest, **changes})
+
+    def foreign_entries(self) -> list[str]:
+        """The entries of the folder that recsampled did not write (sorted names)."""
+        if not self.path.is_dir():
+            return []
+        owned = set(self.manifest().get("owned", []))
+        return sorted(e.name for e in self.path.iterdir() if not _ours(e.name, owned))
+
+    def _check_ownership(self, *, force: bool) -> None:
+        foreign = self.foreign_entries()
+        clashes = [name for name in foreign if name in PARTS]
+        if clashes:
+            raise RunDirectoryError(
+                f"{self.path} holds {', '.join(clashes)}, which recsampled did not write, where "
+                "a run writes its own; refusing to replace them (even with --force). Move them "
+                "away, or choose another --output."
+            )
+        if foreign and not force:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            raise RunDirectoryError(
+                f"{self.path} is not empty and not a recsampled run: it holds {shown}, which "
+                "recsampled did not write. Choose another (or a new) --output, or pass --force "
+                "to write the run beside them (nothing of theirs is moved or deleted)."
+            )
+
+    def check_data(self, config: Config, split: Split) -> None:
+        """Records the data's fingerprint (:func:`data_fingerprint`); when the folder holds a
+        checkpoint made on other data, raises before anything is written.
+
+        Raises:
+            RunDirectoryError: if the data changed since the run's checkpoints were made.
+        """
+        now = data_fingerprint(config.data, split)
+        saved = self.manifest().get("data")
+        if saved is not None and self.latest_checkpoint() is not None:
+            changes = _fingerprint_changes(saved, now)
+            if changes:
+                raise RunDirectoryError(
+                    f"{self.path} holds checkpoints trained on other data; resuming would "
+                    f"train the old embeddings under the new ids. Changed: {'; '.join(changes)}. "
+                    "Pass --force to start over on the new data, or choose another --output."
+                )
+        self._update_manifest(data=now)
 
     def _differences(self, config: Config, *, more_epochs: bool = False) -> list[str]:
         if not self.config_file.is_file():
@@ -136,17 +324,19 @@ class RunDirectory:
         return saved.diff(config)
 
     def clear(self) -> None:
-        """Removes what a run wrote (and nothing else) from the folder."""
-        for folder in (self.checkpoints, self.vocabulary, self.towers):
-            shutil.rmtree(folder, ignore_errors=True)
-        for file in (
-            self.config_file,
-            self.history_file,
-            self.history_plot,
-            self.metrics_file,
-            self.evaluation_file,
-        ):
-            file.unlink(missing_ok=True)
+        """Removes what a run wrote (the parts it owns, and nothing else) from the folder."""
+        owned = set(self.manifest().get("owned", []))
+        for name in PARTS:
+            if name not in owned:
+                continue
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        manifest = self.manifest()
+        if manifest.pop("data", None) is not None:
+            write_json(self.path / MANIFEST, manifest)
 
     def save_vocabularies(self, users: Vocabulary, items: Vocabulary) -> None:
         """Writes ``vocabulary/users.parquet`` and ``vocabulary/items.parquet``."""
@@ -259,6 +449,19 @@ class TrainedRun:
                         path=self.path,
                         part="data",
                     )
+            saved = RunDirectory(self.path).manifest().get("data")
+            changes = (
+                []
+                if saved is None
+                else _fingerprint_changes(saved, data_fingerprint(self.config.data, split))
+            )
+            if changes:
+                raise RunError(
+                    f"The data of the run at {self.path} ({where}) changed since training "
+                    f"({'; '.join(changes)}). Train again.",
+                    path=self.path,
+                    part="data",
+                )
             self._split = split
         return self._split
 

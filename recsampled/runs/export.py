@@ -7,17 +7,25 @@ re-traced, in the TF-Serving query model that maps original user ids),
 its users, their training items (excluded when recommending), the item counts (popular-items
 fallback), the titles of ``data.item_metadata`` and the config; ANN indexes are tuned on real
 queries from the run's users (``recsampled export``).
+
+The export holds, for its whole length, the lock of its output (a hidden sibling
+``.{name}.lock``: a second export to the same folder fails at once, naming the holder's pid)
+and a shared lock of the run (a train into the run fails at once meanwhile); the output is
+checked again under the lock, and published without replacing a folder made meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
+from recsampled._io import claim
 from recsampled._validation import check_positive_int
 from recsampled.index.artifact import check_output_dir
 from recsampled.index.build import DEFAULT_TARGET_RECALL, IndexChoice
 from recsampled.index.export import ArtifactInfo, export_artifact
-from recsampled.runs.directory import TrainedRun, load_run
+from recsampled.runs.directory import RunDirectory, TrainedRun, load_run
 
 
 def export_run(
@@ -50,10 +58,34 @@ def export_run(
     Raises:
         RunError: for a run that cannot be loaded or whose data changed.
         FileExistsError: if ``output_dir`` exists and ``overwrite`` is false.
+        FolderInUseError: if another export to ``output_dir``, or a train into the run, runs.
         ValueError: for bad arguments.
     """
     shards = check_positive_int("shards", shards)
-    check_output_dir(output_dir, overwrite=overwrite)  # fail before the work
+    output = check_output_dir(output_dir, overwrite=overwrite)  # fail before the work
+    lock = output.parent / f".{output.name}.lock"
+    run_dir = Path(run.path if isinstance(run, TrainedRun) else run)
+    with claim(lock, folder=output, what="export into it"):
+        check_output_dir(output, overwrite=overwrite)  # again, under the lock
+        reading = RunDirectory(run_dir.absolute()).claim("export it", shared=True)
+        with reading if run_dir.is_dir() else contextlib.nullcontext():
+            return _export(
+                run, output, index=index, target_recall=target_recall, shards=shards,
+                overwrite=overwrite, batch_size=batch_size, seed=seed,
+            )  # fmt: skip
+
+
+def _export(
+    run: TrainedRun | str | os.PathLike,
+    output_dir: Path,
+    *,
+    index: IndexChoice,
+    target_recall: float,
+    shards: int,
+    overwrite: bool,
+    batch_size: int,
+    seed: int,
+) -> ArtifactInfo:
     run = run if isinstance(run, TrainedRun) else load_run(run)
     split = run.split()
     titles = run.item_titles()
