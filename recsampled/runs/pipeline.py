@@ -11,16 +11,25 @@ With ``data.split.validation`` the model fits the training part minus a validati
 is ranked over the whole catalogue after every epoch (``val_*`` keys in the Keras logs and in
 ``history.json``); ``training.early_stopping`` stops on one of them and restores the best epoch's
 weights before the towers are saved. The test split is used once, at the end.
+
+With ``training.distribute`` the run trains under a ``tf.distribute`` strategy
+(:mod:`recsampled.runs.distribute`): the model is built in its scope, the global batches are
+split over the replicas, every worker checks that it built the same vocabularies and training
+rows as the others, and only the chief writes the run directory (the other workers checkpoint
+to a temporary folder, deleted at the end, and restore from the chief's checkpoints).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from recsampled.config import Config
@@ -30,8 +39,17 @@ from recsampled.data.splits import Split, validation_split
 from recsampled.evaluation import RankingMetrics, embedding_scores, evaluate
 from recsampled.models import TwoTowerModel, embed_ids
 from recsampled.runs.build import build_model, evaluation_settings, load_split, sampler_callbacks
-from recsampled.runs.directory import RunDirectory
+from recsampled.runs.directory import RunDirectory, holds_run_lock
+from recsampled.runs.distribute import (
+    check_identical,
+    digest,
+    distribute_batches,
+    is_chief,
+    make_strategy,
+    worker_name,
+)
 from recsampled.training.callbacks import CheckpointCallback, ProgressCallback, TrainingState
+from recsampled.training.guards import check_before_training, nan_guard
 from recsampled.training.plots import write_history_plot
 from recsampled.training.validation import EarlyStoppingCallback, ValidationCallback, should_stop
 
@@ -49,8 +67,9 @@ class TrainResult:
         resumed_from: the position restored from a checkpoint, or None for a fresh start.
         history: one record per epoch (``epoch``, ``loss``: mean batch loss, ``steps``, and
             the ``val_*`` metrics with ``data.split.validation``).
-        metrics: the model's full-catalogue metrics on the test split.
-        popularity: the popularity baseline's, on the same users.
+        metrics: the model's full-catalogue metrics on the test split (None on a worker that
+            is not the chief: it neither evaluates nor writes).
+        popularity: the popularity baseline's, on the same users (None likewise).
         seconds: wall time of this call.
     """
 
@@ -59,12 +78,14 @@ class TrainResult:
     data_summary: str
     resumed_from: Position | None
     history: list[dict]
-    metrics: RankingMetrics
-    popularity: RankingMetrics
+    metrics: RankingMetrics | None
+    popularity: RankingMetrics | None
     seconds: float
 
     def table(self) -> str:
         """The metrics of the model beside popularity, one row per metric."""
+        if self.metrics is None or self.popularity is None:
+            return "(a worker that is not the chief: the chief evaluates and writes the run)"
         model, baseline = self.metrics.as_dict(), self.popularity.as_dict()
         rows = [f"{'metric':<14}{'model':>10}{'popularity':>12}"]
         for key, value in model.items():
@@ -75,6 +96,7 @@ class TrainResult:
         return "\n".join(rows)
 
 
+@holds_run_lock  # the run directory's lock, from run.prepare to the end
 def train(
     config: Config,
     run_dir: str | Path,
@@ -106,47 +128,73 @@ def train(
         ValueError: for bad data or settings.
     """
     started = time.perf_counter()
+    strategy = make_strategy(config.training.distribute)  # before any other TensorFlow work
+    chief = is_chief(strategy)
     run = RunDirectory(Path(run_dir))
-    run.prepare(config, force=force, more_epochs=True)
+    if chief:
+        run.prepare(config, force=force, more_epochs=True)
 
     split = load_split(config.data)
-    train_log, test_log = split.train, split.test
+    train_log = split.train
     fit_log, validation = _carve_validation(config, train_log)
     reports = (train_log.report, split.report, validation.report if validation else None)
     data_summary = "\n".join(
         [_describe_source(config)] + [report.summary() for report in reports if report is not None]
     )
     logger.info("%s", data_summary)
-    run.save_vocabularies(train_log.users, train_log.items)
+    check_before_training(config, split, fit_log=fit_log, validation=validation)
+    if chief:
+        run.check_data(config, split)  # changed data: refuse to resume, before writing
+        run.save_vocabularies(train_log.users, train_log.items)
+    # Also a barrier: the chief has prepared the run directory when the others pass it.
+    check_identical(strategy, _data_digest(train_log, fit_log), what="vocabularies and rows")
 
-    model = build_model(config, fit_log)
-    state = TrainingState()
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, state=state)
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(run.checkpoints), max_to_keep=config.training.max_checkpoints
-    )
-    resumed_from = None
-    if manager.latest_checkpoint is not None:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        resumed_from = state.position
-        logger.info(
-            "Resuming from %s: epoch %d, %d batches done.",
-            manager.latest_checkpoint, resumed_from.epoch + 1, resumed_from.batch,
+    with strategy.scope():
+        model = build_model(config, fit_log)
+    # Every worker saves checkpoints (saving may take part in collectives), the chief to the
+    # run directory, the others to a temporary folder; all restore from the chief's.
+    folder = run.checkpoints if chief else Path(tempfile.mkdtemp(prefix="recsampled-worker-"))
+    try:
+        state, resumed_from = _restore_and_fit(
+            model, fit_log, config, run, folder, strategy,
+            validation=validation, on_epoch=on_epoch,
         )  # fmt: skip
-
-    best = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model), str(run.checkpoints / "best"), max_to_keep=1
-    )
-    _fit(
-        model, fit_log, config, state, manager, validation=validation, best=best, on_epoch=on_epoch
-    )
+    finally:
+        if not chief:
+            shutil.rmtree(folder, ignore_errors=True)
     history = state.history_records()
-    if config.training.early_stopping is not None:
-        epoch = EarlyStoppingCallback.restore_best(tf.train.Checkpoint(model=model), best)
-        logger.info("Restored the weights of epoch %d, the best on validation.", epoch)
+    metrics = popularity = None
+    if chief:
+        metrics, popularity = _write_outputs(
+            run, model, config, split, fit_log, validation, history
+        )
+    # The others wait for the chief's outputs (a worker that left early would look lost to it).
+    check_identical(strategy, len(history), what="epochs trained")
+    return TrainResult(
+        run_dir=run.path,
+        config=config,
+        data_summary=data_summary,
+        resumed_from=resumed_from,
+        history=history,
+        metrics=metrics,
+        popularity=popularity,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _write_outputs(
+    run: RunDirectory,
+    model: TwoTowerModel,
+    config: Config,
+    split: Split,
+    fit_log: Interactions,
+    validation: Split | None,
+    history: list[dict],
+) -> tuple[RankingMetrics, RankingMetrics]:
+    """The chief's part after training: history, towers, full-catalogue metrics."""
+    train_log, test_log = split.train, split.test
     run.write_history(history)
     write_history_plot(run.history_plot, history)
-
     run.save_towers(
         query_model=model.query_model,
         candidate_model=model.candidate_model,
@@ -166,16 +214,56 @@ def train(
             "popularity": popularity.as_dict(),
         },
     )
-    return TrainResult(
-        run_dir=run.path,
-        config=config,
-        data_summary=data_summary,
-        resumed_from=resumed_from,
-        history=history,
-        metrics=metrics,
-        popularity=popularity,
-        seconds=time.perf_counter() - started,
+    return metrics, popularity
+
+
+def _data_digest(train_log: Interactions, fit_log: Interactions) -> int:
+    """A fingerprint of the vocabularies and of the rows to fit (identical on every worker)."""
+    vocabularies = [
+        array
+        for vocabulary in (train_log.users, train_log.items)
+        for array in (vocabulary.decode(np.arange(len(vocabulary))), vocabulary.counts)
+    ]
+    return digest(*vocabularies, fit_log.user_ids, fit_log.item_ids)
+
+
+def _restore_and_fit(
+    model: TwoTowerModel,
+    fit_log: Interactions,
+    config: Config,
+    run: RunDirectory,
+    folder: Path,
+    strategy: tf.distribute.Strategy,
+    *,
+    validation: Split | None,
+    on_epoch: Callable[[int, dict], None] | None,
+) -> tuple[TrainingState, Position | None]:
+    """Restores the run's latest checkpoint (if any), fits to the last epoch checkpointing to
+    ``folder``, restores the best epoch with early stopping; returns the state and the
+    position resumed from."""
+    state = TrainingState()
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, state=state)
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(folder), max_to_keep=config.training.max_checkpoints
     )
+    resumed_from, latest = None, run.latest_checkpoint()
+    if latest is not None:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        resumed_from = state.position
+        logger.info(
+            "%sResuming from %s: epoch %d, %d batches done.",
+            "" if strategy.num_replicas_in_sync == 1 else f"{worker_name(strategy)}: ",
+            latest, resumed_from.epoch + 1, resumed_from.batch,
+        )  # fmt: skip
+    best = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), str(folder / "best"), max_to_keep=1
+    )
+    _fit(model, fit_log, config, state, manager, validation=validation, best=best,
+         on_epoch=on_epoch, strategy=strategy)  # fmt: skip
+    if config.training.early_stopping is not None:
+        epoch = EarlyStoppingCallback.restore_best(tf.train.Checkpoint(model=model), best)
+        logger.info("Restored the weights of epoch %d, the best on validation.", epoch)
+    return state, resumed_from
 
 
 def _describe_source(config: Config) -> str:
@@ -262,6 +350,7 @@ def _fit(
     validation: Split | None = None,
     best: tf.train.CheckpointManager,
     on_epoch: Callable[[int, dict], None] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> None:
     """``model.fit`` from ``state.position`` to the last epoch, with checkpoints and progress
     (and validation and early stopping when configured).
@@ -291,21 +380,28 @@ def _fit(
     )
 
     def batches(start: Position, end_epoch: int) -> tf.data.Dataset:
-        return training_batches(
-            train_log,
-            batch_size=settings.batch_size,
-            seed=settings.seed,
-            start=start,
-            end_epoch=end_epoch,
-            shuffle=settings.shuffle,
-            drop_remainder=settings.drop_remainder,
-            with_weights=train_log.weights is not None,
-            max_steps_per_epoch=settings.steps_per_epoch,
+        """The global batches, or under a strategy each replica's slice of them."""
+        return distribute_batches(
+            strategy or tf.distribute.get_strategy(),
+            lambda: training_batches(
+                train_log,
+                batch_size=settings.batch_size,
+                seed=settings.seed,
+                start=start,
+                end_epoch=end_epoch,
+                shuffle=settings.shuffle,
+                drop_remainder=settings.drop_remainder,
+                with_weights=train_log.weights is not None,
+                max_steps_per_epoch=settings.steps_per_epoch,
+            ),
         )
 
     start = state.position
     before, after = _epoch_callbacks(model, config, checkpoints, validation, best, on_epoch)
-    callbacks = [*before, checkpoints, *after, progress, *sampler_callbacks(config, model)]
+    callbacks = [
+        nan_guard(config, manager.directory),  # first: a NaN step is never checkpointed
+        *before, checkpoints, *after, progress, *sampler_callbacks(config, model),
+    ]  # fmt: skip
     fit = dict(callbacks=callbacks, verbose=0)
     if _stopped(config, state):
         return
