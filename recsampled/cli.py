@@ -298,7 +298,7 @@ def _export(args: argparse.Namespace) -> None:
     if args.key_file is not None:  # export_artifact signs with $RECSAMPLED_ARTIFACT_KEY
         from recsampled.index.integrity import KEY_ENV, read_key_file
 
-        os.environ[KEY_ENV] = read_key_file(args.key_file).decode()
+        os.environb[KEY_ENV.encode()] = read_key_file(args.key_file)
     info = export_run(
         args.run,
         args.output,

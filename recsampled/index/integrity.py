@@ -42,7 +42,7 @@ from pathlib import Path
 from recsampled import _io
 from recsampled.errors import ArtifactError, ArtifactNotFoundError
 
-#: The environment variable holding the signing key (its text, UTF-8) when ``key`` is not given.
+#: The environment variable holding the signing key (its bytes) when ``key`` is not given.
 KEY_ENV = "RECSAMPLED_ARTIFACT_KEY"
 SIGNATURE_FILE = "manifest.sig"
 SIGNATURE_PREFIX = "hmac-sha256:"
@@ -59,8 +59,9 @@ def resolve_key(key: bytes | str | None) -> bytes | None:
         ValueError: for a key shorter than :data:`MIN_KEY_BYTES` bytes.
     """
     if key is None:
-        key = os.environ.get(KEY_ENV) or None
-        if key is None:
+        environ = getattr(os, "environb", None)  # the key's bytes as set, on POSIX
+        key = environ.get(KEY_ENV.encode()) if environ is not None else os.environ.get(KEY_ENV)
+        if not key:
             return None
     data = key.encode() if isinstance(key, str) else bytes(key)
     if len(data) < MIN_KEY_BYTES:
