@@ -16,6 +16,9 @@
   ``fit``). Tests: ``tests/data/test_dataset.py``, ``test_batches.py``. Imported on first use,
   so that ``import recsampled.data`` does not import TensorFlow.
 - :func:`read_item_titles` (``metadata.py``): item titles from MovieLens files or a CSV.
+- :func:`read_side_features` (``features.py``): categorical and numeric columns of a user or
+  item table, aligned to a :class:`Vocabulary`, for the towers. Test:
+  ``tests/data/test_features.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from recsampled.data import synthetic
 from recsampled.data.errors import BadRow, DataError
+from recsampled.data.features import SideFeatures, read_side_features
 from recsampled.data.interactions import Interactions, LoadReport, read_interactions
 from recsampled.data.metadata import read_item_titles
 from recsampled.data.splits import (
@@ -44,12 +48,14 @@ __all__ = [
     "Position",
     "Split",
     "SplitReport",
+    "SideFeatures",
     "Vocabulary",
     "leave_last_out",
     "make_dataset",
     "read_item_titles",
     "random_holdout",
     "read_interactions",
+    "read_side_features",
     "read_split",
     "steps_per_epoch",
     "synthetic",

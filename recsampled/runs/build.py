@@ -25,7 +25,7 @@ from recsampled.config import (
     DataConfig,
     EvaluationConfig,
 )
-from recsampled.data import Interactions
+from recsampled.data import Interactions, read_side_features
 from recsampled.data.splits import Split
 from recsampled.models import Tower, TwoTowerModel
 from recsampled.samplers import (
@@ -163,13 +163,20 @@ def build_towers(
     user_features: TowerFeatures | None = None,
     item_features: TowerFeatures | None = None,
 ) -> tuple[Tower, Tower]:
-    """The query and candidate towers of the ``model`` section (with optional side features)."""
+    """The query and candidate towers of the ``model`` section, with side features: those given,
+    else those of ``data.user_features`` / ``data.item_features`` (read here)."""
     model_config = config.model
     towers = []
-    for name, size, features in (
-        ("query", train.num_users, user_features or {}),
-        ("candidate", train.num_items, item_features or {}),
+    for name, size, features, spec, vocabulary in (
+        ("query", train.num_users, user_features, config.data.user_features, train.users),
+        ("candidate", train.num_items, item_features, config.data.item_features, train.items),
     ):
+        if features is None and spec is not None:  # side features named in the config
+            options = dataclasses.asdict(spec)
+            kind = "user" if name == "query" else "item"
+            features = read_side_features(options.pop("path"), vocabulary, kind=kind, **options)
+            features = features.tower()
+        features = features or {}
         towers.append(
             Tower(
                 size,
