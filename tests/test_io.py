@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -77,3 +78,39 @@ def test_checksums_match_hashlib(tmp_path):
     assert _io.sha256_part(tmp_path / "d") == expected
     array = np.arange(6, dtype=np.float64).reshape(2, 3)
     assert _io.sha256_array(array) == sha(array.astype(np.float32).tobytes())
+
+
+def test_claim_holds_an_exclusive_flock_reentrantly_and_a_shared_one_for_readers(tmp_path):
+    import fcntl
+
+    from recsampled._io import claim
+
+    lock = tmp_path / ".lock"
+
+    def try_lock(mode: int) -> bool:  # another open file description, as another process has
+        with open(lock, "a") as other:
+            try:
+                fcntl.flock(other, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+    with claim(lock, folder=tmp_path, what="write it"):
+        assert int(lock.read_text()) == os.getpid()
+        with claim(lock, folder=tmp_path, what="write it"):  # re-entrant in one process
+            pass
+        assert not try_lock(fcntl.LOCK_SH)  # still held after the inner block
+    assert try_lock(fcntl.LOCK_EX)
+    with claim(lock, folder=tmp_path, what="read it", shared=True):
+        assert try_lock(fcntl.LOCK_SH) and not try_lock(fcntl.LOCK_EX)
+
+
+def test_rename_noreplace_refuses_an_existing_target(tmp_path):
+    from recsampled._io import rename_noreplace
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # even an empty folder, which rename(2) would replace
+    with pytest.raises(FileExistsError):
+        rename_noreplace(tmp_path / "a", tmp_path / "b")
+    rename_noreplace(tmp_path / "a", tmp_path / "c")
+    assert (tmp_path / "c").is_dir() and not (tmp_path / "a").exists()

@@ -209,6 +209,11 @@ class RunDirectory:
                 write, unless ``force``, or one where the run writes (even with ``force``).
             FolderInUseError: if another process holds the folder's lock (module docstring).
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(
+                f"{self.path} is a file, not a folder; a run needs a folder. Choose another "
+                "--output."
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.claim("train into it")
         if _CLAIMS:
