@@ -153,7 +153,7 @@ def check_search_params(
 ) -> None:
     """Refuses search parameters the index type does not have, or values out of range."""
     names = search_param_names(index)
-    expected = _TYPE_PARAMS.get(index_type)
+    expected = _TYPE_PARAMS.get(index_type) if isinstance(index_type, str) else None
     if expected is None or set(expected) != set(names):
         raise _mismatch(
             path,
@@ -181,10 +181,12 @@ def check_search_params(
             )
 
 
-def check_metric(path: Path, part: str, index: Any, manifest: Any) -> None:
-    """Refuses a metric that contradicts the stored vectors or the training config."""
+def check_metric(path: Path, part: str, index: Any, manifest: Any, *, whole: bool = True) -> None:
+    """Refuses a metric that contradicts the stored vectors or the training config (``whole``:
+    ``index`` holds every item, so its vectors can be compared with ``embeddings_sha256``)."""
     metric = manifest.metric
-    model = manifest.training_config.get("model") if manifest.training_config else None
+    config = manifest.training_config
+    model = config.get("model") if isinstance(config, dict) else None
     normalize = model.get("normalize") if isinstance(model, dict) else None
     if isinstance(normalize, bool) and (metric == "cosine") != normalize:
         raise _mismatch(
@@ -205,7 +207,7 @@ def check_metric(path: Path, part: str, index: Any, manifest: Any) -> None:
             f"manifest.json says metric='cosine', but {part} stores a vector of norm "
             f"{norms[rows == row][0]:.4g} at row {row} (a cosine index stores unit vectors).",
         )
-    if metric == "dot" and n > 1 and unit.all():
+    if metric == "dot" and whole and n > 1 and unit.all():
         vectors = reconstruct_rows(index, np.arange(n, dtype=np.int64))
         if _io.sha256_array(vectors) != manifest.embeddings_sha256:
             raise _mismatch(

@@ -626,7 +626,7 @@ def _load_query_model(
             ) from e
     try:
         model = tf.saved_model.load(str(model_dir))
-    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
+    except Exception as e:  # noqa: BLE001  (TensorFlow raises many kinds for a bad SavedModel)
         raise ArtifactError(
             f"The artifact at {path} has an unreadable query tower ({QUERY_MODEL_DIR}): {e}",
             path=path,
@@ -728,7 +728,7 @@ def _read_index(path: Path, part: str, n: int, manifest: Manifest) -> faiss.Inde
         raise mismatch(path, part, f"{part} does not use the inner product.")
     params = manifest.index.search_params
     checks.check_search_params(path, part, index, manifest.index.type, params)
-    checks.check_metric(path, part, index, manifest)
+    checks.check_metric(path, part, index, manifest, whole=n == manifest.num_items)
     try:
         set_search_params(index, manifest.index.search_params)
     except ValueError as e:

@@ -114,6 +114,19 @@ def test_nested_and_printing_ops_are_refused_and_a_tower_loads(tmp_path, query_m
         load_tower(tmp_path / "nested")  # how a run's towers/* are loaded
     assert isinstance(caught.value, RecsampledError) and caught.value.function
     assert not (tmp_path / "printed").exists()
+
+    class Saving(tf.Module):  # checkpoint ops outside the saver_def's functions write files
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+        def __call__(self, ids):
+            tf.raw_ops.SaveV2(
+                prefix=str(tmp_path / "ckpt"), tensor_names=["x"], shape_and_slices=[""],
+                tensors=[ids],
+            )  # fmt: skip
+            return tf.zeros([tf.shape(ids)[0], DIM])
+
+    tf.saved_model.save(Saving(), str(tmp_path / "saving"))
+    with pytest.raises(UnsafeModelError, match="'SaveV2'"):
+        check_saved_model(tmp_path / "saving")
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "saved_model.pbtxt").write_text("meta_graphs {}")
     with pytest.raises(UnsafeModelError, match="text graph"):
