@@ -179,10 +179,15 @@ def _rows_of_ids(
     counts = np.bincount(indices, minlength=len(vocabulary))
     if (counts > 1).any():
         index = int(np.flatnonzero(counts > 1)[0])
-        lines = [int(r) for r in rows[indices == index]][:2]
-        where = " and ".join(_place(source, header, r, id_col).split(", ", 1)[1] for r in lines)
+        first, second = (int(r) for r in rows[indices == index][:2])
+        where = (
+            f"rows {first + 1} and {second + 1}"
+            if not header
+            else (f"lines {first + 1 + header} and {second + 1 + header}")
+        )
+        shown = vocabulary.original_ids[index : index + 1].tolist()[0]
         raise DataError(
-            f"{source}: {kind} {vocabulary.original_ids[index]!r} has more than one row ({where}); "
+            f"{source}: {kind} {shown!r} has more than one row ({where}); "
             "a feature table holds one row per id.",
             source=source,
         )
