@@ -466,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: error: {where}{_phrased(args, e)}{hint}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001  (disk full: OSError, or TensorFlow's own errors)
+        if _out_of_memory(e):
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            print(f"{command}: error: out of memory ({first}). {_kept(args)}", file=sys.stderr)
+            return 1
         if not _disk_full(e):
             if not isinstance(e, OSError | ValueError):
                 raise
@@ -490,6 +494,11 @@ def _disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     return type(error).__module__.startswith("tensorflow") and "No space left" in str(error)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is running out of memory (NumPy's MemoryError, TensorFlow's OOM)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError"
 
 
 def _kept(args: argparse.Namespace) -> str:

@@ -144,8 +144,11 @@ def test_an_existing_output_names_the_commands_own_option(command, hint, monkeyp
                                    "(exports are atomic); run the same command again."),
         (OSError(28, "No space left on device", "x/index.faiss"), 1,
          "recsampled export: error: the disk is full (x/index.faiss). No artifact was written"),
+        (MemoryError("Unable to allocate 7.28 TiB for an array"), 1,
+         "recsampled export: error: out of memory (Unable to allocate 7.28 TiB for an array). "
+         "No artifact"),
     ],
-    ids=["ctrl-c", "disk full"],
+    ids=["ctrl-c", "disk full", "out of memory"],
 )  # fmt: skip
 def test_ctrl_c_and_a_full_disk_are_one_line(raised, status, line, monkeypatch, capsys):
     def fail(args):
