@@ -61,3 +61,23 @@ def test_towers_round_trip_through_saved_models(tmp_path):
     served = loaded.signatures["serving_default"](ids=ids)
     np.testing.assert_allclose(served["embeddings"].numpy(), expected, rtol=1e-6)
     assert load_tower(tmp_path / "towers" / "query")(ids[:2]).shape == (2, 4)
+
+
+def test_a_run_written_before_manifests_still_resumes_and_owns_its_parts(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.prepare(Config())
+    _fake_checkpoint(run)
+    (run.path / ".recsampled-run.json").unlink()  # as recsampled wrote runs before issue 16
+    assert run.foreign_entries() == []
+    run.prepare(Config())  # resumes
+    run.prepare(load_config(overrides=["training.epochs=2"]), force=True)
+    assert run.latest_checkpoint() is None and sorted(run.manifest()["owned"]) == sorted(
+        ["config.yaml", "checkpoints", "vocabulary", "towers", "history.json", "history.png",
+         "metrics.json", "evaluation.json"]
+    )  # fmt: skip
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(RunDirectoryError, match="is a file, not a folder"):
+        RunDirectory(tmp_path / "run").prepare(Config())
