@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -76,13 +77,16 @@ def _split_cpu(devices: tuple[str, ...]) -> None:
             ) from e
 
 
+@functools.cache
 def make_strategy(settings: DistributeConfig) -> tf.distribute.Strategy:
     """The strategy of ``training.distribute``; create it before any other TensorFlow work.
 
     ``none`` is the default strategy (one device), ``mirrored`` a ``MirroredStrategy`` over
     ``devices`` (empty: TF's choice, every GPU or the CPU), ``multi_worker`` a
     ``MultiWorkerMirroredStrategy`` whose cluster comes from ``TF_CONFIG`` (without it, one
-    local worker).
+    local worker). One strategy per settings and process: a second run in the process reuses
+    it (two strategies over the same devices would reuse the same collective keys, and a
+    ``MultiWorkerMirroredStrategy`` can be created once per process only).
     """
     if settings.strategy == "mirrored":
         _split_cpu(settings.devices)
