@@ -383,8 +383,9 @@ def _write_plots(study: optuna.Study, output: Path) -> list[str]:
     plots["importance.png"] = optuna_plots.plot_param_importances
     for name, plot in plots.items():
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # experimental API; few trials per regime
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)
                 axes = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             logger.info("%s not written: %s", name, e)

@@ -216,15 +216,21 @@ def test_a_pruner_prunes_trials_after_their_first_epoch(setup, tmp_path):
 
 
 def _states(db: Path) -> list[str]:
+    """Each trial's state, ``RUNNING+params`` for a running one that has its parameters."""
     import sqlite3
 
     if not db.exists():
         return []
+    query = (
+        "SELECT t.state, COUNT(p.param_id) FROM trials t "
+        "LEFT JOIN trial_params p ON p.trial_id = t.trial_id GROUP BY t.trial_id"
+    )
     try:
         with sqlite3.connect(db, timeout=5) as connection:
-            return [row[0] for row in connection.execute("SELECT state FROM trials")]
+            rows = connection.execute(query).fetchall()
     except sqlite3.OperationalError:  # the tables are not created yet, or locked
         return []
+    return [state + ("+params" if state == "RUNNING" and count else "") for state, count in rows]
 
 
 def _tune_command(config: Path, output: Path) -> list[str]:
@@ -240,7 +246,7 @@ def test_a_killed_tune_resumes_with_its_trials_kept(tmp_path):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
         states = _states(output / "study.db")
-        if "COMPLETE" in states and "RUNNING" in states:
+        if "COMPLETE" in states and "RUNNING+params" in states:  # killed inside trial 1
             break
         time.sleep(0.2)
     else:
