@@ -394,7 +394,8 @@ def atomic_directory(output_dir: str | os.PathLike, *, overwrite: bool = False) 
             is not an artifact.
     """
     output_dir = check_output_dir(output_dir, overwrite=overwrite)
-    with _io.atomic_directory(output_dir) as folder:
+    # overwrite=False: a folder made at output_dir meanwhile is never replaced (renameat2).
+    with _io.atomic_directory(output_dir, overwrite=overwrite) as folder:
         yield folder
 
 

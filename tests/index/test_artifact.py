@@ -48,9 +48,7 @@ export_artifact(sys.argv[1], item_embeddings=items, item_ids=np.arange(100), ind
 
 def _export_small(path: Path, *, seed: int = 0, **kwargs) -> None:
     items = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
-    export_artifact(
-        path, item_embeddings=items, item_ids=np.arange(50), index="flat", **kwargs
-    )
+    export_artifact(path, item_embeddings=items, item_ids=np.arange(50), index="flat", **kwargs)
 
 
 def test_killed_export_leaves_nothing_loadable_and_a_retry_succeeds(tmp_path: Path) -> None:
@@ -113,6 +111,22 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     items = np.random.default_rng(2).normal(size=(50, 4)).astype(np.float32)
     assert read_manifest(final).embeddings_sha256 == sha256_array(items)
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]  # the backup is gone
+
+
+def test_a_folder_made_meanwhile_is_never_replaced(tmp_path: Path, monkeypatch) -> None:
+    final = tmp_path / "artifact"
+    write = artifact_module.write_manifest
+
+    def racing(folder, manifest):  # another process creates the output before the rename
+        write(folder, manifest)
+        final.mkdir()
+        (final / "theirs.txt").write_text("keep me")
+
+    monkeypatch.setattr(artifact_module, "write_manifest", racing)
+    with pytest.raises(FileExistsError):
+        _export_small(final)
+    assert [p.name for p in final.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]  # no temporary left behind
 
 
 def test_overwrite_never_replaces_a_folder_that_is_not_an_artifact(tmp_path: Path) -> None:
