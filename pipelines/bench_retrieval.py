@@ -68,7 +68,10 @@ VARIANTS = ("full_softmax", "in_batch", *LOGQ_VARIANTS, *(f"sampled_{s}" for s i
 THROUGHPUT_TASKS = ("tfrs", "ours")
 BREAKDOWN_TASKS = ("tfrs", "ours", "mixed_logq")
 COMPONENTS = ("train_step", "towers_forward", "task_forward_backward", "score_matmuls")
-REMEASURE = "re-measure only the fit throughput (ours vs TFRS) into --output's JSON"
+REMEASURE = (
+    "re-measure only the fit throughput (ours vs TFRS, and at the issue shape) into --output"
+)
+SHAPE_ONLY = "re-measure only the issue-shape head-to-head (issue_shape_throughput) into --output"
 RELATIVE_GAP = 0.03  # best sampled variant vs full softmax, Recall@20
 
 
@@ -92,6 +95,10 @@ class RetrievalBenchConfig:
     throughput_rounds: int = dataclasses.field(default=10, metadata={"flag": "--rounds", "min": 1})
     #: timed calls per component in the step breakdown.
     step_repeats: int = dataclasses.field(default=60, metadata={"min": 1})
+    #: fit steps per round of the issue-shape head-to-head (``--throughput-only``).
+    shape_steps: int = dataclasses.field(default=60, metadata={"min": 1})
+    #: the log of that head-to-head (``synthetic.generate`` arguments; None: :data:`ISSUE_SHAPE`).
+    shape: dict | None = None
     #: arguments of ``recsampled.data.synthetic.generate``.
     synthetic: dict = dataclasses.field(  # the embedded default log (configs/default.yaml)
         default_factory=lambda: {"num_users": 1_000, "num_items": 2_000,
@@ -335,6 +342,118 @@ def step_breakdown(data: BenchData, config: RetrievalBenchConfig) -> list[dict]:
     return results
 
 
+#: The issue-17 shape: ~70k users, ~25k items, ~650k rows, D=64, B=1024, τ=0.1, logQ from counts.
+ISSUE_SHAPE = {"num_users": 70_000, "num_items": 25_000, "num_interactions": 650_000,
+               "num_clusters": 50, "seed": 0}  # fmt: skip
+SHAPE_TASKS = ("tfrs_recipe", "recsampled_adam", "recsampled_default", "recsampled_default_jit")
+
+
+class TfrsRecipe(tfrs.models.Model):
+    """Plain TFRS as its tutorials write it: Embedding towers (L2-normalised here, as ours),
+    ``tfrs.tasks.Retrieval`` with logQ passed as ``candidate_sampling_probability``."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int, temperature: float):
+        super().__init__()
+        normalize = tf.keras.layers.Lambda(lambda x: tf.math.l2_normalize(x, axis=-1))
+        self.query = tf.keras.Sequential([tf.keras.layers.Embedding(num_users, dim), normalize])
+        self.candidate = tf.keras.Sequential([tf.keras.layers.Embedding(num_items, dim), normalize])
+        self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
+
+    def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
+        return self.task(
+            self.query(features["user_id"]),
+            self.candidate(features["item_id"]),
+            candidate_sampling_probability=features["probability"],
+            candidate_ids=features["item_id"],
+            compute_metrics=not training,
+        )
+
+
+def shape_models(train: Interactions, dim: int, batch_size: int) -> dict:
+    """The models of :data:`SHAPE_TASKS` (ours from ``build_model`` with the library defaults:
+    only D and B set; ``recsampled_adam`` also sets Adam at the recipe's learning rate)."""
+
+    def ours(**training) -> TwoTowerModel:
+        return build_model(
+            Config.from_dict(
+                {
+                    "model": {"embedding_dim": dim},
+                    "training": {"batch_size": batch_size, "drop_remainder": True, **training},
+                }
+            ),
+            train,
+        )
+
+    tfrs_model = TfrsRecipe(train.num_users, train.num_items, dim, temperature=0.1)
+    tfrs_model.compile(optimizer=tf.keras.optimizers.Adam(0.005))
+    return {
+        "tfrs_recipe": tfrs_model,
+        "recsampled_adam": ours(optimizer="adam", learning_rate=0.005, row_l2=0.0),
+        "recsampled_default": ours(),
+        "recsampled_default_jit": ours(jit_compile=True),
+    }
+
+
+def step_floor(batch: dict, num_users: int, num_items: int, dim: int, repeats: int) -> dict:
+    """The step floor: ``6·B·B·D`` flops (scores, and the two gradient matmuls) at the rate of a
+    1024³ float32 GEMM timed here, plus the timed gathers of the batch's rows of both tables
+    and their scatter-add (the sparse update)."""
+    big = tf.random.stateless_normal([1024, 1024], seed=[0, 1])
+    tables = [tf.Variable(tf.zeros([n, dim])) for n in (num_users, num_items)]
+    ids = [batch["user_id"], batch["item_id"]]
+
+    def gathers() -> None:
+        for table, i in zip(tables, ids, strict=True):
+            table.scatter_add(tf.IndexedSlices(tf.gather(table, i), i))
+
+    steps = {"gemm": tf.function(lambda: tf.matmul(big, big)), "gathers": tf.function(gathers)}
+    timings = harness.time_round_robin(steps, repeats=repeats).summaries()
+    flops_per_ms = 2 * 1024**3 / timings["gemm"]["median_ms"]
+    b = int(batch["user_id"].shape[0])
+    matmul_ms = 6 * b * b * dim / flops_per_ms
+    return {"gemm_gflops": flops_per_ms / 1e6, "score_flops": 6 * b * b * dim,
+            "matmul_floor_ms": matmul_ms, "gathers_ms": timings["gathers"]["median_ms"],
+            "floor_ms": matmul_ms + timings["gathers"]["median_ms"],
+            "floor_cpu_ms": (6 * b * b * dim / (2 * 1024**3 / timings["gemm"]["cpu_median_ms"])
+                             + timings["gathers"]["cpu_median_ms"])}  # fmt: skip
+
+
+def shape_throughput(rounds: int, *, steps: int = 60, shape: dict | None = None,
+                     dim: int = 64, batch_size: int = 1024) -> dict:  # fmt: skip
+    """Issue 17's head-to-head at its shape: ``steps`` fit steps of each of :data:`SHAPE_TASKS`
+    per round, rounds alternated; wall and CPU ms per step, ratios to the TFRS recipe and to the
+    floor of :func:`step_floor`."""
+    train = synthetic.generate(**(shape or ISSUE_SHAPE)).to_interactions()
+    probability = rs.FixedFrequency(counts=train.item_counts, batch_size=batch_size)
+    dataset = training_batches(train, batch_size=batch_size, seed=0, drop_remainder=True,
+                               max_steps_per_epoch=steps)  # fmt: skip
+    dataset = dataset.map(lambda b: b | {"probability": probability.probability(b["item_id"])})
+    dataset = dataset.cache()
+    for _ in dataset:  # fill the cache
+        pass
+    models = shape_models(train, dim, batch_size)
+    fits = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
+    load_before = harness.load_average()
+    timings = harness.time_round_robin(fits, repeats=rounds, desc="shape fit")
+    floor = step_floor(next(iter(dataset)), train.num_users, train.num_items, dim, 3 * rounds)
+    summaries = timings.summaries()
+    result = {"shape": {"users": train.num_users, "items": train.num_items, "rows": len(train),
+                        "embedding_dim": dim, "batch_size": batch_size, "steps_per_round": steps},
+              "rounds": rounds, "floor": floor, "tasks": {}}  # fmt: skip
+    for name in SHAPE_TASKS:
+        wall_ms, cpu_ms = (summaries[name][k] / steps for k in ("median_ms", "cpu_median_ms"))
+        result["tasks"][name] = {
+            "step_ms": wall_ms, "step_cpu_ms": cpu_ms,
+            "examples_per_second": 1e3 * batch_size / wall_ms,
+            "over_tfrs": timings.ratio("tfrs_recipe", name)["mean"],
+            "over_tfrs_cpu": timings.ratio("tfrs_recipe", name, cpu=True)["mean"],
+            "step_over_floor": wall_ms / floor["floor_ms"],
+            "step_cpu_over_floor_cpu": cpu_ms / floor["floor_cpu_ms"],
+        }  # fmt: skip
+    result["load_average"] = {"before": load_before, "after": harness.load_average()}
+    return result
+
+
 def _paired(a: dict, b: dict, fn: Callable[[float, float], float]) -> dict | None:
     """``fn(a_s, b_s)`` per seed (variants share initial weights and data order per seed, so
     seed-to-seed variation largely cancels); None without matching ``per_seed`` values."""
@@ -448,10 +567,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config, args = harness.parse_options(
         RetrievalBenchConfig, argv, prog="python -m pipelines.bench_retrieval",
         description=__doc__, output="benchmarks/retrieval.json", quick=QUICK,
-        extra=lambda p: p.add_argument("--throughput-only", action="store_true", help=REMEASURE),
+        extra=lambda p: (p.add_argument("--throughput-only", action="store_true", help=REMEASURE),
+                         p.add_argument("--shape-only", action="store_true", help=SHAPE_ONLY)),
     )  # fmt: skip
-    if args.throughput_only:
+    if args.shape_only or args.throughput_only:
         results = json.loads(args.output.read_text(encoding="utf-8"))
+        results["issue_shape_throughput"] = shape_throughput(
+            config.throughput_rounds, steps=config.shape_steps, shape=config.shape
+        )
+    if args.throughput_only:
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in results["settings"].items()}
         config = RetrievalBenchConfig(**stored | {"throughput_rounds": config.throughput_rounds})
         for name, entry in results["datasets"].items():
@@ -461,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["settings"]["throughput_rounds"] = config.throughput_rounds
         now = datetime.datetime.now(datetime.UTC)
         results["throughput_remeasured"] = now.isoformat(timespec="seconds")
-    else:
+    elif not args.shape_only:
         bench = harness.Benchmark(LOG.name, config, schema_version=SCHEMA_VERSION)
         loaded = {name: load(name, config) for name in config.datasets}
         skipped = {name: data for name, data in loaded.items() if isinstance(data, str)}

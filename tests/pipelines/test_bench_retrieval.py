@@ -185,3 +185,22 @@ def test_movielens_tower_features() -> None:
     assert 7 <= users["numeric"]["age"].min() and users["numeric"]["age"].max() <= 73
     genres = items["categorical"]["genres"]
     assert genres.shape == (1682, 19) and set(np.unique(genres)) == {0.0, 1.0}
+
+
+def test_issue_shape_throughput_is_computed_from_its_timings() -> None:
+    """The head-to-head of issue 17 on a tiny log: ratios and the floor follow the timings."""
+    tiny = {"num_users": 300, "num_items": 200, "num_interactions": 6000, "num_clusters": 5,
+            "seed": 0}  # fmt: skip
+    result = bench.shape_throughput(2, steps=3, shape=tiny, dim=8, batch_size=64)
+    assert set(result["tasks"]) == set(bench.SHAPE_TASKS)
+    floor = result["floor"]
+    assert floor["score_flops"] == 6 * 64 * 64 * 8
+    assert floor["matmul_floor_ms"] == pytest.approx(
+        floor["score_flops"] / (floor["gemm_gflops"] * 1e6)
+    )
+    assert floor["floor_ms"] == pytest.approx(floor["matmul_floor_ms"] + floor["gathers_ms"])
+    assert result["tasks"]["tfrs_recipe"]["over_tfrs"] == pytest.approx(1.0)
+    for task in result["tasks"].values():
+        assert task["examples_per_second"] == pytest.approx(1e3 * 64 / task["step_ms"])
+        assert task["step_over_floor"] == pytest.approx(task["step_ms"] / floor["floor_ms"])
+        assert task["step_ms"] > 0 and task["step_cpu_ms"] > 0 and task["over_tfrs"] > 0
