@@ -22,6 +22,15 @@ into the arrays and towers that :func:`export_artifact` takes.
 - ``retriever``: :meth:`Retriever.load` with ``recommend`` (seen items excluded, unknown users
   an error or popular items), ``similar_items``, ``search`` and ``item_vectors``. Tests:
   ``tests/index/test_retriever.py`` (against NumPy brute force).
+- ``served``: the lists a Retriever serves (``k + w`` rows, ``w`` the user's seen count rounded
+  up to a power of two, seen rows left out), shared by ``Retriever`` and export's tuning, so that
+  the manifest's recall is that of the served lists. Tests:
+  ``tests/index/test_hostile_artifacts.py``.
+- ``integrity`` and ``checks``: what loading reads (regular files inside the folder, of the
+  manifest's sizes, an optional HMAC-SHA256 ``manifest.sig``) and the structure of each part
+  (CSR, ids, popularity, search parameters, metric, the query model's id map); the query
+  model's graph is checked by :func:`recsampled.models.saved.check_saved_model`. Tests:
+  ``tests/index/test_hostile_artifacts.py`` (each attack, re-hashed).
 - ``batch``: :func:`write_recommendations`, every user's top-k into Parquet or CSV, in chunks
   (``recsampled recommend --all-users``). Tests: ``tests/index/test_batch.py``.
 
