@@ -85,7 +85,7 @@ class TrainResult:
     def table(self) -> str:
         """The metrics of the model beside popularity, one row per metric."""
         if self.metrics is None or self.popularity is None:
-            return "(a worker that is not the chief: the chief evaluates and writes the run)"
+            return "(no test metrics: a worker that is not the chief, or evaluate_test=False)"
         model, baseline = self.metrics.as_dict(), self.popularity.as_dict()
         rows = [f"{'metric':<14}{'model':>10}{'popularity':>12}"]
         for key, value in model.items():
@@ -103,6 +103,7 @@ def train(
     *,
     force: bool = False,
     on_epoch: Callable[[int, dict], None] | None = None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Trains, checkpoints, exports and evaluates one run (module docstring).
 
@@ -116,6 +117,9 @@ def train(
             once its validation metrics, checkpoint and early-stopping check are done; ``logs``
             is a copy of the epoch's Keras logs (``loss`` and the ``val_*`` metrics). An
             exception it raises ends the run there (``recsampled tune`` prunes trials so).
+        evaluate_test: rank the test split at the end; False leaves it untouched (tuning
+            trials): ``metrics.json`` then holds the row counts only, and the result's
+            ``metrics`` and ``popularity`` are None.
 
     Progress and the data summary go to the ``recsampled`` logger.
 
@@ -166,7 +170,7 @@ def train(
     metrics = popularity = None
     if chief:
         metrics, popularity = _write_outputs(
-            run, model, config, split, fit_log, validation, history
+            run, model, config, split, fit_log, validation, history, evaluate_test=evaluate_test
         )
     # The others wait for the chief's outputs (a worker that left early would look lost to it).
     check_identical(strategy, len(history), what="epochs trained")
@@ -190,7 +194,9 @@ def _write_outputs(
     fit_log: Interactions,
     validation: Split | None,
     history: list[dict],
-) -> tuple[RankingMetrics, RankingMetrics]:
+    *,
+    evaluate_test: bool = True,
+) -> tuple[RankingMetrics | None, RankingMetrics | None]:
     """The chief's part after training: history, towers, full-catalogue metrics."""
     train_log, test_log = split.train, split.test
     run.write_history(history)
@@ -202,7 +208,9 @@ def _write_outputs(
         num_items=train_log.num_items,
         embedding_dim=config.model.embedding_dim,
     )
-    metrics, popularity = _evaluate(model, train_log, test_log, config)
+    metrics = popularity = None
+    if evaluate_test:
+        metrics, popularity = _evaluate(model, train_log, test_log, config)
     run.write_metrics(
         {
             "protocol": "full catalogue, training items removed, mean over test users",
@@ -210,8 +218,8 @@ def _write_outputs(
             "train_rows": len(fit_log),
             **({"validation_rows": len(validation.test)} if validation else {}),
             "test_rows": len(test_log),
-            "model": metrics.as_dict(),
-            "popularity": popularity.as_dict(),
+            **({"model": metrics.as_dict()} if metrics is not None else {}),
+            **({"popularity": popularity.as_dict()} if popularity is not None else {}),
         },
     )
     return metrics, popularity
