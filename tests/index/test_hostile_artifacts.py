@@ -293,6 +293,22 @@ def test_search_params_out_of_range_are_refused(ivf, tmp_path, changes, message)
     assert caught.value.part == "index.faiss"
 
 
+@pytest.fixture(scope="module")
+def hnsw(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hnsw") / "a"
+    with pytest.warns(UserWarning, match="sample_queries"):
+        export_artifact(path, item_embeddings=Data.items, item_ids=Data.item_ids, index="hnsw")
+    return path
+
+
+@pytest.mark.parametrize("value", [-5, 0, 10**15, 1.5])
+def test_ef_search_out_of_range_is_refused(hnsw, tmp_path, value) -> None:
+    path = copy(hnsw, tmp_path)
+    rehash(path, index={**_index(path), "search_params": {"efSearch": value}})
+    with pytest.raises(ArtifactError, match=r"`efSearch` must be an integer in \[1, 1024\]"):
+        Retriever.load(path)
+
+
 def test_cosine_on_a_dot_index_and_normalize_mismatch_are_refused(ivf, tmp_path) -> None:
     path = copy(ivf, tmp_path)
     rehash(path, metric="cosine")
