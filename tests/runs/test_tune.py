@@ -294,3 +294,22 @@ def _check_outputs(output: Path, study: optuna.Study) -> None:
     for name in ("history.png", "importance.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_tune_config(output / "tune.yaml").tune.trials == 2
+
+
+def test_a_study_of_another_config_or_a_held_lock_is_refused(setup, tmp_path):
+    import dataclasses
+    import fcntl
+
+    from recsampled.errors import RunDirectoryError
+    from recsampled.runs.tune import _check_setup, open_study
+
+    open_study(tmp_path, setup.tune)  # creates study.db, no trial
+    _check_setup(tmp_path, setup)
+    _check_setup(tmp_path, setup._replace(tune=dataclasses.replace(setup.tune, trials=50)))
+    other = setup._replace(tune=dataclasses.replace(setup.tune, seed=1))
+    with pytest.raises(RunDirectoryError, match=r"another config.*tune.seed: 0 != 1"):
+        tune(other.config, tmp_path, tune=other.tune)
+    with open(tmp_path / "tune.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunDirectoryError, match="being tuned by another process"):
+            tune(setup.config, tmp_path, tune=setup.tune)
