@@ -52,7 +52,7 @@ _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 EXPECTED_ID = "a non-empty id"
 EXPECTED_INT_ID = "a non-empty integer id"
 EXPECTED_AUTO_INT_ID = (
-    "an integer id, as the column holds numbers (pass id_dtype='str' if ids can be text)"
+    "an integer id, as most ids of the column are numbers (pass id_dtype='str' if ids can be text)"
 )
 EXPECTED_NUMBER = "a finite number"
 EXPECTED_TIME = "a date-time (ISO 8601, e.g. '2020-01-31 12:00:00') or a number (Unix seconds)"

@@ -15,6 +15,7 @@ not split, the delimiter that would split it (:func:`sniff_delimiter`).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -96,13 +97,14 @@ def missing_columns_error(
         guess = sniff_delimiter(first_line, delimiter)
     parts = []
     for role, name in missing:
-        close = [] if guess else difflib.get_close_matches(name, found, n=1, cutoff=0.6)
-        close += [f for f in found if f.lower() == name.lower()]
+        names = [f for f in found if _COLUMN_NAME.fullmatch(str(f))]  # never echo other text
+        close = [] if guess else difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        close += [f for f in names if f.lower() == name.lower()]
         hint = f" (did you mean {close[-1]!r}?)" if close else ""
         parts.append(f"{role}_col={name!r}{hint}")
     message = (
         f"{source}, {where}: expected columns {list(columns.values())}; not found: "
-        f"{', '.join(parts)}. Found {len(found)} columns: {list(found)[:20]}."
+        f"{', '.join(parts)}. Found {len(found)} columns: {shown_columns(found)}."
     )
     if guess is not None:
         message += (
@@ -113,6 +115,31 @@ def missing_columns_error(
     elif found and all(_looks_numeric(f) for f in found):
         message += " The first line looks like data: if the file has no header, pass column_names."
     return DataError(message, source=source)
+
+
+_COLUMN_NAME = re.compile(r"[\w .()\[\]/#%+-]{1,40}")
+
+
+def shown_columns(found: Sequence[str], limit: int = 20) -> str:
+    """The first ``limit`` column names for a message; a field that does not look like a column
+    name (e.g. the first line of a file that is not a log, such as a password entry) is not
+    echoed, only counted.
+
+    Example:
+        >>> shown_columns(["userId", "root:$6$s3cr3t$hash:19000"])
+        "['userId', <1 field that does not look like a column name, not shown>]"
+    """
+    names = [str(f) for f in found][:limit]
+    plain = [n for n in names if _COLUMN_NAME.fullmatch(n)]
+    hidden = len(names) - len(plain)
+    if not hidden:
+        return str(plain)
+    note = f"<{hidden} field{'s' if hidden > 1 else ''} that do{'' if hidden > 1 else 'es'} not "
+    return (
+        "["
+        + ", ".join([repr(n) for n in plain] + [note + "look like a column name, not shown>"])
+        + "]"
+    )
 
 
 def _looks_numeric(text: str) -> bool:

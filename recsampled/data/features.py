@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from recsampled.data._columns import parse_ids, parse_numbers
 from recsampled.data._detect import detect_columns
 from recsampled.data.delimited import check_delimiter
-from recsampled.data.errors import DataError, check_unique_columns
+from recsampled.data.errors import DataError, check_unique_columns, shown_columns
 from recsampled.data.readers import resolve_format
 from recsampled.data.vocab import Vocabulary
 
@@ -155,7 +155,7 @@ def _check_columns(
     if absent:
         raise DataError(
             f"{source}: feature columns not found: {absent}. Found {len(names)} columns: "
-            f"{list(names)[:20]}.",
+            f"{shown_columns(names)}.",
             source=source,
         )
 

@@ -129,8 +129,14 @@ def resolve_format(source: str | os.PathLike, format: str) -> tuple[str | os.Pat
             f"{path} is a folder without a MovieLens ratings file (u.data, ratings.dat or "
             "ratings.csv); pass the log file itself."
         )
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"Interaction log not found: {path}")
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not a regular file (a device, pipe or socket); expected an interaction "
+            "log file.",
+            source=str(path),
+        )
     if format != "auto":
         return source, format
     name = path.name.lower()

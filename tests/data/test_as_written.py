@@ -113,3 +113,12 @@ def test_duplicated_header_column_names_file_and_column(write, tmp_path):
     frame = pd.DataFrame([[1, 2, 3]], columns=["user_id", "item_id", "item_id"])
     with pytest.raises(DataError, match="column 'item_id' appears 2 times"):
         read_interactions(frame)
+
+
+def test_errors_do_not_echo_a_line_that_is_no_header(write):
+    path = write("shadow", "root:$6$s3cr3tSALT$hash:19000:0:99999:7:::\n")
+    with pytest.raises(DataError) as info:
+        read_interactions(path, format="csv")
+    assert "s3cr3t" not in str(info.value) and "not shown" in str(info.value)
+    with pytest.raises(DataError, match="not a regular file"):  # it exists: not "not found"
+        read_interactions("/dev/null", format="csv")

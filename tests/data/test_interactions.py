@@ -161,7 +161,5 @@ def test_user_items_is_the_user_item_matrix_with_repeats_kept(seed):
     np.testing.assert_array_equal(matrix.toarray(), dense)  # duplicates sum when densified
     np.testing.assert_array_equal(np.diff(matrix.indptr), log.user_counts)  # one entry per row
     for user in range(log.num_users):  # each row lists the user's items in log order
-        np.testing.assert_array_equal(
-            matrix[user].indices, log.item_ids[log.user_ids == user]
-        )
+        np.testing.assert_array_equal(matrix[user].indices, log.item_ids[log.user_ids == user])
     assert log.user_items(num_users=log.num_users + 3).shape[0] == log.num_users + 3
