@@ -452,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "k", 1) <= 0:
         parser.error(f"argument -k: must be a positive integer, got {args.k}")
     configure_logging(_verbosity(args))
+    _root_handler()
     show_log = bool(getattr(args, "tf_log", False)) or os.environ.get(TF_LOG_ENV, "") == "1"
     command = f"recsampled {args.command}"
     try:
@@ -494,6 +495,21 @@ def _disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     return type(error).__module__.startswith("tensorflow") and "No space left" in str(error)
+
+
+def _root_handler() -> None:
+    """Gives the root logger a handler for others' warnings (TensorFlow's, absl's), unless it
+    has one: absl's ``logging.log`` calls ``logging.basicConfig()`` on a root without handlers
+    (at every checkpoint), after which every ``recsampled`` message was printed twice."""
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(lambda record: not record.name.startswith("recsampled"))
+    root.addHandler(handler)
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -38,6 +38,7 @@ def export_run(
     overwrite: bool = False,
     batch_size: int = 4096,
     seed: int = 0,
+    key: bytes | str | None = None,
 ) -> ArtifactInfo:
     """Exports a trained run as an artifact folder (module docstring).
 
@@ -51,6 +52,8 @@ def export_run(
         overwrite: replace an existing artifact.
         batch_size: items embedded per call.
         seed: seeds the tuning sample.
+        key: signs the manifest (HMAC) with this key (None: ``$RECSAMPLED_ARTIFACT_KEY`` if
+            set; see :func:`recsampled.index.export_artifact`).
 
     Returns:
         The :class:`ArtifactInfo` (final path, manifest).
@@ -71,7 +74,7 @@ def export_run(
         with reading if run_dir.is_dir() else contextlib.nullcontext():
             return _export(
                 run, output, index=index, target_recall=target_recall, shards=shards,
-                overwrite=overwrite, batch_size=batch_size, seed=seed,
+                overwrite=overwrite, batch_size=batch_size, seed=seed, key=key,
             )  # fmt: skip
 
 
@@ -85,6 +88,7 @@ def _export(
     overwrite: bool,
     batch_size: int,
     seed: int,
+    key: bytes | str | None,
 ) -> ArtifactInfo:
     run = run if isinstance(run, TrainedRun) else load_run(run)
     split = run.split()
@@ -107,4 +111,5 @@ def _export(
         shards=shards,
         overwrite=overwrite,
         seed=seed,
+        key=key,
     )
