@@ -38,14 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsampled.index import Retriever
@@ -77,6 +80,13 @@ KNOWN_PATHS = BATCHED_PATHS | {
     "/healthz", "/readyz", "/manifest", "/metrics", "/admin/reload", "/docs", "/openapi.json",
 }  # fmt: skip
 ARTIFACT_HEADER = "X-Recsampled-Artifact"
+ARTIFACT_HEADER_BYTES = ARTIFACT_HEADER.lower().encode()
+_DIRECT: dict[str, tuple[type[BaseModel], str]] = {
+    "/recommend": (RecommendRequest, "recommend"),
+    "/similar-items": (SimilarItemsRequest, "similar_items"),
+    "/recommend-by-embedding": (EmbeddingRequest, "by_embedding"),
+}
+INTERNAL = ServiceError(500, "internal", "Internal error; it has been logged.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 413, 422)
 }
@@ -94,7 +104,9 @@ def _error(request: Request, error: ServiceError) -> JSONResponse:
 
 
 class _ServiceMiddleware:
-    """Refuses oversized bodies (413) before parsing, times requests, counts them."""
+    """Refuses oversized bodies (413) before parsing, answers ``POST`` to the query endpoints
+    itself (:meth:`_answer`; FastAPI's routes document them and answer the other methods),
+    times requests, counts them."""
 
     def __init__(self, app: Any, *, service: Service):
         self.app = app
@@ -131,13 +143,41 @@ class _ServiceMiddleware:
                 self.service.metrics.observe_error(endpoint_label(path), error.kind)
                 await JSONResponse(error.body(), status_code=413)(scope, receive, send_status)
                 return
-            await self.app(scope, _replay(body, receive), send_status)
+            if path in BATCHED_PATHS and scope["method"] == "POST":
+                await self._answer(path, body, send_status)
+            else:
+                await self.app(scope, _replay(body, receive), send_status)
         finally:
             if batched:
                 self.service.batcher.left()
             self.service.metrics.observe_request(
                 endpoint_label(path), scope["method"], status["code"], time.perf_counter() - started
             )
+
+    async def _answer(self, path: str, body: bytes, send: Any) -> None:
+        """Answers a ``POST`` to a query endpoint from its body: one ``json.loads``, one pydantic
+        validation, one ``json.dumps``, the same checks and answers as the FastAPI route that
+        documents it, without its routing and dependency machinery (most of a small request's
+        CPU time besides the search)."""
+        model, method = _DIRECT[path]
+        headers = [(b"content-type", b"application/json")]
+        try:
+            answer, artifact = await getattr(self.service, method)(parse_body(model, body))
+            status = 200
+            headers.append((ARTIFACT_HEADER_BYTES, artifact.tag.encode()))
+        except ServiceError as error:
+            status, answer = error.status, error.body()
+            self.service.metrics.observe_error(endpoint_label(path), error.kind)
+        except Exception:  # noqa: BLE001 - answered as a JSON 500, the traceback logged
+            logger.exception("internal error answering %s", path)
+            status, answer = 500, INTERNAL.body()
+            self.service.metrics.observe_error(endpoint_label(path), INTERNAL.kind)
+        content = json.dumps(
+            answer, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+        ).encode()
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
     async def _read_body(self, scope: dict, receive: Any) -> bytes | None:
         """The whole body, or ``None`` if it is longer than the limit."""
@@ -179,10 +219,10 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replayed
 
 
-def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def validation_error(errors: Sequence[dict[str, Any]]) -> ServiceError:
     """Pydantic's errors as ``{"field", "rule"}`` pairs; malformed JSON is a 400."""
-    errors, malformed = [], False
-    for e in exc.errors():
+    pairs, malformed = [], False
+    for e in errors:
         location = [str(p) for p in e.get("loc", ()) if p != "body"]
         field = ".".join(location) or "body"
         rule = str(e.get("msg", "invalid"))
@@ -193,16 +233,43 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
         elif "input" in e and e.get("type") != "missing":
             text = repr(e["input"])
             rule += f". Received: {text[:80] + '...' if len(text) > 80 else text}"
-        errors.append((field, rule))
-    first = errors[0] if errors else ("body", "invalid request")
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    error = ServiceError(
+        pairs.append((field, rule))
+    first = pairs[0] if pairs else ("body", "invalid request")
+    more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
+    return ServiceError(
         400 if malformed else 422,
         "malformed_json" if malformed else "invalid_request",
         f"`{first[0]}`: {first[1]}{more}.",
-        errors=errors,
+        errors=pairs,
     )
-    return _error(request, error)
+
+
+def parse_body(model: type[BaseModel], body: bytes) -> Any:
+    """``body`` read as JSON and validated as ``model``, as FastAPI reads a JSON body.
+
+    Raises:
+        ServiceError: 400 ``malformed_json`` or 422 ``invalid_request`` (:func:`validation_error`).
+    """
+    if not body:
+        errors = [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        raise validation_error(errors)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as e:
+        error = {"type": "json_invalid", "loc": ("body", e.pos), "ctx": {"error": e.msg}}
+        raise validation_error([error]) from e
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise validation_error([{"type": "json_invalid", "ctx": {"error": str(e)}}]) from e
+    try:
+        return model.model_validate(data, from_attributes=True)
+    except ValidationError as e:
+        raise validation_error(
+            [{**error, "loc": ("body", *error["loc"])} for error in e.errors()]
+        ) from e
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(request, validation_error(exc.errors()))
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -348,9 +415,15 @@ def create_app(
     """
     settings = settings or ServingSettings()
     if isinstance(artifacts, Retriever):
-        holder = ArtifactHolder.from_retriever(artifacts)
+        holder = ArtifactHolder.from_retriever(
+            artifacts, user_table_bytes=settings.user_table_bytes
+        )
     else:
-        holder = ArtifactHolder(artifacts, verify_checksums=settings.verify_checksums)
+        holder = ArtifactHolder(
+            artifacts,
+            verify_checksums=settings.verify_checksums,
+            user_table_bytes=settings.user_table_bytes,
+        )
     service = Service(holder, settings, metrics or ServiceMetrics())
 
     @contextlib.asynccontextmanager

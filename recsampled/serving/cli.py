@@ -88,6 +88,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request body (default %(default)s)",
     )
     parser.add_argument(
+        "--user-table-mb",
+        type=float,
+        default=_DEFAULTS.user_table_bytes / 2**20,
+        help="embed every user once at load if the table fits in this many MiB, so requests "
+        "need no TensorFlow call (default %(default)s; 0: call the tower per batch)",
+    )
+    parser.add_argument(
         "--faiss-threads",
         type=int,
         default=1,
@@ -115,6 +122,13 @@ def serve_main(args: argparse.Namespace) -> int:
 
     Bad options or an artifact that fails to load exit with status 2 and one message on stderr.
     """
+    if not 0 <= args.user_table_mb < 2**40:
+        print(
+            "recsampled serve: `--user-table-mb` must be a number in [0, 2**40). "
+            f"Received: {args.user_table_mb}.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = ServingSettings(
             batching=args.batching,
@@ -125,6 +139,7 @@ def serve_main(args: argparse.Namespace) -> int:
             max_k=args.max_k,
             max_body_bytes=args.max_body_bytes,
             admin_token=args.admin_token or None,
+            user_table_bytes=int(args.user_table_mb * 2**20),
         )
     except ValueError as e:
         print(f"recsampled serve: {e}", file=sys.stderr)

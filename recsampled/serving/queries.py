@@ -3,19 +3,20 @@
 A request becomes a :class:`Query` against the artifact it started on: its ids checked against
 the vocabularies (unknown users answered 404 or with popular items, as the request asks), its
 ``allow_items`` / ``deny_items`` turned into index rows. :func:`answer` then serves any number
-of queries on one artifact with **one** query-tower call (all users of all requests), one
-reconstruction of item vectors (all ``similar-items`` queries) and one FAISS search per width
-class (below: rows needing similar widths share a search, widths rounded up to a power of two,
-so one user with many seen items does not widen everyone's search; usually one or two):
+of queries on one artifact with **one** embedding lookup (all users of all requests: a row of
+the artifact's user table, or one query-tower call), one read of item vectors (all
+``similar-items`` queries) and one FAISS search per width class:
 
-For query rows ``b = 1..B`` with their own ``k_b`` and excluded index rows ``E_b`` (the user's
-seen items, the deny list, the item itself for ``similar-items``), the search asks for
-``W >= k_b + |E_b|`` rows (at most ``N``). Dropping ``E_b`` from row ``b``'s list leaves at least
-``k_b`` rows, whose first ``k_b`` are the top ``k_b`` of the catalogue without ``E_b`` (exactly,
-for exact search; ``Retriever.search`` completes rows an approximate index leaves short with
-exact search). With exact search this is what ``Retriever.recommend`` returns. Rows with an
-allow list ``A_b`` are scored exactly against the vectors of ``A_b \\ E_b`` instead, which no
-widening of a top-W search could guarantee.
+For query row ``b`` with its ``k_b`` and excluded index rows ``E_b`` (the user's seen items, the
+deny list, the item itself for ``similar-items``), the search asks for ``k_b + w_b`` rows, where
+``w_b`` is ``|E_b|`` rounded up to a power of two
+(:func:`recsampled.index.served.search_excluding`, which ``Retriever.recommend`` uses with the
+same widths), drops ``E_b`` and keeps the first ``k_b``; a row an approximate index leaves
+short gets exact search. Rows sharing ``(k_b, w_b)`` share a search, so the answer of a row
+does not depend on the other rows of its batch and equals ``Retriever.recommend`` /
+``similar_items`` / ``search`` for every index type. Rows with an allow list ``A_b`` are scored
+exactly against the vectors of ``A_b \\ E_b`` instead, which no widening of a top-W search
+could guarantee.
 
 Example:
     >>> from recsampled.serving.state import ArtifactHolder  # doctest: +SKIP
@@ -32,9 +33,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
-import faiss
 import numpy as np
 
+from recsampled.index.build import prepare_vectors, search
+from recsampled.index.served import search_excluding
 from recsampled.serving.errors import ServiceError, invalid
 from recsampled.serving.schemas import (
     EmbeddingRequest,
@@ -270,15 +272,16 @@ def vector_query(
 
 
 def _vectors(queries: Sequence[Query]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """``[R, D]`` float32 query vectors of every searchable row, and its ``(query, position)``.
+    """``[R, D]`` float32 query vectors of every searchable row (prepared for the metric), and
+    its ``(query, position)``.
 
-    One query-tower call embeds the known users of all queries; one reconstruction reads the
-    vectors of all ``similar-items`` rows.
+    One embedding call covers the known users of all queries; one read the vectors of all
+    ``similar-items`` rows.
     """
     retriever = queries[0].artifact.retriever
     slots: dict[str, list[tuple[int, int]]] = {"user": [], "item": [], "vector": []}
     for q, query in enumerate(queries):
-        for j, row in enumerate(query.rows):
+        for j, row in enumerate(query.rows.tolist()):
             if row >= 0:
                 slots[query.kind].append((q, j))
     parts, owners = [], []
@@ -288,18 +291,19 @@ def _vectors(queries: Sequence[Query]) -> tuple[np.ndarray, list[tuple[int, int]
         owners += slots["user"]
     if slots["item"]:
         rows = np.array([queries[q].rows[j] for q, j in slots["item"]], np.int64)
-        parts.append(retriever.index.reconstruct_batch(rows))
+        parts.append(retriever.item_vectors(rows))
         owners += slots["item"]
     if slots["vector"]:
         parts.append(np.stack([queries[q].vectors[j] for q, j in slots["vector"]]))
         owners += slots["vector"]
     if not parts:
         return np.zeros((0, retriever.embedding_dim), np.float32), []
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), owners
+    vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return prepare_vectors(vectors, retriever.metric, name="query_embeddings"), owners
 
 
 def _excluded(query: Query, position: int) -> np.ndarray:
-    """Index rows that query row ``position`` must not return."""
+    """Distinct index rows that query row ``position`` must not return."""
     parts = []
     if query.kind == "user" and query.exclude_seen:
         indptr, indices = query.artifact.retriever.seen
@@ -311,36 +315,56 @@ def _excluded(query: Query, position: int) -> np.ndarray:
         parts.append(query.deny)
     if not parts:
         return np.zeros(0, np.int64)
-    return np.concatenate(parts).astype(np.int64, copy=False)
+    if len(parts) == 1:
+        return parts[0].astype(np.int64, copy=False)
+    return np.unique(np.concatenate(parts)).astype(np.int64, copy=False)
 
 
-def _first_k(
-    rows: np.ndarray, scores: np.ndarray, excluded: list[np.ndarray], ks: list[int]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row ``b`` of ``[B, W]`` search results, the first ``ks[b]`` rows not excluded.
-
-    Row ``b``'s exclusions are encoded as ``b * N + row`` so one ``isin`` serves the batch.
-    """
-    batch = len(rows)
-    keep = rows >= 0
-    lengths = [len(e) for e in excluded]
-    if sum(lengths):
-        n = np.int64(max(int(rows.max(initial=0)), *(int(e.max(initial=0)) for e in excluded)) + 1)
-        owners = np.repeat(np.arange(batch, dtype=np.int64), lengths)
-        banned = owners * n + np.concatenate(excluded)
-        keep &= ~np.isin(np.arange(batch, dtype=np.int64)[:, None] * n + rows, banned)
-    return [(rows[b][keep[b]][: ks[b]], scores[b][keep[b]][: ks[b]]) for b in range(batch)]
-
-
-def _width_classes(widths: list[int], num_items: int) -> dict[int, list[int]]:
-    """Searched rows grouped by their needed width rounded up to a power of two (at most
-    ``num_items``): one search per class, so one user with many seen items does not widen the
-    search of the whole batch (a handful of classes at most)."""
-    classes: dict[int, list[int]] = {}
-    for s, width in enumerate(widths):
-        rounded = min(num_items, 1 << max(0, int(width) - 1).bit_length())
-        classes.setdefault(rounded, []).append(s)
+def _search_classes(
+    ks: list[int], exclusions: list[int], num_items: int
+) -> dict[tuple[int, int], list[int]]:
+    """Searched rows grouped by ``(k, excluded rows rounded up to a power of two)``: rows of a
+    class share one search whose width (``k`` plus that power, at most ``num_items``) is the
+    one ``Retriever.recommend`` uses for each of them alone."""
+    classes: dict[tuple[int, int], list[int]] = {}
+    for s, (k, count) in enumerate(zip(ks, exclusions, strict=True)):
+        width = 0 if count == 0 else 1 << (count - 1).bit_length()
+        classes.setdefault((k, min(width, num_items)), []).append(s)
     return classes
+
+
+def _search(
+    artifact: LoadedArtifact, vectors: np.ndarray, k: int, extra: int, excluded: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row of ``[B, D]`` prepared ``vectors``, the first ``k`` of ``k + extra`` searched rows
+    not in its ``excluded``; ``search_excluding``'s rule (what ``Retriever.recommend`` returns),
+    with the exclusion done by a set per row (a few numpy calls per batch instead of a few
+    dozen: most of a lone request's search cost). Rows the index leaves short (fewer than
+    ``min(k, N - |excluded|)`` kept) go to ``search_excluding``, which completes them with exact
+    search."""
+    retriever = artifact.retriever
+    n = retriever.num_items
+    top = search(retriever.index, vectors, min(n, k + extra))
+    out: list = []
+    short = []
+    for b, (rows, ex) in enumerate(zip(top.rows.tolist(), excluded, strict=True)):
+        banned = set(ex.tolist()) if len(ex) else ()
+        kept = [i for i, row in enumerate(rows) if row >= 0 and row not in banned][:k]
+        if len(kept) < min(k, n - len(ex)):
+            short.append(b)
+        out.append((top.rows[b, kept], top.scores[b, kept]))
+    if short:
+        exact = search_excluding(
+            retriever.index,
+            vectors[short],
+            k,
+            lengths=np.array([len(excluded[b]) for b in short], np.int64),
+            excluded=np.concatenate([excluded[b] for b in short]),
+            exact=artifact.exact_index,
+        )
+        for b, rows, scores in zip(short, exact.rows, exact.scores, strict=True):
+            out[b] = (rows[rows >= 0], scores[rows >= 0])
+    return out
 
 
 def _scored_allow(query: Query, vector: np.ndarray, excluded: np.ndarray):
@@ -349,10 +373,7 @@ def _scored_allow(query: Query, vector: np.ndarray, excluded: np.ndarray):
     candidates = query.allow[~np.isin(query.allow, excluded)] if len(excluded) else query.allow
     if not len(candidates):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    vector = np.array(vector, np.float32, ndmin=2)
-    if retriever.metric == "cosine":
-        faiss.normalize_L2(vector)
-    scores = retriever.index.reconstruct_batch(candidates) @ vector[0]
+    scores = retriever.item_vectors(candidates) @ vector  # `vector` is prepared already
     order = np.argsort(-scores, kind="stable")[: query.k]
     return candidates[order], scores[order].astype(np.float32)
 
@@ -389,13 +410,12 @@ def answer(queries: Sequence[Query]) -> list[list[Ranked]]:
     excluded = [_excluded(queries[q], j) for q, j in owners]
     searched = [s for s, (q, _) in enumerate(owners) if queries[q].allow is None]
     results: list[list[Ranked | None]] = [[None] * len(q) for q in queries]
-    widths = [queries[owners[s][0]].k + len(excluded[s]) for s in searched]
-    for width, members in _width_classes(widths, retriever.num_items).items():
+    ks = [queries[owners[s][0]].k for s in searched]
+    counts = [len(excluded[s]) for s in searched]
+    for (k, width), members in _search_classes(ks, counts, retriever.num_items).items():
         slots = [searched[m] for m in members]
-        top = retriever.search(vectors[slots], k=width)
-        ks = [queries[owners[s][0]].k for s in slots]
-        kept = _first_k(top.rows, top.scores, [excluded[s] for s in slots], ks)
-        for s, (rows, scores) in zip(slots, kept, strict=True):
+        found = _search(artifact, vectors[slots], k, width, [excluded[s] for s in slots])
+        for s, (rows, scores) in zip(slots, found, strict=True):
             q, j = owners[s]
             results[q][j] = Ranked(queries[q].keys[j], rows, scores, False)
     for s, (q, j) in enumerate(owners):

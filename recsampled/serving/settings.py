@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
+USER_TABLE_BYTES = 256 << 20  # the default limit of the precomputed user-embedding table
+
 
 @dataclasses.dataclass(frozen=True)
 class ServingSettings:
@@ -36,6 +38,10 @@ class ServingSettings:
         max_body_bytes: larger request bodies are refused with 413 before they are parsed.
         admin_token: if set, ``POST /admin/reload`` needs ``Authorization: Bearer <token>``.
         verify_checksums: check every file's sha256 on load and reload.
+        user_table_bytes: if every user's query embedding fits in this many bytes, they are
+            computed once at load (and at each reload) and a request looks its users up instead
+            of calling the TensorFlow tower (whose per-call overhead is most of a small
+            request's cost); 0 always calls the tower.
     """
 
     batching: bool = True
@@ -48,6 +54,7 @@ class ServingSettings:
     max_body_bytes: int = 1 << 20
     admin_token: str | None = None
     verify_checksums: bool = True
+    user_table_bytes: int = USER_TABLE_BYTES
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_ids", "max_k", "max_list_items", "max_body_bytes"):
@@ -57,6 +64,12 @@ class ServingSettings:
                     f"`{name}` must be a positive integer. "
                     f"Received: {name}={value!r} (of type {type(value).__name__})."
                 )
+        table = self.user_table_bytes
+        if isinstance(table, bool) or not isinstance(table, numbers.Integral) or table < 0:
+            raise ValueError(
+                "`user_table_bytes` must be a non-negative integer. "
+                f"Received: user_table_bytes={table!r} (of type {type(table).__name__})."
+            )
         wait = self.max_wait_ms
         if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not 0 <= wait < 1e4:
             raise ValueError(

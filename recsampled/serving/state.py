@@ -39,6 +39,8 @@ import pandas as pd
 import tensorflow as tf
 
 from recsampled.index import ArtifactError, Retriever
+from recsampled.index.served import exact_index_of
+from recsampled.serving.settings import USER_TABLE_BYTES
 
 logger = logging.getLogger("recsampled.serving")
 
@@ -80,6 +82,10 @@ class LoadedArtifact:
         query_function: the query tower's concrete function ``[batch] int64 -> [batch, D]``
             (a direct call skips ``tf.function``'s dispatch, most of a small call's cost), or
             ``None`` to embed with ``Retriever.embed_users``.
+        user_table: ``[num_users, D]`` float32 every user's query embedding, computed once at
+            load by the tower (a user index maps to one vector), so that a request needs no
+            TensorFlow call; ``None`` when it would exceed the memory limit (the tower then
+            runs per batch).
     """
 
     retriever: Retriever
@@ -89,13 +95,20 @@ class LoadedArtifact:
     users: pd.Index | None
     items: pd.Index
     query_function: Any | None
+    user_table: np.ndarray | None = None
+    _exact: list = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     @classmethod
-    def of(cls, retriever: Retriever, generation: int) -> LoadedArtifact:
+    def of(
+        cls, retriever: Retriever, generation: int, *, user_table_bytes: int = USER_TABLE_BYTES
+    ) -> LoadedArtifact:
+        """Derives the lookups of ``retriever``; embeds all users if the table fits in
+        ``user_table_bytes`` (0: never)."""
         popular = None
         if retriever.item_popularity is not None:
             popular = np.argsort(-retriever.item_popularity, kind="stable")
         users = pd.Index(retriever.user_ids) if retriever.user_ids is not None else None
+        function = _query_function(retriever)
         return cls(
             retriever,
             generation,
@@ -103,7 +116,8 @@ class LoadedArtifact:
             popular,
             users,
             pd.Index(retriever.item_ids),
-            _query_function(retriever),
+            function,
+            _user_table(retriever, function, user_table_bytes),
         )
 
     @property
@@ -121,10 +135,19 @@ class LoadedArtifact:
 
     def embed(self, user_indices: np.ndarray) -> np.ndarray:
         """``[batch_size, embedding_dim]`` float32 query embeddings of known user indices."""
+        if self.user_table is not None:
+            return self.user_table[user_indices]
         if self.query_function is None:
             return self.retriever.embed_users(self.retriever.user_ids[user_indices])
         output = self.query_function(tf.constant(user_indices, tf.int64))
         return np.asarray(output, dtype=np.float32)
+
+    def exact_index(self) -> faiss.Index:
+        """An exact index over the stored item vectors, built on first use (for the rare rows
+        an approximate index leaves short, as ``Retriever.recommend`` does)."""
+        if not self._exact:
+            self._exact.append(exact_index_of(self.retriever.index))
+        return self._exact[0]
 
 
 def _lookup(index: pd.Index, ids: np.ndarray) -> np.ndarray:
@@ -156,6 +179,31 @@ def _query_function(retriever: Retriever) -> Any | None:
     return function
 
 
+def _user_table(retriever: Retriever, function: Any | None, max_bytes: int) -> np.ndarray | None:
+    """``[num_users, D]`` float32 the tower's embedding of every user index, in batches of
+    ``retriever.batch_size`` (as ``Retriever.recommend`` embeds them), or ``None`` if the
+    artifact has no tower or the table would take more than ``max_bytes``."""
+    num_users = retriever.num_users if retriever.user_ids is not None else 0
+    if retriever.query_model is None or not num_users:
+        return None
+    size = num_users * retriever.embedding_dim * 4
+    if size > max_bytes:
+        if max_bytes:
+            logger.info("user table of %d bytes > the %d byte limit: the tower runs per batch",
+                        size, max_bytes)  # fmt: skip
+        return None
+    table = np.empty((num_users, retriever.embedding_dim), np.float32)
+    step = retriever.batch_size
+    for start in range(0, num_users, step):
+        users = np.arange(start, min(start + step, num_users), dtype=np.int64)
+        if function is None:
+            table[users] = retriever.embed_users(retriever.user_ids[users])
+        else:
+            table[users] = np.asarray(function(tf.constant(users, tf.int64)), np.float32)
+    table.setflags(write=False)
+    return table
+
+
 @dataclasses.dataclass(frozen=True)
 class ReloadOutcome:
     """What the last reload did (``GET /readyz`` shows it)."""
@@ -165,13 +213,20 @@ class ReloadOutcome:
     message: str
 
 
-def load_artifact(path: str | os.PathLike, *, generation: int, verify_checksums: bool = True):
+def load_artifact(
+    path: str | os.PathLike,
+    *,
+    generation: int,
+    verify_checksums: bool = True,
+    user_table_bytes: int = USER_TABLE_BYTES,
+):
     """Loads and checks ``path`` and warms it up; returns a :class:`LoadedArtifact`.
 
     Besides ``Retriever.load``'s checks (every file's checksum, counts, dimensions, the query
     tower embedding user index 0), this runs one search through the index and, for IVF
-    indexes, builds the direct map that ``similar-items`` needs to read item vectors, so that
-    the first requests after a swap pay no set-up cost.
+    indexes, builds the direct map that ``similar-items`` needs to read item vectors, and
+    embeds every user if the table fits in ``user_table_bytes``, so that the first requests
+    after a swap pay no set-up cost.
 
     Raises:
         ArtifactError: naming the part at fault (``error.part``).
@@ -192,7 +247,7 @@ def load_artifact(path: str | os.PathLike, *, generation: int, verify_checksums:
             path=retriever.path,
             part="index.faiss",
         ) from e
-    return LoadedArtifact.of(retriever, generation)
+    return LoadedArtifact.of(retriever, generation, user_table_bytes=user_table_bytes)
 
 
 class ArtifactHolder:
@@ -201,33 +256,51 @@ class ArtifactHolder:
     Args:
         path: the artifact folder (or a symlink to it), loaded now.
         verify_checksums: compare every file's sha256 with the manifest on each load.
+        user_table_bytes: embed every user at load when the table fits in this many bytes
+            (:attr:`LoadedArtifact.user_table`; 0: run the tower per batch).
 
     Raises:
         ArtifactError: if the first load fails (there is nothing to serve).
     """
 
-    def __init__(self, path: str | os.PathLike, *, verify_checksums: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        verify_checksums: bool = True,
+        user_table_bytes: int = USER_TABLE_BYTES,
+    ):
         self.path = Path(path)
         self.verify_checksums = verify_checksums
+        self.user_table_bytes = user_table_bytes
         self._reload_lock = threading.Lock()
-        self._current = load_artifact(
-            self.path.resolve(), generation=1, verify_checksums=verify_checksums
-        )
+        self._current = self._load(generation=1)
         self.last_reload: ReloadOutcome | None = None
         self.reloads = 0
         logger.info("serving %s (generation 1)", self._current.retriever)
 
     @classmethod
-    def from_retriever(cls, retriever: Retriever) -> ArtifactHolder:
+    def from_retriever(
+        cls, retriever: Retriever, *, user_table_bytes: int = USER_TABLE_BYTES
+    ) -> ArtifactHolder:
         """A holder serving an already loaded retriever (reloads read ``retriever.path``)."""
         holder = cls.__new__(cls)
         holder.path = Path(retriever.path)
         holder.verify_checksums = True
+        holder.user_table_bytes = user_table_bytes
         holder._reload_lock = threading.Lock()
-        holder._current = LoadedArtifact.of(retriever, 1)
+        holder._current = LoadedArtifact.of(retriever, 1, user_table_bytes=user_table_bytes)
         holder.last_reload = None
         holder.reloads = 0
         return holder
+
+    def _load(self, *, generation: int) -> LoadedArtifact:
+        return load_artifact(
+            self.path.resolve(),
+            generation=generation,
+            verify_checksums=self.verify_checksums,
+            user_table_bytes=self.user_table_bytes,
+        )
 
     @property
     def current(self) -> LoadedArtifact:
@@ -255,11 +328,7 @@ class ArtifactHolder:
             generation = self._current.generation + 1
             started = time.perf_counter()
             try:  # a symlink is followed once, so a flip during the load cannot mix two folders
-                loaded = load_artifact(
-                    self.path.resolve(),
-                    generation=generation,
-                    verify_checksums=self.verify_checksums,
-                )
+                loaded = self._load(generation=generation)
             except Exception as e:  # noqa: BLE001 - whatever fails, the old artifact stays
                 self.last_reload = ReloadOutcome(False, time.time(), f"refused: {e}")
                 logger.error(

@@ -53,8 +53,11 @@ ITEM_IDS = np.array([f"item-{i:03d}" for i in range(NUM_ITEMS)])
 USER_IDS = np.arange(1000, 1000 + NUM_USERS)
 
 
-def build(path: Path, *, seed: int, metric: str = "cosine", with_seen: bool = True) -> Path:
-    """Exports a flat (exact) artifact whose embeddings, tower and seen items depend on seed."""
+def build(
+    path: Path, *, seed: int, metric: str = "cosine", with_seen: bool = True, index: str = "flat"
+) -> Path:
+    """Exports an artifact (flat: exact search, by default) whose embeddings, tower and seen
+    items depend on seed."""
     rng = np.random.default_rng(seed + 100)
     seen = [rng.choice(NUM_ITEMS, rng.integers(0, 31), replace=False) for _ in range(NUM_USERS)]
     export_artifact(
@@ -64,7 +67,7 @@ def build(path: Path, *, seed: int, metric: str = "cosine", with_seen: bool = Tr
         query_model=query_tower(NUM_USERS, DIM, seed),
         user_ids=USER_IDS,
         metric=metric,
-        index="flat",
+        index=index,
         seen=seen if with_seen else None,
         item_popularity=rng.integers(0, 100, NUM_ITEMS),
     )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
+from recsampled.index.served import search_excluding
+from recsampled.serving import queries as queries_module
 from recsampled.serving.errors import ServiceError
 from recsampled.serving.queries import answer, item_query, user_query, vector_query
 from recsampled.serving.schemas import EmbeddingRequest, RecommendRequest, SimilarItemsRequest
 from recsampled.serving.settings import ServingSettings
 from recsampled.serving.state import ArtifactHolder
 
-from .conftest import ITEM_IDS, NUM_ITEMS, USER_IDS
+from .conftest import ITEM_IDS, NUM_ITEMS, USER_IDS, build
 
 SETTINGS = ServingSettings()
 TOL = 1e-5  # float32 scores: FAISS vs NumPy float64
@@ -189,3 +192,81 @@ def test_exclude_seen_without_seen_items(artifacts, retrievers):
     np.testing.assert_array_equal(ranked[0].rows, expected.rows[0])
     with pytest.raises(ServiceError, match="`exclude_seen` must be false"):
         user_query(artifact, RecommendRequest(user_ids=[user], exclude_seen=True), SETTINGS)
+
+
+@pytest.fixture(scope="module", params=["hnsw", "ivf"])
+def approximate(request, tmp_path_factory):
+    """An HNSW or IVF artifact searched with few candidates (efSearch 8, nprobe 1), so that lists
+    differ from exact search and some users with many seen items are left short."""
+    path = build(tmp_path_factory.mktemp("approximate") / request.param, seed=3,
+                 index=request.param)  # fmt: skip
+    artifact = ArtifactHolder(path).current
+    index = artifact.retriever.index
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = 1
+    else:
+        faiss.downcast_index(index).hnsw.efSearch = 8
+    return artifact
+
+
+def test_batched_answers_equal_retriever_on_approximate_indexes(approximate, monkeypatch):
+    """Rows of one batch with different k and seen counts: each equals the Retriever's list for
+    that user or item alone (same width, same exact fallback for short rows)."""
+    retriever = approximate.retriever
+    completed = []  # rows the index left short, completed by search_excluding (exact search)
+
+    def counted(index, vectors, k, **kwargs):
+        completed.append(len(vectors))
+        return search_excluding(index, vectors, k, **kwargs)
+
+    monkeypatch.setattr(queries_module, "search_excluding", counted)
+    rng = np.random.default_rng(5)
+    requests = [
+        RecommendRequest(
+            user_ids=rng.choice(USER_IDS, 3, replace=False).tolist(), k=int(rng.integers(1, 30))
+        )  # fmt: skip
+        for _ in range(10)
+    ]
+    requests.append(RecommendRequest(user_ids=USER_IDS[:4].tolist(), k=60))  # > an IVF list
+    items = ITEM_IDS[[1, 50, 299]].tolist()
+    queries = [user_query(approximate, r, SETTINGS) for r in requests]
+    queries.append(item_query(approximate, SimilarItemsRequest(item_ids=items, k=7), SETTINGS))
+    *answers, similar = answer(queries)
+    differs = 0  # rows where the approximate list is not the exact one: the test bites
+    for request, ranked in zip(requests, answers, strict=True):
+        expected = retriever.recommend(request.user_ids, k=request.k)
+        vectors = approximate.embed(retriever.user_indices(request.user_ids))
+        banned = [seen_rows(retriever, u) for u in request.user_ids]
+        for b, (r, (rows, _)) in enumerate(
+            zip(ranked, brute_force(approximate, vectors, banned, request.k), strict=True)
+        ):
+            np.testing.assert_array_equal(r.rows, expected.rows[b][expected.rows[b] >= 0])
+            np.testing.assert_allclose(r.scores, expected.scores[b][: len(r.rows)], atol=TOL)
+            differs += len(r.rows) != len(rows) or bool((r.rows != rows).any())
+    expected = retriever.similar_items(items, k=7)
+    for b, r in enumerate(similar):
+        np.testing.assert_array_equal(r.rows, expected.rows[b])
+    assert differs > 0
+    ivf = faiss.try_extract_index_ivf(retriever.index) is not None
+    assert bool(completed) == ivf  # IVF with one list probed leaves rows short; HNSW does not
+
+
+def test_user_table_equals_the_tower(artifacts):
+    """Every user's row of the table is the tower's embedding; without a table (limit 0) the
+    tower runs per batch and the answers are the same."""
+    with_table = ArtifactHolder(artifacts["a"]).current
+    without = ArtifactHolder(artifacts["a"], user_table_bytes=0).current
+    retriever = with_table.retriever
+    assert with_table.user_table is not None and without.user_table is None
+    assert with_table.user_table.shape == (len(USER_IDS), retriever.embedding_dim)
+    np.testing.assert_allclose(
+        with_table.user_table, retriever.embed_users(USER_IDS), rtol=0, atol=1e-6
+    )
+    request = RecommendRequest(user_ids=USER_IDS[[4, 0, 17]].tolist(), k=12)
+    ranked = answer([user_query(with_table, request, SETTINGS)])[0]
+    others = answer([user_query(without, request, SETTINGS)])[0]
+    for r, o in zip(ranked, others, strict=True):
+        np.testing.assert_array_equal(r.rows, o.rows)
+    small = ArtifactHolder(artifacts["a"], user_table_bytes=len(USER_IDS) * 4).current
+    assert small.user_table is None  # over the limit: the tower
