@@ -456,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_log = bool(getattr(args, "tf_log", False)) or os.environ.get(TF_LOG_ENV, "") == "1"
     command = f"recsampled {args.command}"
     try:
-        _import_tensorflow(show_log=show_log, initialize=args.command != "train")
+        # train (a distribute strategy) and serve (--tf-threads) configure TF before its first op
+        _import_tensorflow(show_log=show_log, initialize=args.command not in ("train", "serve"))
         status = _COMMANDS[args.command](args)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was kept, how to go on
         print(f"{command}: interrupted. {_kept(args)}", file=sys.stderr)
