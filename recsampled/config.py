@@ -122,6 +122,11 @@ OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 """``training.optimizer``: the names of ``recsampled.training.optimizers.OPTIMIZERS`` (the
 classes live there; config imports nothing of training)."""
 SPARSE_OPTIMIZERS = ("lazy_adam", "adagrad", "sgd")
+DEFAULT_LOGQ = "counts"
+"""``task.logq`` when not given and the negatives include in-batch ones (else ``none``): the
+default config trains the variant that won the study of ``pipelines/bench_defaults.py``."""
+DEFAULT_ROW_L2 = 1.0
+"""``training.row_l2`` when not given and the optimiser is sparse (else 0)."""
 """The optimisers that leave rows without gradient unchanged (``training.row_l2`` needs one)."""
 
 ON_BAD_ROWS = ("error", "skip")
@@ -565,9 +570,9 @@ class ModelConfig(_Section):
 
     SECTION: ClassVar[str] = "model"
 
-    embedding_dim: int = 32
+    embedding_dim: int = 64
     hidden_units: tuple[int, ...] = ()
-    normalize: bool = False
+    normalize: bool = True
 
     def validate(self) -> None:
         _positive(self._name("embedding_dim"), self.embedding_dim)
@@ -631,7 +636,8 @@ class TaskConfig(_Section):
             ``logq`` or catalogue negatives.
         num_hard_negatives: keep only the hardest negatives per row (null: all).
         negatives: a key of :data:`NEGATIVES`.
-        logq: a key of :data:`LOGQ`; needs in-batch negatives.
+        logq: a key of :data:`LOGQ`; needs in-batch negatives (null, the default:
+            :data:`DEFAULT_LOGQ` with in-batch negatives, ``none`` without).
         sampler: a key of ``recsampled.samplers.SAMPLERS`` or ``kernel`` (the adaptive
             ``QuadraticKernelSampler`` over the candidate tower's embeddings, set in ``kernel``),
             for ``mixed`` and ``sampled`` negatives.
@@ -644,11 +650,11 @@ class TaskConfig(_Section):
 
     SECTION: ClassVar[str] = "task"
 
-    temperature: float | None = None
-    remove_accidental_hits: bool = False
+    temperature: float | None = 0.1
+    remove_accidental_hits: bool = True
     num_hard_negatives: int | None = None
     negatives: str = "in_batch"
-    logq: str = "none"
+    logq: str | None = None
     sampler: str = "log_uniform"
     num_sampled: int = 0
     distortion: float = 1.0
@@ -660,6 +666,9 @@ class TaskConfig(_Section):
         _positive(self._name("temperature"), self.temperature)
         _positive(self._name("num_hard_negatives"), self.num_hard_negatives)
         _choice(self._name("negatives"), self.negatives, list(NEGATIVES))
+        if self.logq is None:  # the default: counts with in-batch negatives (DEFAULT_LOGQ)
+            in_batch = self.negatives in NEGATIVES and NEGATIVES[self.negatives].in_batch
+            object.__setattr__(self, "logq", DEFAULT_LOGQ if in_batch else "none")
         _choice(self._name("logq"), self.logq, list(LOGQ))
         if self.sampler != "kernel" and self.sampler not in SAMPLERS:
             raise _fail(self._name("sampler"), f"one of {list(SAMPLERS)} or 'kernel'", self.sampler)
@@ -773,7 +782,10 @@ class TrainingConfig(_Section):
         learning_rate: the optimiser's.
         row_l2: L2 on the embedding rows a step touches, ``λ·θ_r`` added once per unique
             touched row to its gradient; untouched rows stay exactly as they are (0: off;
-            needs a sparse optimiser).
+            needs a sparse optimiser; null, the default: :data:`DEFAULT_ROW_L2` with a sparse
+            optimiser, 0 with ``adam``). The defaults (``adagrad``, 0.1, row L2 1.0, and
+            ``task``'s logQ from counts at τ = 0.1) won the study of
+            ``pipelines/bench_defaults.py`` across shapes of log.
         seed: initial weights and the order of the rows in every epoch.
         shuffle: a new order of the rows in every epoch.
         drop_remainder: drop each epoch's last, smaller batch.
@@ -787,12 +799,12 @@ class TrainingConfig(_Section):
 
     SECTION: ClassVar[str] = "training"
 
-    batch_size: int = 256
-    epochs: int = 1
+    batch_size: int = 1024
+    epochs: int = 10
     steps_per_epoch: int | None = None
-    optimizer: str = "adam"
-    learning_rate: float = 0.001
-    row_l2: float = 0.0
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.1
+    row_l2: float | None = None
     seed: int = 0
     shuffle: bool = True
     drop_remainder: bool = False
@@ -806,6 +818,9 @@ class TrainingConfig(_Section):
         for key in ("batch_size", "epochs", "learning_rate", "max_checkpoints"):
             _positive(self._name(key), getattr(self, key))
         _choice(self._name("optimizer"), self.optimizer, list(OPTIMIZERS))
+        if self.row_l2 is None:  # the default: DEFAULT_ROW_L2 with a sparse optimiser, else 0
+            sparse = self.optimizer in SPARSE_OPTIMIZERS
+            object.__setattr__(self, "row_l2", DEFAULT_ROW_L2 if sparse else 0.0)
         _non_negative(self._name("row_l2"), self.row_l2)
         if self.row_l2 and self.optimizer not in SPARSE_OPTIMIZERS:
             raise ConfigError(

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import tensorflow as tf
 
+from recsampled import config as config_module
 from recsampled.config import (
     LOGQ,
     NEGATIVES,
@@ -51,7 +51,7 @@ def _defaults(function, names=None) -> dict:
         (SyntheticConfig, generate, ()),
         (EstimatorConfig, FrequencyEstimator.__init__, ("name",)),
         (ModelConfig, Tower.__init__, ("categorical_features", "numeric_features", "feature_dim",
-                                       "name")),
+                                       "name", "embedding_dim", "normalize")),
     ],
 )  # fmt: skip
 def test_defaults_equal_constructor_defaults(section, function, exclude):
@@ -62,11 +62,11 @@ def test_defaults_equal_constructor_defaults(section, function, exclude):
 
 def test_defaults_of_the_other_sections():
     task = dataclasses.asdict(TaskConfig())
+    tuned = ("sampler", "temperature", "remove_accidental_hits")  # the config's own defaults
     for name, default in _defaults(Retrieval.__init__).items():
-        if name in task and name != "sampler":  # a name here, an instance (None) there
+        if name in task and name not in tuned:  # (sampler: a name here, an instance there)
             assert task[name] == default, name
     assert NEGATIVES[TaskConfig().negatives] == (True, False)  # Retrieval(in_batch_negatives=True)
-    assert LOGQ[TaskConfig().logq] is None  # Retrieval(candidate_frequency=None)
     data = dataclasses.asdict(DataConfig())
     for name, default in _defaults(read_interactions).items():
         assert data[name] == default, name
@@ -74,7 +74,29 @@ def test_defaults_of_the_other_sections():
     assert split.num_test == _defaults(SPLITS["leave_last_out"])["num_test"]
     assert split.test_fraction == _defaults(SPLITS["random_holdout"])["test_fraction"]
     assert split.seed == _defaults(SPLITS["random_holdout"])["seed"]
-    assert TrainingConfig().learning_rate == tf.keras.optimizers.Adam().learning_rate.numpy()
+
+
+def test_defaults_are_the_variant_the_study_chose():
+    """A config naming only its data trains L2-normalised D=64 towers with in-batch negatives,
+    logQ from counts, τ = 0.1, Adagrad (sparse) at 0.1 with row L2 1.0, B=1024, 10 epochs
+    (benchmarks/defaults.json; the issue-17 recipe's shape)."""
+    config = Config.from_dict({"data": {"source": "file", "path": "log.csv"}})
+    assert (config.model.embedding_dim, config.model.normalize) == (64, True)
+    task = config.task
+    assert (task.negatives, task.logq, task.temperature) == ("in_batch", "counts", 0.1)
+    assert task.remove_accidental_hits and LOGQ[task.logq] is not None
+    training = config.training
+    assert (training.optimizer, training.learning_rate, training.row_l2) == ("adagrad", 0.1, 1.0)
+    assert training.optimizer in config_module.SPARSE_OPTIMIZERS
+    assert (training.batch_size, training.epochs) == (1024, 10)
+    # The resolved defaults follow the other choices: no logQ without in-batch negatives, no
+    # row L2 with the dense Adam; given values are kept.
+    sampled = TaskConfig(negatives="sampled", num_sampled=8)
+    assert sampled.logq == "none" and TaskConfig(logq="streaming").logq == "streaming"
+    assert TrainingConfig(optimizer="adam").row_l2 == 0.0
+    assert TrainingConfig(optimizer="lazy_adam").row_l2 == config_module.DEFAULT_ROW_L2
+    assert TrainingConfig(row_l2=0.0).row_l2 == 0.0
+    assert Config.from_yaml(config.to_yaml()) == config
 
 
 def test_round_trip_through_yaml():
@@ -184,14 +206,15 @@ def test_wrong_types_name_section_and_key(override, message):
         (["evaluation.ks=[]"], "`evaluation.ks` must be a non-empty list"),
         # Settings that the other settings make irrelevant are errors, not silently ignored.
         (["task.num_sampled=8"], "`task.num_sampled` is not used without catalogue negatives"),
-        (["task.estimator.alpha=0.1"], "`task.estimator` is not used with logq='none'"),
+        (["task.logq=none", "task.estimator.alpha=0.1"],
+         "`task.estimator` is not used with logq='none'"),
         (["data.split.seed=1"], "`data.split.seed` is not used by kind='leave_last_out'"),
         (["data.path=x.csv"], "`data.path` is not used with source='synthetic'"),
         (["data.source=file"], "`data.path` must be the interaction log for source='file'"),
         (["evaluation.seed=1"], "`evaluation.seed` is not used without max_users"),
         (["task.negatives=mixed", "task.remove_accidental_hits=true"],
          "`task.num_sampled` must be > 0"),
-        (["task.logq=counts"], "`task.remove_accidental_hits` must be true"),
+        (["task.remove_accidental_hits=false"], "`task.remove_accidental_hits` must be true"),
         (["task.negatives=sampled", "task.num_sampled=4", "task.logq=counts",
           "task.remove_accidental_hits=true"], "`task.logq` corrects in-batch negatives"),
         (["data.split.kind=time_cut", "data.split.cutoff=5", "data.split.test_fraction=0.5"],
@@ -242,7 +265,7 @@ def test_apply_override_creates_missing_sections():
 def test_diff_lists_the_keys_that_differ():
     a = Config()
     b = load_config(overrides=["training.epochs=5", "data.synthetic.seed=3"])
-    assert a.diff(b) == ["data.synthetic.seed: 0 != 3", "training.epochs: 1 != 5"]
+    assert a.diff(b) == ["data.synthetic.seed: 0 != 3", "training.epochs: 10 != 5"]
     assert a.diff(a) == []
 
 
