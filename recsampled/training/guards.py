@@ -9,7 +9,9 @@
 - :class:`FiniteLossGuard`: a Keras callback that raises a
   :class:`~recsampled.errors.TrainingError` at the first batch whose loss is NaN or inf, naming
   the step and the likely cause; placed before the checkpoint callback, it stops training before
-  anything of that step is saved.
+  anything of that step is saved. A step can also make the weights non-finite while its own
+  loss (computed before the update) was finite, so at every step that is checkpointed (every
+  ``every_steps`` and at epoch ends) it checks the model's weights too.
 
 Example:
     >>> estimate_table_bytes(num_users=1000, num_items=2000, embedding_dim=32, optimizer="adam")
@@ -185,15 +187,24 @@ class FiniteLossGuard(tf.keras.callbacks.Callback):
     Args:
         likely_cause: words for the message (:func:`likely_nan_causes`).
         checkpoints: the checkpoint folder, to name what is kept.
+        every_steps: the checkpoint callback's ``every_steps``: the weights are checked at
+            those global steps and at epoch ends (0: epoch ends only).
 
     Raises:
         TrainingError: from ``fit``, at that batch, before later callbacks (checkpoints) run.
     """
 
-    def __init__(self, *, likely_cause: str = "", checkpoints: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        *,
+        likely_cause: str = "",
+        checkpoints: str | os.PathLike | None = None,
+        every_steps: int = 0,
+    ):
         super().__init__()
         self.likely_cause = likely_cause
         self.checkpoints = checkpoints
+        self.every_steps = every_steps
         self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -201,15 +212,30 @@ class FiniteLossGuard(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
-            return
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(batch, f"the loss is {float(loss)}")
+        if self.every_steps:
+            step = int(self.model.optimizer.iterations.numpy())
+            if step % self.every_steps == 0:
+                self._check_weights(batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._check_weights(None)
+
+    def _check_weights(self, batch: int | None) -> None:
+        for variable in self.model.trainable_variables:
+            if not bool(tf.reduce_all(tf.math.is_finite(variable))):
+                self._stop(batch, f"the weights {variable.name} are no longer finite")
+
+    def _stop(self, batch: int | None, what: str) -> None:
         step = int(self.model.optimizer.iterations.numpy())
+        where = f"epoch {self._epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
         kept = (
             None if self.checkpoints is None else tf.train.latest_checkpoint(str(self.checkpoints))
         )
         raise TrainingError(
-            f"Training stopped at step {step} (epoch {self._epoch + 1}, batch {batch + 1}): the "
-            f"loss is {float(loss)}. Likely cause: {self.likely_cause or 'a large learning rate'}. "
+            f"Training stopped at step {step} ({where}): {what}. "
+            f"Likely cause: {self.likely_cause or 'a large learning rate'}. "
             "Nothing of this step was saved (no towers written); "
             + (f"the last good checkpoint is {kept}." if kept else "no checkpoint was kept.")
             + " Fix the setting and start over with --force.",
@@ -229,4 +255,8 @@ def check_before_training(
 
 def nan_guard(config: Any, checkpoints: str | os.PathLike | None = None) -> FiniteLossGuard:
     """The :class:`FiniteLossGuard` of a run (its likely causes from ``config``)."""
-    return FiniteLossGuard(likely_cause=likely_nan_causes(config), checkpoints=checkpoints)
+    return FiniteLossGuard(
+        likely_cause=likely_nan_causes(config),
+        checkpoints=checkpoints,
+        every_steps=config.training.checkpoint_every_steps,
+    )

@@ -23,12 +23,13 @@ def test_a_checkpoint_of_another_config_is_an_error_unless_forced(tmp_path):
     assert Config.from_yaml(run.config_file.read_text()) == config
     _fake_checkpoint(run)
     run.prepare(config)  # same config: resume
-    other = load_config(overrides=["training.epochs=2"])
+    epochs = config.training.epochs
+    other = load_config(overrides=[f"training.epochs={epochs + 1}"])
     with pytest.raises(RunDirectoryError) as error:
         run.prepare(other)
     message = str(error.value)
     assert "holds a checkpoint of a different config" in message
-    assert "training.epochs: 1 != 2" in message and "--force" in message
+    assert f"training.epochs: {epochs} != {epochs + 1}" in message and "--force" in message
     run.prepare(other, force=True)
     assert run.latest_checkpoint() is None
     assert Config.from_yaml(run.config_file.read_text()) == other

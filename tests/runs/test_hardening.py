@@ -157,7 +157,8 @@ def test_nan_loss_stops_at_once_and_nothing_nan_is_saved(tmp_path):
     config = _config(log, "training.optimizer=sgd", "training.learning_rate=1.0e+30",
                      "training.epochs=3", "training.checkpoint_every_steps=1")  # fmt: skip
     run = RunDirectory(tmp_path / "run")
-    with pytest.raises(TrainingError, match=r"Training stopped at step \d+ .*the loss is") as error:
+    stopped = r"Training stopped at step \d+ \(epoch 1, batch \d+\): (the loss|the weights)"
+    with pytest.raises(TrainingError, match=stopped) as error:
         train(config, run.path)
     assert "training.learning_rate=1e+30 is large" in str(error.value)
     assert not run.towers.exists() and not run.metrics_file.exists()
@@ -169,6 +170,13 @@ def test_nan_loss_stops_at_once_and_nothing_nan_is_saved(tmp_path):
                 assert np.isfinite(value).all(), (path, name)
     assert int(run.latest_checkpoint().rsplit("-", 1)[1]) < error.value.step
 
+    # The guard alone: a finite loss, weights made non-finite by the step's update.
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(1,))])
+    model.compile(optimizer=tf.keras.optimizers.SGD(3e38), loss="mse")
+    guard = guards.FiniteLossGuard(every_steps=1)
+    with pytest.raises(TrainingError, match="step 1 .*: the weights .* are no longer finite"):
+        model.fit(np.ones((2, 1)), np.full((2, 1), 1e3), callbacks=[guard], verbose=0)
+
 
 @pytest.mark.parametrize(
     "overrides, error, message",
@@ -176,7 +184,7 @@ def test_nan_loss_stops_at_once_and_nothing_nan_is_saved(tmp_path):
         (["data.split.kind=time_cut", "data.split.cutoff=5000"], DataError,
          "The test part of split 'time_cut' of {log} is empty"),
         (["data.weight_col=weight"], DataError, "Every weight in column 'weight' of {log} is 0"),
-        (["model.embedding_dim=100000000"], ValueError,
+        (["model.embedding_dim=100000000", "training.optimizer=adam"], ValueError,
          "`model.embedding_dim` is too large for this machine: the embedding tables need about "
          "120,000,000,000 bytes (111.8 GiB: (60 users + 40 items) x 100,000,000 x 4 bytes x 3 "
          "copies with optimizer='adam'), but 17,179,869,184 bytes (16.0 GiB) are available"),
