@@ -70,6 +70,16 @@ __all__ = [
     "suggest_config",
 ]
 
+TUNED_KEYS = {
+    "temperature": "task.temperature",
+    "learning_rate": "training.learning_rate",
+    "row_l2": "training.row_l2",
+    "embedding_dim": "model.embedding_dim",
+    "negatives": "task.negatives",
+    "num_sampled": "task.num_sampled",
+}
+"""The config key each parameter of the search space sets."""
+
 PRUNERS = ("median", "none")
 """``tune.pruner.kind``: Optuna's ``MedianPruner`` on the per-epoch metric, or no pruning."""
 
@@ -293,6 +303,11 @@ class TuneConfig(_Section):
                 raise _fail(self._name(key), "> 0", getattr(self, key))
         if not self.random_trials >= 0:
             raise _fail(self._name("random_trials"), ">= 0", self.random_trials)
+
+    def overridden_keys(self) -> list[str]:
+        """The base config's keys that no trial uses: every trial sets them."""
+        keys = ["training.epochs", "training.early_stopping"]
+        return keys + [TUNED_KEYS[name] for name in self.space()]
 
     def space(self) -> dict[str, Any]:
         """The tuned parameters (name -> range or choices), null ones left out."""

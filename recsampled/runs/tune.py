@@ -175,11 +175,13 @@ def _locked(output: Path) -> Iterator[None]:
 
 def _check_setup(output: Path, setup: TuneSetup) -> None:
     """Writes ``tune.yaml``, after checking that a study in ``output`` has the same setup
-    (``tune.trials`` may differ: more trials extend a study)."""
+    (``tune.trials`` may differ: more trials extend a study; so may base values that every
+    trial overrides, such as ``training.epochs``)."""
     saved_file = output / "tune.yaml"
     if (output / "study.db").exists() and saved_file.is_file():
         saved = load_tune_config(saved_file)
-        differences = saved.config.diff(setup.config)
+        overridden = tuple(f"{key}{end}" for key in setup.tune.overridden_keys() for end in ":.")
+        differences = [d for d in saved.config.diff(setup.config) if not d.startswith(overridden)]
         saved_tune = dataclasses.replace(saved.tune, trials=setup.tune.trials)
         differences += [
             f"tune.{key}: {a!r} != {b!r}"

@@ -306,6 +306,16 @@ def test_a_study_of_another_config_or_a_held_lock_is_refused(setup, tmp_path):
     open_study(tmp_path, setup.tune)  # creates study.db, no trial
     _check_setup(tmp_path, setup)
     _check_setup(tmp_path, setup._replace(tune=dataclasses.replace(setup.tune, trials=50)))
+    # every trial sets training.epochs and the tuned keys: a base that differs there resumes
+    training = dataclasses.replace(setup.config.training, epochs=9, row_l2=0.5)
+    _check_setup(
+        tmp_path, setup._replace(config=dataclasses.replace(setup.config, training=training))
+    )
+    training = dataclasses.replace(setup.config.training, batch_size=64)
+    with pytest.raises(RunDirectoryError, match=r"training.batch_size: 256 != 64"):
+        _check_setup(
+            tmp_path, setup._replace(config=dataclasses.replace(setup.config, training=training))
+        )
     other = setup._replace(tune=dataclasses.replace(setup.tune, seed=1))
     with pytest.raises(RunDirectoryError, match=r"another config.*tune.seed: 0 != 1"):
         tune(other.config, tmp_path, tune=other.tune)
