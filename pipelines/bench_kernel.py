@@ -24,13 +24,18 @@ and ``[N]`` biases, gradients w.r.t. all three, ``Adagrad`` applying them (it ap
 - ``full``: the full softmax, ``full_chunk`` queries at a time (:func:`_full_step`).
 
 Steps alternate round by round, so the load of other processes hits all alike; medians of wall
-and process CPU time, and the ratios per round (mean and standard error).
+and process CPU time, and the ratios per round (mean and standard error; the amortised ratio in
+wall and in CPU time). **Arithmetic**: the GEMM rates of the machine, timed in the same rounds
+(``WᵀW`` in float32 and float64, the rebuild's batched ``[M, L, D]`` leaf products), against the
+flops of the mixture's leaf scoring (``2·S·L·D²`` per step) and of a rebuild (``2·N·D²`` float32
+for the leaf sums, ``2·N·D²`` float64 for the root): the floor of the amortised ratio.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,6 +77,7 @@ class Options:
     #: queries per chunk of the full-softmax step.
     full_chunk: int = dataclasses.field(default=128, metadata={"min": 1})
     full_repeats: int = 2  #: timed full-softmax steps (0: leave it out).
+    leaf_size: int = 0  #: leaf size of the training step's kernel samplers (0: their default).
 
 
 QUICK = Options(
@@ -196,8 +202,9 @@ def _training_steps(
 ) -> tuple[dict, rs.QuadraticKernelSampler]:
     """The variants of the module docstring, by name, each a function of the labels."""
     shared, small = options.shared_num_sampled, options.num_sampled
-    mixture = rs.QuadraticKernelSampler(weights, alpha=100.0)
-    per_query = rs.QuadraticKernelSampler(weights, alpha=100.0, mode="per_query")
+    leaf = options.leaf_size or None
+    mixture = rs.QuadraticKernelSampler(weights, alpha=100.0, leaf_size=leaf)
+    per_query = rs.QuadraticKernelSampler(weights, alpha=100.0, leaf_size=leaf, mode="per_query")
     unigram = rs.UnigramSampler(counts)
     steps = {
         "kernel_mixture": _sampled_step(
@@ -230,6 +237,7 @@ def bench_step(options: Options) -> dict:
     steps, mixture = _training_steps(options, weights, biases, queries, counts)
     calls = {name: (lambda s=step: s(labels).numpy()) for name, step in steps.items()}
     calls["rebuild"] = _synced(tf.function(mixture.rebuild), mixture)
+    calls |= _gemm_calls(weights, mixture)
     repeats = dict.fromkeys(calls, options.repeats) | {"rebuild": max(2, options.repeats // 2)}
     chunk = min(batch, options.full_chunk)
     full_bytes = 3.0 * chunk * num_classes * 4 + 4 * num_classes * dim * 4
@@ -252,7 +260,49 @@ def bench_step(options: Options) -> dict:
         "optimizer": "tf.keras.optimizers.Adagrad(0.1): sparse updates for IndexedSlices",
         "leaf_size": mixture.leaf_size, "kernel_memory_bytes": mixture.memory_bytes(),
         "times": times, "ratios": _step_ratios(timings, options.rebuild_every),
+        "arithmetic": _arithmetic(times, mixture, options),
     }  # fmt: skip
+
+
+def _gemm_calls(weights: tf.Variable, sampler: rs.QuadraticKernelSampler) -> dict:
+    """The machine's GEMM rates, timed in the same rounds: ``WᵀW`` (``[N, D]``, float32 and
+    float64, as the rebuild's root) and the rebuild's batched ``[M, L, D]`` leaf products."""
+    leaves = tf.reshape(tf.pad(weights, [[0, sampler.num_leaves * sampler.leaf_size -
+                                          sampler.num_classes], [0, 0]]),
+                        [sampler.num_leaves, sampler.leaf_size, -1])  # fmt: skip
+    w64 = tf.cast(weights, tf.float64)
+    gemms = {
+        "gemm_f32": tf.function(lambda: tf.matmul(weights, weights, transpose_a=True)[0, 0]),
+        "gemm_f64": tf.function(lambda: tf.matmul(w64, w64, transpose_a=True)[0, 0]),
+        "gemm_leaves": tf.function(lambda: tf.matmul(leaves, leaves, transpose_a=True)[0, 0, 0]),
+    }
+    return {name: (lambda f=f: f().numpy()) for name, f in gemms.items()}
+
+
+def _arithmetic(times: dict, sampler: rs.QuadraticKernelSampler, options: Options) -> dict:
+    """Flops of the mixture step's leaf scoring and of a rebuild against the GEMM rates measured
+    in the same run: the time each would take at those rates (the floor of this design)."""
+    n, d, s = options.step_size, options.step_dim, options.shared_num_sampled
+    draws = s + s // 16 + 8  # the first round of unique draws (_draw_mixture)
+    flops = {
+        "leaf_scoring_per_step": 2.0 * draws * sampler.leaf_size * d * d,  # α·wᵀ(H/c)w, L per draw
+        "rebuild_leaf_sums_f32": 2.0 * n * d * d, "rebuild_root_f64": 2.0 * n * d * d,
+    }  # fmt: skip
+    rate = {
+        k: 2.0 * n * d * d / times[k]["median_ms"] * 1e-6
+        for k in ("gemm_f32", "gemm_f64", "gemm_leaves")
+    }
+    floor_ms = {
+        "leaf_scoring_per_step": flops["leaf_scoring_per_step"] / rate["gemm_f32"] * 1e-6,
+        "rebuild": (flops["rebuild_leaf_sums_f32"] / rate["gemm_leaves"]
+                    + flops["rebuild_root_f64"] / rate["gemm_f64"]) * 1e-6,
+    }  # fmt: skip
+    floor_ms["rebuild_per_step"] = floor_ms["rebuild"] / options.rebuild_every
+    unigram = times["unigram"]["median_ms"]
+    floor_ms["kernel_mixture_amortised_floor_over_unigram"] = (
+        unigram + floor_ms["leaf_scoring_per_step"] + floor_ms["rebuild_per_step"]
+    ) / unigram
+    return {"flops": flops, "gflops_per_s": rate, "floor_ms": floor_ms}
 
 
 def _step_ratios(timings: harness.Timings, rebuild_every: int) -> dict:
@@ -261,15 +311,26 @@ def _step_ratios(timings: harness.Timings, rebuild_every: int) -> dict:
     amortised = rebuild["median_ms"] / rebuild_every
     mixture = [t + amortised for t in timings.wall_ms["kernel_mixture"]]
     per_round = [m / u for m, u in zip(mixture, timings.wall_ms["unigram"], strict=True)]
+    rebuild_cpu = rebuild["cpu_median_ms"] / rebuild_every
+    per_round_cpu = [(m + rebuild_cpu) / u for m, u in zip(
+        timings.cpu_ms["kernel_mixture"], timings.cpu_ms["unigram"], strict=True)]  # fmt: skip
     ratios = {
         "kernel_mixture_amortised_ms": float(np.median(mixture)),
         "rebuild_ms_per_step": amortised,
         "kernel_mixture_amortised_over_unigram": harness.ratio_stats(per_round),
+        "rebuild_cpu_ms_per_step": rebuild_cpu,
+        "kernel_mixture_amortised_over_unigram_cpu": harness.ratio_stats(per_round_cpu),
         "kernel_mixture_over_unigram": timings.ratio("kernel_mixture", "unigram"),
         "kernel_mixture_over_unigram_cpu": timings.ratio("kernel_mixture", "unigram", cpu=True),
         "kernel_per_query_over_unigram_small": timings.ratio("kernel_per_query", "unigram_small"),
         "kernel_per_query_over_kernel_mixture": timings.ratio("kernel_per_query", "kernel_mixture"),
     }
+    # The fewest steps between rebuilds that meet the target: (m + r/k) / u <= target.
+    for suffix, times in (("", timings.wall_ms), ("_cpu", timings.cpu_ms)):
+        m, u = (float(np.median(times[n])) for n in ("kernel_mixture", "unigram"))
+        r = float(np.median(times["rebuild"]))
+        slack = TARGET_MIXTURE_RATIO * u - m
+        ratios[f"rebuild_every_for_target{suffix}"] = math.ceil(r / slack) if slack > 0 else None
     if "full" in timings.wall_ms:
         ratios["full_over_kernel_mixture"] = timings.ratio("full", "kernel_mixture")
     return ratios
@@ -285,6 +346,9 @@ def evaluate_targets(step: dict, samplers: list[dict]) -> dict:
     memory_bytes = memory[0] if memory else step["kernel_memory_bytes"]
     return {
         "kernel_mixture_amortised_over_unigram": mixture,
+        "kernel_mixture_amortised_over_unigram_cpu": ratios[
+            "kernel_mixture_amortised_over_unigram_cpu"
+        ]["median"],
         "mixture_target": TARGET_MIXTURE_RATIO,
         "mixture_met": bool(mixture <= TARGET_MIXTURE_RATIO),
         "full_over_kernel_mixture": full,

@@ -155,6 +155,9 @@ def test_quick_step_times_and_equal_time(quick: tuple[dict, Path]) -> None:
     for proposal in ("uniform", "unigram", "kernel", "kernel_mixture"):
         assert set(times[proposal]) == {str(s) for s in settings.bias_num_sampled}
         assert all(t["median_ms"] > 0 for t in times[proposal].values())
+    for t in times["kernel_mixture"].values():  # the step plus its share of a tree rebuild
+        share = t["rebuild_median_ms"] / settings.kernel_rebuild_every
+        assert t["median_ms"] == pytest.approx(t["step_median_ms"] + share) and share > 0
     rows = entry["equal_time"]
     assert len(rows) == len(settings.bias_num_sampled) * len(bench_bias.TRAINED)
     bias = {

@@ -29,16 +29,31 @@ def test_quick_run_writes_json(tmp_path):
         assert _positive(point["times"][name]["cpu_median_ms"])
     step = report["step"]
     names = {"kernel_mixture", "unigram", "kernel_per_query", "unigram_small", "rebuild", "full"}
+    names |= {"gemm_f32", "gemm_f64", "gemm_leaves"}
     assert set(step["times"]) == names
     assert all(_positive(t["median_ms"]) for t in step["times"].values())
     ratios = step["ratios"]
-    assert math.isclose(
-        ratios["rebuild_ms_per_step"], step["times"]["rebuild"]["median_ms"] / 100
-    )
+    assert math.isclose(ratios["rebuild_ms_per_step"], step["times"]["rebuild"]["median_ms"] / 100)
     # The amortised mixture step is the step plus the rebuild share.
     assert ratios["kernel_mixture_amortised_ms"] > step["times"]["kernel_mixture"]["min_ms"]
     amortised = ratios["kernel_mixture_amortised_over_unigram"]
     assert amortised["n"] == 2 and _positive(amortised["median"])
+    # The arithmetic: flops over the GEMM rates of the same run.
+    arithmetic, d = step["arithmetic"], step["embedding_dim"]
+    rebuild_flops = 2.0 * step["num_classes"] * d * d
+    assert arithmetic["flops"]["rebuild_root_f64"] == rebuild_flops
+    rate = arithmetic["gflops_per_s"]["gemm_f32"]
+    assert math.isclose(rate, rebuild_flops / step["times"]["gemm_f32"]["median_ms"] * 1e-6)
+    floor = arithmetic["floor_ms"]
+    assert math.isclose(
+        floor["leaf_scoring_per_step"], arithmetic["flops"]["leaf_scoring_per_step"] / rate * 1e-6
+    )
+    assert floor["kernel_mixture_amortised_floor_over_unigram"] > 1.0
+    cpu = ratios["kernel_mixture_amortised_over_unigram_cpu"]
+    assert cpu["n"] == 2 and _positive(cpu["median"])
+    for suffix in ("", "_cpu"):
+        every = ratios[f"rebuild_every_for_target{suffix}"]
+        assert every is None or (isinstance(every, int) and every >= 1)
     targets = report["targets"]
     assert targets["kernel_mixture_amortised_over_unigram"] == amortised["median"]
     assert targets["mixture_met"] == (amortised["median"] <= bench_kernel.TARGET_MIXTURE_RATIO)
