@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,8 @@ class TrainResult:
             is not the chief: it neither evaluates nor writes).
         popularity: the popularity baseline's, on the same users (None likewise).
         seconds: wall time of this call.
+        baselines: the other baselines of ``evaluation.baselines`` (``"ials"``), on the same
+            users (empty likewise).
     """
 
     run_dir: Path
@@ -81,17 +83,19 @@ class TrainResult:
     metrics: RankingMetrics | None
     popularity: RankingMetrics | None
     seconds: float
+    baselines: dict[str, RankingMetrics] = field(default_factory=dict)
 
     def table(self) -> str:
-        """The metrics of the model beside popularity, one row per metric."""
+        """The metrics of the model beside the baselines (iALS, popularity), one row per metric."""
         if self.metrics is None or self.popularity is None:
             return "(no test metrics: a worker that is not the chief, or evaluate_test=False)"
-        model, baseline = self.metrics.as_dict(), self.popularity.as_dict()
-        rows = [f"{'metric':<14}{'model':>10}{'popularity':>12}"]
-        for key, value in model.items():
+        columns = {"model": self.metrics, **self.baselines, "popularity": self.popularity}
+        columns = {name: m.as_dict() for name, m in columns.items()}
+        rows = [f"{'metric':<14}" + "".join(f"{name:>12}" for name in columns)]
+        for key in columns["model"]:
             if key in ("num_users", "num_items"):
                 continue
-            rows.append(f"{key:<14}{value:>10.4f}{baseline[key]:>12.4f}")
+            rows.append(f"{key:<14}" + "".join(f"{c[key]:>12.4f}" for c in columns.values()))
         rows.append(f"({self.metrics.num_users} test users, {self.metrics.num_items} items)")
         return "\n".join(rows)
 
@@ -168,8 +172,9 @@ def train(
             shutil.rmtree(folder, ignore_errors=True)
     history = state.history_records()
     metrics = popularity = None
+    baselines: dict[str, RankingMetrics] = {}
     if chief:
-        metrics, popularity = _write_outputs(
+        metrics, popularity, baselines = _write_outputs(
             run, model, config, split, fit_log, validation, history, evaluate_test=evaluate_test
         )
     # The others wait for the chief's outputs (a worker that left early would look lost to it).
@@ -183,6 +188,7 @@ def train(
         metrics=metrics,
         popularity=popularity,
         seconds=time.perf_counter() - started,
+        baselines=baselines,
     )
 
 
@@ -196,8 +202,9 @@ def _write_outputs(
     history: list[dict],
     *,
     evaluate_test: bool = True,
-) -> tuple[RankingMetrics | None, RankingMetrics | None]:
-    """The chief's part after training: history, towers, full-catalogue metrics."""
+) -> tuple[RankingMetrics | None, RankingMetrics | None, dict[str, RankingMetrics]]:
+    """The chief's part after training: history, towers, full-catalogue metrics (the model,
+    the ``evaluation.baselines``, popularity)."""
     train_log, test_log = split.train, split.test
     run.write_history(history)
     write_history_plot(run.history_plot, history)
@@ -209,8 +216,9 @@ def _write_outputs(
         embedding_dim=config.model.embedding_dim,
     )
     metrics = popularity = None
+    baselines: dict[str, RankingMetrics] = {}
     if evaluate_test:
-        metrics, popularity = _evaluate(model, train_log, test_log, config)
+        metrics, popularity, baselines = _evaluate(model, train_log, test_log, config)
     run.write_metrics(
         {
             "protocol": "full catalogue, training items removed, mean over test users",
@@ -219,10 +227,11 @@ def _write_outputs(
             **({"validation_rows": len(validation.test)} if validation else {}),
             "test_rows": len(test_log),
             **({"model": metrics.as_dict()} if metrics is not None else {}),
+            **{name: m.as_dict() for name, m in baselines.items()},
             **({"popularity": popularity.as_dict()} if popularity is not None else {}),
         },
     )
-    return metrics, popularity
+    return metrics, popularity, baselines
 
 
 def _data_digest(train_log: Interactions, fit_log: Interactions) -> int:
@@ -434,10 +443,12 @@ def _fit(
 
 def _evaluate(
     model: TwoTowerModel, train_log: Interactions, test_log: Interactions, config: Config
-) -> tuple[RankingMetrics, RankingMetrics]:
-    """Full-catalogue metrics of the model and of popularity, on the same test users."""
+) -> tuple[RankingMetrics, RankingMetrics, dict[str, RankingMetrics]]:
+    """Full-catalogue metrics of the model, of popularity and of the other baselines
+    (``evaluation.baselines``), on the same test users."""
     queries = embed_ids(model.query_model, train_log.num_users, batch_size=1 << 16)
     candidates = embed_ids(model.candidate_model, train_log.num_items, batch_size=1 << 16)
     scorers = {"model": embedding_scores(queries, candidates)}
     result = evaluate(scorers, train_log, test_log, **evaluation_settings(config.evaluation))
-    return result["model"], result["popularity"]
+    baselines = {k: v for k, v in result.items() if k not in ("model", "popularity")}
+    return result["model"], result["popularity"], baselines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -22,6 +23,12 @@ def test_evaluate_shows_ials_computed_by_the_evaluation_protocol(finished_run):
     again = evaluate({}, split.train, split.test, **evaluation_settings(settings))
     assert result.ials.as_dict() == pytest.approx(again["ials"].as_dict(), abs=1e-9)  # seeded
     assert result.ials.recall[10] > result.popularity.recall[10]  # 5 planted clusters
+    # The training report: the same iALS column in metrics.json and in the printed table.
+    trained = json.loads((finished_run.run_dir / "metrics.json").read_text())
+    assert list(trained)[-3:] == ["model", "ials", "popularity"]
+    assert trained["ials"] == pytest.approx(result.ials.as_dict(), abs=1e-9)
+    assert finished_run.baselines["ials"].as_dict() == trained["ials"]
+    assert finished_run.table().splitlines()[0].split() == ["metric", "model", "ials", "popularity"]
 
 
 def test_baselines_can_leave_ials_out(finished_run):
