@@ -3,18 +3,19 @@
 Run ``nice -n 10 python -m pipelines.bench_serve`` (after ``make demo``, or with
 ``--demo-artifacts DIR``); it writes ``benchmarks/serve.json`` and ``benchmarks/serve.png``.
 
-**Servers.** Per artifact and mode, ``python -m recsampled.serving`` in a subprocess on 127.0.0.1
-(one FAISS and one TensorFlow thread), batching (``--max-batch-size``, ``--max-wait-ms``) or
-``--no-batching`` (each request on its own in a worker thread). Artifacts: the demo's (1,000
-users, ~2,000 items, HNSW) and a synthetic 10^6-item IVF-Flat one (clustered embeddings, a tower
-whose users come from the same clusters, up to 20 seen items each, ``export_artifact(index="ivf")``
-tuned to recall@10 >= 0.95; cached in ``--cache-dir``).
+**Servers.** Per artifact, two ``python -m recsampled.serving`` subprocesses on 127.0.0.1 side by
+side (one FAISS and one TensorFlow thread each): micro-batching (``--max-batch-size``,
+``--max-wait-ms``) and ``--no-batching`` (each request on its own in a worker thread); each
+client count is measured on one, then the other, so both see the same machine load. Artifacts:
+the demo's (1,000 users, ~2,000 items, HNSW) and a synthetic 10^6-item IVF-Flat one (clustered
+embeddings, a tower whose users come from the same clusters, up to 20 seen items each, tuned to
+recall@10 >= 0.95; cached in ``--cache-dir``).
 
 **Load.** ``c`` clients in one asyncio loop of this process, each with a minimal HTTP/1.1
-keep-alive connection (tens of microseconds per request) sending one request at a time:
-``POST /recommend {"user_ids": [u], "k": 10}`` for random users. Per point: ``--warmup`` untimed
-requests, then ``--requests`` timed ones or ``--max-seconds``; queries/s, p50/p99 latency, query
-rows per shared search (``/metrics``) and the server's CPU time per request.
+keep-alive connection sending one request at a time: ``POST /recommend {"user_ids": [u], "k":
+10}`` for random users. Per point: ``--warmup`` untimed requests, then ``--requests`` timed ones
+or ``--max-seconds``; queries/s, p50/p99 latency, query rows per shared search (``/metrics``),
+the server's CPU time per request and the 1-minute load average.
 
 **Targets** (computed from the numbers): p99 < 20 ms at 8 clients on the demo artifact
 (batching on); micro-batching at least doubling queries/s at 64 clients on the 10^6 artifact.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
@@ -68,7 +70,8 @@ class Options:
 
 
 COLUMNS = ("artifact", "batching", "clients", "qps", "p50_ms", "p99_ms", "mean_rows_per_search",
-           "server_cpu_ms_per_request")  # fmt: skip
+           "server_cpu_ms_per_request", "load_average_1m")  # fmt: skip
+PLOTTED = (("qps", "queries/s"), ("p99_ms", "p99 ms"))
 QUICK = Options(large_items=5000, large_dim=16, large_users=200, clients=(1, 8), requests=100)
 
 
@@ -89,8 +92,7 @@ def large_artifact(options: Options) -> Path:
     queries = centers[rng.integers(1000, size=users)]
     queries += 0.5 * rng.standard_normal((users, d), dtype=np.float32)
     embedding = tf.keras.layers.Embedding(users, d, embeddings_initializer="zeros")
-    tower = tf.keras.Sequential([embedding])
-    tower(tf.constant([0], tf.int64))
+    (tower := tf.keras.Sequential([embedding]))(tf.constant([0], tf.int64))
     embedding.set_weights([queries])
     seen = [np.unique(rng.integers(n, size=rng.integers(0, 21))) for _ in range(users)]
     LOG.info("building the %d x %d IVF artifact into %s", n, d, path)
@@ -105,9 +107,8 @@ def start_server(artifacts: Path, port: int, batching: bool, options: Options) -
     flags = f"--port {port} --max-batch-size {options.max_batch_size} --max-wait-ms "
     flags += f"{options.max_wait_ms} --log-level warning" + ("" if batching else " --no-batching")
     command = [sys.executable, "-m", "recsampled.serving", "--artifacts", str(artifacts)]
-    command += flags.split()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(command, env=env, cwd=REPO)
+    process = subprocess.Popen(command + flags.split(), env=env, cwd=REPO)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -129,8 +130,7 @@ async def run_load(port: int, bodies: list[bytes], clients: int, max_seconds: fl
     """Sends ``bodies`` from ``clients`` keep-alive connections; returns latencies and statuses."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    todo = iter(bodies)
-    stop_at = time.perf_counter() + max_seconds
+    todo, stop_at = iter(bodies), time.perf_counter() + max_seconds
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -146,8 +146,7 @@ async def run_load(port: int, bodies: list[bytes], clients: int, max_seconds: fl
             length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
-            status = int(head[9:12])
-            statuses[status] = statuses.get(status, 0) + 1
+            statuses[int(head[9:12])] = statuses.get(int(head[9:12]), 0) + 1
         writer.close()
 
     started = time.perf_counter()
@@ -162,36 +161,47 @@ def batch_rows(port: int) -> np.ndarray:
     return np.array([float(re.search(pattern.format(s), text, re.M)[1]) for s in ("sum", "count")])
 
 
-def measure(name: str, artifacts: Path, batching: bool, options: Options) -> list:
-    port = free_port()
+def point(port: int, server: psutil.Process, bodies: list[bytes], clients: int,
+          options: Options) -> dict:  # fmt: skip
+    """One (server, clients) measurement: warm-up, then the timed requests."""
+    asyncio.run(run_load(port, bodies[: options.warmup], clients, options.max_seconds))
+    rows_before, cpu_before = batch_rows(port), sum(server.cpu_times()[:2])
+    load = (harness.load_average() or [None])[0]
+    latencies, statuses, seconds = asyncio.run(
+        run_load(port, bodies[options.warmup :], clients, options.max_seconds)
+    )
+    rows_sum, batches = batch_rows(port) - rows_before
+    cpu = sum(server.cpu_times()[:2]) - cpu_before
+    return {"clients": clients, "requests": len(latencies), "seconds": seconds,
+            "statuses": statuses, "qps": len(latencies) / seconds,
+            "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+            "mean_rows_per_search": rows_sum / max(batches, 1),
+            "server_cpu_ms_per_request": cpu * 1e3 / max(len(latencies), 1),
+            "load_average_1m": load}  # fmt: skip
+
+
+def measure(name: str, artifacts: Path, options: Options) -> list:
+    """Both servers (micro-batching on and off) started side by side; each client count is
+    measured on one, then the other (round-robin: both see the same machine load)."""
     users = [int(u) for u in np.load(artifacts / "user_ids.npy")]
     rng = np.random.default_rng(options.seed)
-    process = start_server(artifacts, port, batching, options)
-    points = []
+    servers = {}
     try:
-        server = psutil.Process(process.pid)
+        for batching in (True, False):
+            port = free_port()
+            servers[batching] = (port, start_server(artifacts, port, batching, options))
+        points = []
         for clients in options.clients:
             picks = rng.choice(users, options.warmup + options.requests)
             bodies = [b'{"user_ids": [%d], "k": %d}' % (u, options.k) for u in picks]
-            asyncio.run(run_load(port, bodies[: options.warmup], clients, options.max_seconds))
-            rows_before, cpu_before = batch_rows(port), sum(server.cpu_times()[:2])
-            latencies, statuses, seconds = asyncio.run(
-                run_load(port, bodies[options.warmup :], clients, options.max_seconds)
-            )
-            rows_after, cpu = batch_rows(port), sum(server.cpu_times()[:2]) - cpu_before
-            rows_sum, batches = rows_after - rows_before
-            point = {"artifact": name, "batching": batching, "clients": clients,
-                     "requests": len(latencies), "seconds": seconds, "statuses": statuses,
-                     "qps": len(latencies) / seconds,
-                     "p50_ms": float(np.percentile(latencies, 50) * 1e3),
-                     "p99_ms": float(np.percentile(latencies, 99) * 1e3),
-                     "mean_rows_per_search": rows_sum / max(batches, 1),
-                     "server_cpu_ms_per_request": cpu * 1e3 / max(len(latencies), 1)}  # fmt: skip
-            LOG.info("%s", {c: point[c] for c in COLUMNS})
-            points.append(point)
+            for batching, (port, process) in servers.items():
+                found = point(port, psutil.Process(process.pid), bodies, clients, options)
+                points.append({"artifact": name, "batching": batching, **found})
+                LOG.info("%s", {c: points[-1][c] for c in COLUMNS})
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for _, process in servers.values():
+            process.terminate(), process.wait(timeout=30)
     return points
 
 
@@ -218,23 +228,20 @@ def plot(points: list[dict], path: Path) -> None:
     for row, artifact in enumerate(("demo", "large")):
         for batching in (True, False):
             mine = [p for p in points if p["artifact"] == artifact and p["batching"] == batching]
-            label = "micro-batching" if batching else "no batching"
-            for col, key in enumerate(("qps", "p99_ms")):
-                axes[row][col].plot(
-                    [p["clients"] for p in mine], [p[key] for p in mine], "o-", label=label
-                )
-                axes[row][col].set_xscale("log", base=2)
-                axes[row][col].set_title(f"{artifact}: {'queries/s' if col == 0 else 'p99 ms'}")
+            for ax, (key, title) in zip(axes[row], PLOTTED, strict=True):
+                ax.plot([p["clients"] for p in mine], [p[key] for p in mine], "o-",
+                        label="micro-batching" if batching else "no batching")  # fmt: skip
+                ax.set_xscale("log", base=2), ax.set_title(f"{artifact}: {title}")
         axes[row][0].legend()
-    for ax in axes[1]:
-        ax.set_xlabel("concurrent clients")
+    axes[1][0].set_xlabel("concurrent clients"), axes[1][1].set_xlabel("concurrent clients")
     harness.save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
     options, args = harness.parse_options(Options, argv, prog="python -m pipelines.bench_serve",
         description=__doc__, output="benchmarks/serve.json", quick=QUICK)  # fmt: skip
-    machine = {"faiss_threads_per_search": 1}
+    stack = {m: importlib.util.find_spec(m) is not None for m in ("uvloop", "httptools")}
+    machine = {"faiss_threads_per_search": 1, "tf_threads": 1, **stack}
     bench = harness.Benchmark("pipelines.bench_serve", options, schema_version=1, machine=machine)
     artifacts = {"large": large_artifact(options)}
     demo = Path(options.demo_artifacts)
@@ -244,8 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         LOG.warning("no demo artifact at %s (run `make demo`): skipped", demo)
     points = []
     for name, path in artifacts.items():
-        for batching in (True, False):
-            points += measure(name, path, batching, options)
+        points += measure(name, path, options)
     report = bench.report(
         artifacts={k: str(v) for k, v in artifacts.items()}, points=points, checks=checks(points)
     )

@@ -65,7 +65,9 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
     )
-    asyncio.run(_serve(uvicorn.Server(config), app))
+    # uvicorn's own loop choice: uvloop when it is installed (uvicorn[standard]), else asyncio
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve(uvicorn.Server(config), app))
 
 
 async def _serve(server: uvicorn.Server, app) -> None:
