@@ -44,7 +44,8 @@ def _write_log(path: Path, *, seed: int = 0, weights: bool = False) -> Path:
 def _config(log: Path, *overrides: str) -> Config:
     base = [
         "data.source=file", f"data.path={log}", "model.embedding_dim=4",
-        "training.batch_size=64", "training.checkpoint_every_steps=2", "evaluation.ks=[5]",
+        "training.batch_size=64", "training.epochs=1", "training.checkpoint_every_steps=2",
+        "evaluation.ks=[5]",
     ]  # fmt: skip
     return load_config(overrides=[*base, *overrides])
 
@@ -239,6 +240,7 @@ def test_two_concurrent_exports_one_succeeds_the_other_fails_clearly(trained_run
 
 
 def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path):
+    """Also a real concurrent train: the interrupted one holds the folder meanwhile."""
     log = _write_log(tmp_path / "log.csv")
     config_file = tmp_path / "c.yaml"
     config_file.write_text(_config(log, "training.epochs=500", "training.batch_size=8").to_yaml())
@@ -252,6 +254,10 @@ def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path):
     while run.latest_checkpoint() is None and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # Meanwhile a second train into the same folder (another config) fails at once.
+    other = load_config(overrides=["training.epochs=2"])
+    with pytest.raises(FolderInUseError, match=f"process {process.pid} holds its lock"):
+        train(other, run.path)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
