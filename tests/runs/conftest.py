@@ -22,7 +22,8 @@ TINY = {
         "estimator": {"num_buckets": 1024},
     },
     "training": {
-        "batch_size": 128, "epochs": 4, "learning_rate": 0.01, "checkpoint_every_steps": 10,
+        "batch_size": 128, "epochs": 4, "optimizer": "adam", "learning_rate": 0.01,
+        "checkpoint_every_steps": 10,
         "max_checkpoints": 100,
     },
     "evaluation": {"ks": [5, 10]},
