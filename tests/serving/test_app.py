@@ -266,6 +266,7 @@ def test_a_request_in_flight_finishes_on_its_artifact(artifacts, retrievers, tmp
         (["--max-batch-size", "0"], "`max_batch_size` must be a positive integer"),
         (["--max-wait-ms", "-1"], "`max_wait_ms` must be a number in [0, 10000)"),
         (["--port", "70000"], "`--port` must be in [1, 65535]"),
+        (["--user-table-mb", "-1"], "`--user-table-mb` must be a number in [0, 2**40)"),
     ],
 )
 def test_serve_command_refuses_bad_options(artifacts, capsys, argv, message):
