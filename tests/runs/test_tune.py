@@ -246,7 +246,8 @@ def test_a_killed_tune_resumes_with_its_trials_kept(tmp_path):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
         states = _states(output / "study.db")
-        if "COMPLETE" in states and "RUNNING+params" in states:  # killed inside trial 1
+        started = (output / "trials" / "0001" / "config.yaml").exists()  # all params suggested
+        if "COMPLETE" in states and "RUNNING+params" in states and started:  # inside trial 1
             break
         time.sleep(0.2)
     else:
