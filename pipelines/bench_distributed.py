@@ -174,6 +174,24 @@ def run(settings: DistributedBenchConfig) -> dict:
     )  # fmt: skip
 
 
+def plot(report: dict, path: Path) -> Path:
+    """Examples/s measured here, and the projected share of a step at each R (arithmetic)."""
+    figure, (left, right) = harness.pyplot().subplots(1, 2, figsize=(9, 3.4))
+    measured = report["measured"]
+    bars = {"1 process": measured["one_process"], "2 workers": measured["two_workers"]["gather"],
+            "2 workers,\nno gather": measured["two_workers"]["per_replica"]}  # fmt: skip
+    left.bar(list(bars), [b["examples_per_s"] for b in bars.values()])
+    load = report["load_average"]["start"][0]
+    left.set(ylabel="examples/s", title=f"measured, 2 shared cores (load {load:.0f})")
+    rows = report["projection"]["rows"]
+    right.plot([r["replicas"] for r in rows], [100 * r["share"] for r in rows], "o-")
+    right.set(xscale="log", xlabel="workers R", ylabel="gather share of a step (%)",
+              title="projected at 25 Gbit/s (arithmetic)")  # fmt: skip
+    right.set_xticks([r["replicas"] for r in rows], labels=[str(r["replicas"]) for r in rows])
+    right.minorticks_off()
+    return harness.save_figure(figure, path)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     def extra(parser) -> None:  # noqa: ANN001
         parser.add_argument("--worker", default=None, help="internal: run one measured process")
@@ -190,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {}
     report = run(settings)
     harness.write_json(args.output, report)
+    plot(report, Path(args.output).with_suffix(".png"))
     return report
 
 
