@@ -87,13 +87,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.max_body_bytes,
         help="largest request body (default %(default)s)",
     )
-    parser.add_argument(
-        "--user-table-mb",
-        type=float,
-        default=_DEFAULTS.user_table_bytes / 2**20,
-        help="embed every user once at load if the table fits in this many MiB, so requests "
-        "need no TensorFlow call (default %(default)s; 0: call the tower per batch)",
-    )
+    _add_table_argument(parser)
     parser.add_argument(
         "--faiss-threads",
         type=int,
@@ -114,6 +108,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def _add_table_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--user-table-mb",
+        type=float,
+        default=_DEFAULTS.user_table_bytes / 2**20,
+        help="embed every user once at load if the table fits in this many MiB, so requests "
+        "need no TensorFlow call (default %(default)s; 0: call the tower per batch)",
     )
 
 
