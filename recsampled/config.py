@@ -650,7 +650,7 @@ class TaskConfig(_Section):
 
     SECTION: ClassVar[str] = "task"
 
-    temperature: float | None = 0.1
+    temperature: float | None = 0.2
     remove_accidental_hits: bool = True
     num_hard_negatives: int | None = None
     negatives: str = "in_batch"
@@ -784,7 +784,7 @@ class TrainingConfig(_Section):
             touched row to its gradient; untouched rows stay exactly as they are (0: off;
             needs a sparse optimiser; null, the default: :data:`DEFAULT_ROW_L2` with a sparse
             optimiser, 0 with ``adam``). The defaults (``adagrad``, 0.1, row L2 1.0, and
-            ``task``'s logQ from counts at τ = 0.1) won the study of
+            ``task``'s logQ from counts at τ = 0.2) won the study of
             ``pipelines/bench_defaults.py`` across shapes of log.
         seed: initial weights and the order of the rows in every epoch.
         shuffle: a new order of the rows in every epoch.
