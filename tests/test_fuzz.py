@@ -160,14 +160,36 @@ YAML_TOKENS = [
 ]  # fmt: skip
 
 
+printable = st.text(
+    st.characters(blacklist_categories=["Cc", "Cs"]) | st.sampled_from("\n\t"), max_size=6
+)  # fmt: skip  (control characters: test_yaml_control_character)
+
+
 @FUZZ
-@given(text=st.lists(st.sampled_from(YAML_TOKENS) | st.text(max_size=6), max_size=25).map("".join))
+@given(
+    text=st.lists(
+        st.sampled_from([t for t in YAML_TOKENS if t != "\x00"]) | printable, max_size=25
+    ).map("".join)
+)
 def test_config_yaml_text(text, sandbox):
     inputs, _ = sandbox
     path = inputs / "config.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     typed_or_success(lambda: load_config(path))
     assert not Path("pwned").exists() and not (inputs / "pwned").exists()
+
+
+@pytest.mark.xfail(
+    reason="fuzz finding reported to H2 (config.py) at 04:24: yaml.reader.ReaderError escapes "
+    "load_config for a non-printable character (no ConfigError; a traceback in the CLI)",
+    strict=False,
+)
+@pytest.mark.parametrize("text", ["\x1f", "data: {source: file}\x00", "\ufeffmodel:\x07"])
+def test_yaml_control_character(text, sandbox):
+    inputs, _ = sandbox
+    path = inputs / "config.yaml"
+    path.write_text(text)
+    typed_or_success(lambda: load_config(path))
 
 
 DOTTED = [f"{s}.{k}" for s, keys in KEYS.items() for k in keys] + [
@@ -283,7 +305,7 @@ def test_cli_train_on_fuzzed_logs(content, sets, extra, sandbox, capsys):
     (inputs / "log.csv").write_bytes(content)
     argv = ["train", "--output", str(outputs / "run"), "--set", "data.source=file",
             "--set", f"data.path={inputs / 'log.csv'}", "--set", "training.steps_per_epoch=2",
-            "--set", "evaluation.baselines=[]"]  # fmt: skip
+            "--set", "training.epochs=1", "--set", "evaluation.baselines=[]"]  # fmt: skip
     for item in sets:
         argv += ["--set", item]
     with untouched(inputs):
@@ -428,14 +450,32 @@ def test_cli_recommend(user, k, flags, output, artifact, sandbox, capsys):
 @settings(FUZZ, max_examples=10)
 @given(
     command=st.sampled_from(["export", "evaluate"]),
-    source=st.sampled_from(["missing", "empty", "file", "artifact"]),
+    source=st.sampled_from(["missing", "file", "empty", "artifact"]),
 )
 def test_cli_export_and_evaluate_bad_runs(command, source, artifact, sandbox, capsys):
     inputs, outputs = sandbox
     run = {"missing": inputs / "nope", "empty": inputs, "file": inputs / "f",
            "artifact": artifact}[source]  # fmt: skip
     (inputs / "f").write_text("not a run")
+    if command == "export" and source in ("empty", "artifact"):
+        return  # test_export_from_a_folder_that_is_no_run_leaves_it_untouched (xfail)
     argv = [command, "--run", str(run)]
     argv += ["--output", str(outputs / "x")] if command == "export" else []
     with untouched(inputs, artifact):
         assert run_cli(argv, capsys) == 2
+
+
+@pytest.mark.xfail(
+    reason="fuzz finding reported to H2 (run folders/locks) at 04:27: export --run <a folder "
+    "that is not a run> leaves .recsampled.lock in it",
+    strict=False,
+)
+@pytest.mark.parametrize("folder", ["empty", "artifact"])
+def test_export_from_a_folder_that_is_no_run_leaves_it_untouched(folder, artifact, sandbox, capsys):
+    inputs, outputs = sandbox
+    run = inputs
+    if folder == "artifact":
+        run = inputs / "artifact"
+        shutil.copytree(artifact, run)
+    with untouched(inputs):
+        assert run_cli(["export", "--run", str(run), "--output", str(outputs / "x")], capsys) == 2
