@@ -302,7 +302,8 @@ class _Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
         # A new trial number is a new run: force discards what a lost study left in its folder.
-        result = train(config, run_dir, force=True, on_epoch=report)
+        # Trials never touch the test split: only the best config's run ranks it, once.
+        result = train(config, run_dir, force=True, on_epoch=report, evaluate_test=False)
         values = [(record[metric], record["epoch"]) for record in result.history]
         value, epoch = max(values, key=lambda pair: pair[0])
         trial.set_user_attr("best_epoch", int(epoch))
