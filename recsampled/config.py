@@ -1022,13 +1022,19 @@ def _yaml_error(source: str, error: yaml.YAMLError) -> ConfigError:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
     where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    if isinstance(error, yaml.reader.ReaderError) and isinstance(error.character, int):
+        where = f", character {error.position + 1}"
+        problem = f"the control character #x{error.character:02x} is not allowed in YAML"
     problem = problem or type(error).__name__
     return ConfigError(f"{source}: not valid YAML{where} ({problem}).")
 
 
 def _safe_load(text: str, source: str) -> Any:
     """``yaml.safe_load`` with duplicated keys refused and alias expansion bounded."""
-    loader = _ConfigLoader(text)
+    try:
+        loader = _ConfigLoader(text)  # its reader refuses control characters here already
+    except yaml.YAMLError as e:
+        raise _yaml_error(source, e) from None
     loader.name = source
     try:
         node = loader.get_single_node()

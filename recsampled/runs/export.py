@@ -71,7 +71,9 @@ def export_run(
     with claim(lock, folder=output, what="export into it"):
         check_output_dir(output, overwrite=overwrite)  # again, under the lock
         reading = RunDirectory(run_dir.absolute()).claim("export it", shared=True)
-        with reading if run_dir.is_dir() else contextlib.nullcontext():
+        # Only a folder with a run's config is locked (a folder that is no run is left as it is).
+        is_run = (run_dir / "config.yaml").is_file()
+        with reading if is_run else contextlib.nullcontext():
             return _export(
                 run, output, index=index, target_recall=target_recall, shards=shards,
                 overwrite=overwrite, batch_size=batch_size, seed=seed, key=key,
