@@ -65,6 +65,7 @@ class Options:
     max_seconds: float = 20.0  #: time limit of a point's timed requests.
     max_batch_size: int = 64  #: the server's --max-batch-size.
     max_wait_ms: float = 2.0  #: the server's --max-wait-ms.
+    batching_flags: str = ""  #: more flags of the batching server, e.g. --batch-in-thread.
     k: int = 10  #: items per request.
     seed: int = 0  #: seeds the synthetic artifact and the request mix.
 
@@ -105,7 +106,8 @@ def large_artifact(options: Options) -> Path:
 
 def start_server(artifacts: Path, port: int, batching: bool, options: Options) -> subprocess.Popen:
     flags = f"--port {port} --max-batch-size {options.max_batch_size} --max-wait-ms "
-    flags += f"{options.max_wait_ms} --log-level warning" + ("" if batching else " --no-batching")
+    flags += f"{options.max_wait_ms} --log-level warning "
+    flags += options.batching_flags if batching else "--no-batching"
     command = [sys.executable, "-m", "recsampled.serving", "--artifacts", str(artifacts)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(command + flags.split(), env=env, cwd=REPO)

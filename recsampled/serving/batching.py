@@ -48,7 +48,8 @@ class MicroBatcher:
         max_wait_ms: how long the first query of a batch waits for others.
         group_key: queries with different keys never share a call (the artifact they use).
         on_batch: called with ``(number of queries, number of rows)`` after each call.
-        in_thread: call ``run`` in a worker thread rather than on the event loop.
+        in_thread: call ``run`` for a batch of two or more queries in a worker thread (the
+            event loop reads the next requests meanwhile); a lone query runs on the loop.
     """
 
     def __init__(
@@ -166,7 +167,9 @@ class MicroBatcher:
             for items in groups.values():
                 queries = [q for q, _ in items]
                 try:
-                    if self._executor is None:  # on the event loop: no GIL hand-offs
+                    # A lone query runs on the event loop (no thread hand-off for nobody to
+                    # overlap with); a shared search in the thread, while the loop reads on.
+                    if self._executor is None or len(queries) == 1:
                         answers = self.run(queries)
                     else:
                         answers = await loop.run_in_executor(self._executor, self.run, queries)

@@ -54,8 +54,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-in-thread",
-        action="store_true",
-        help="run the shared searches in a worker thread instead of on the event loop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shared searches in a worker thread (default), or on the event loop",
     )
     parser.add_argument(
         "--max-batch-size",
