@@ -36,7 +36,8 @@ def test_sharded_tables_train_with_sampled_softmax_under_parameter_servers() -> 
     assert sorted(report["shard_devices"]) == ["/job:ps/replica:0/task:0/device:CPU:0",
                                                "/job:ps/replica:0/task:1/device:CPU:0"]  # fmt: skip
     # fit ran on the workers and trained: the full softmax loss fell (measured 4.16 -> 3.45 in
-    # two runs; the workers update asynchronously, so Adam at 0.05 sometimes diverged: 0.01).
+    # runs; the workers update asynchronously: Adam (0.05, and once 0.01 in CI) diverged, Adagrad
+    # with its shrinking steps does not).
     assert report["steps"] == 40
     assert report["full_loss_after"] < report["full_loss_before"] - 0.2, report
     # The shards hold what one unsharded table would: the loss on the shards list equals the
@@ -111,7 +112,7 @@ def _main() -> None:
 
     with strategy.scope():
         model = Classifier()
-        model.compile(optimizer=tf.keras.optimizers.Adam(0.01), steps_per_execution=4)
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5), steps_per_execution=4)
         model(tf.zeros([1], tf.int32))
 
     def full_loss() -> float:
