@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from pipelines import harness  # noqa: E402
-from recsampled.config import Config  # noqa: E402
+from recsampled.config import Config, load_config  # noqa: E402
 from recsampled.data import (  # noqa: E402
     Interactions,
     random_holdout,
@@ -72,6 +72,7 @@ REMEASURE = (
     "re-measure only the fit throughput (ours vs TFRS, and at the issue shape) into --output"
 )
 SHAPE_ONLY = "re-measure only the issue-shape head-to-head (issue_shape_throughput) into --output"
+CATALOGUE_ONLY = "re-measure only the 10^6-item config's head-to-head (catalogue_throughput)"
 RELATIVE_GAP = 0.03  # best sampled variant vs full softmax, Recall@20
 
 
@@ -406,14 +407,26 @@ def step_floor(batch: dict, num_users: int, num_items: int, dim: int, repeats: i
         for table, i in zip(tables, ids, strict=True):
             table.scatter_add(tf.IndexedSlices(tf.gather(table, i), i))
 
-    steps = {"gemm": tf.function(lambda: tf.matmul(big, big)), "gathers": tf.function(gathers)}
+    b = int(batch["user_id"].shape[0])
+    rows = tf.random.stateless_normal([b, dim], seed=[0, 2])
+    scores = tf.random.stateless_normal([b, b], seed=[0, 3])
+
+    def step_matmuls() -> list:  # the step's three: U·Vᵀ, G·V, (Uᵀ·G)ᵀ
+        return [tf.matmul(rows, rows, transpose_b=True), tf.matmul(scores, rows),
+                tf.transpose(tf.matmul(rows, scores, transpose_a=True))]  # fmt: skip
+
+    steps = {"gemm": tf.function(lambda: tf.matmul(big, big)), "gathers": tf.function(gathers),
+             "step_matmuls": tf.function(step_matmuls)}  # fmt: skip
     timings = harness.time_round_robin(steps, repeats=repeats).summaries()
     flops_per_ms = 2 * 1024**3 / timings["gemm"]["median_ms"]
-    b = int(batch["user_id"].shape[0])
     matmul_ms = 6 * b * b * dim / flops_per_ms
     return {"gemm_gflops": flops_per_ms / 1e6, "score_flops": 6 * b * b * dim,
             "matmul_floor_ms": matmul_ms, "gathers_ms": timings["gathers"]["median_ms"],
             "floor_ms": matmul_ms + timings["gathers"]["median_ms"],
+            # The same three matmuls at the step's own shapes (K = D is small: below GEMM rate).
+            "step_matmuls_ms": timings["step_matmuls"]["median_ms"],
+            "shape_floor_ms": (timings["step_matmuls"]["median_ms"]
+                               + timings["gathers"]["median_ms"]),
             "floor_cpu_ms": (6 * b * b * dim / (2 * 1024**3 / timings["gemm"]["cpu_median_ms"])
                              + timings["gathers"]["cpu_median_ms"])}  # fmt: skip
 
@@ -447,8 +460,62 @@ def shape_throughput(rounds: int, *, steps: int = 60, shape: dict | None = None,
             "examples_per_second": 1e3 * batch_size / wall_ms,
             "over_tfrs": timings.ratio("tfrs_recipe", name)["mean"],
             "over_tfrs_cpu": timings.ratio("tfrs_recipe", name, cpu=True)["mean"],
+            "over_tfrs_of_medians": timings.ratio("tfrs_recipe", name)["of_medians"],
+            "over_tfrs_se": timings.ratio("tfrs_recipe", name)["se"],
+            "over_tfrs_median": timings.ratio("tfrs_recipe", name)["median"],
+            "step_over_shape_floor": wall_ms / floor["shape_floor_ms"],
             "step_over_floor": wall_ms / floor["floor_ms"],
             "step_cpu_over_floor_cpu": cpu_ms / floor["floor_cpu_ms"],
+        }  # fmt: skip
+    result["load_average"] = {"before": load_before, "after": harness.load_average()}
+    return result
+
+
+CATALOGUE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "large-catalogue.yaml"
+CATALOGUE_TASKS = ("tfrs_recipe", "recsampled_default_rules", "recsampled")
+
+
+def catalogue_throughput(
+    rounds: int, *, steps: int = 20, num_interactions: int = 1_000_000
+) -> dict:
+    """The 10^6-item config (``configs/large-catalogue.yaml``: B 4096, D 32, 1,024 log-uniform
+    catalogue negatives, streaming logQ) head to head: its step with columns by id (what
+    ``recsampled train`` runs), the same task under the default per-row rules, and the TFRS recipe
+    (in-batch only, dense Adam) at the same B and D. The log has the config's users and items but
+    ``num_interactions`` rows (a step's cost does not depend on the log's length)."""
+    config = load_config(CATALOGUE_CONFIG)
+    log = dataclasses.asdict(config.data.synthetic) | {"num_interactions": num_interactions}
+    train = synthetic.generate(**log).to_interactions()
+    b, dim = config.training.batch_size, config.model.embedding_dim
+    dataset = training_batches(train, batch_size=b, seed=0, drop_remainder=True,
+                               max_steps_per_epoch=steps)  # fmt: skip
+    probability = rs.FixedFrequency(counts=train.item_counts, batch_size=b)
+    dataset = dataset.map(lambda x: x | {"probability": probability.probability(x["item_id"])})
+    dataset = dataset.cache()
+    for _ in dataset:
+        pass
+    ours, rules = build_model(config, train), build_model(config, train)
+    rules.task._columns_by_id = False  # the default rules, for the comparison only
+    tfrs_model = TfrsRecipe(train.num_users, train.num_items, dim, config.task.temperature)
+    tfrs_model.compile(optimizer=tf.keras.optimizers.Adam(0.005))
+    models = dict(zip(CATALOGUE_TASKS, (tfrs_model, rules, ours), strict=True))
+    fits = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
+    load_before = harness.load_average()
+    timings = harness.time_round_robin(fits, repeats=rounds, desc="catalogue fit")
+    summaries = timings.summaries()
+    result = {"config": str(CATALOGUE_CONFIG.relative_to(CATALOGUE_CONFIG.parents[1])),
+              "shape": {"users": train.num_users, "items": train.num_items,
+                        "embedding_dim": dim, "batch_size": b,
+                        "num_sampled": config.task.num_sampled, "steps_per_round": steps},
+              "rounds": rounds, "tasks": {}}  # fmt: skip
+    for name in CATALOGUE_TASKS:
+        wall_ms, cpu_ms = (summaries[name][k] / steps for k in ("median_ms", "cpu_median_ms"))
+        result["tasks"][name] = {
+            "step_ms": wall_ms, "step_cpu_ms": cpu_ms,
+            "examples_per_second": 1e3 * b / wall_ms,
+            "over_tfrs": timings.ratio("tfrs_recipe", name)["mean"],
+            "over_tfrs_cpu": timings.ratio("tfrs_recipe", name, cpu=True)["mean"],
+            "over_default_rules": timings.ratio("recsampled_default_rules", name)["mean"],
         }  # fmt: skip
     result["load_average"] = {"before": load_before, "after": harness.load_average()}
     return result
@@ -568,11 +635,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         RetrievalBenchConfig, argv, prog="python -m pipelines.bench_retrieval",
         description=__doc__, output="benchmarks/retrieval.json", quick=QUICK,
         extra=lambda p: (p.add_argument("--throughput-only", action="store_true", help=REMEASURE),
-                         p.add_argument("--shape-only", action="store_true", help=SHAPE_ONLY)),
+                         p.add_argument("--shape-only", action="store_true", help=SHAPE_ONLY),
+                         p.add_argument("--catalogue-only", action="store_true",
+                                        help=CATALOGUE_ONLY)),
     )  # fmt: skip
-    if args.shape_only or args.throughput_only:
+    if args.catalogue_only:
         results = json.loads(args.output.read_text(encoding="utf-8"))
-        results["issue_shape_throughput"] = shape_throughput(
+        results["catalogue_throughput"] = catalogue_throughput(config.throughput_rounds)
+    elif args.shape_only or args.throughput_only:
+        results = json.loads(args.output.read_text(encoding="utf-8"))
+        key = "issue_shape_throughput" if config.shape is None else "shape_throughput_{}_items"
+        results[key.format((config.shape or {}).get("num_items"))] = shape_throughput(
             config.throughput_rounds, steps=config.shape_steps, shape=config.shape
         )
     if args.throughput_only:
@@ -585,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["settings"]["throughput_rounds"] = config.throughput_rounds
         now = datetime.datetime.now(datetime.UTC)
         results["throughput_remeasured"] = now.isoformat(timespec="seconds")
-    elif not args.shape_only:
+    elif not (args.shape_only or args.catalogue_only):
         bench = harness.Benchmark(LOG.name, config, schema_version=SCHEMA_VERSION)
         loaded = {name: load(name, config) for name in config.datasets}
         skipped = {name: data for name, data in loaded.items() if isinstance(data, str)}

@@ -206,6 +206,7 @@ def build_task(config: Config, train: Interactions, candidate_tower: Tower) -> R
         candidate_model=candidate_tower if sampler is not None else None,
         in_batch_negatives=negatives.in_batch,
         seed=task_config.seed if task_config.seed is not None else config.training.seed,
+        columns_by_id=True,  # the towers are id towers: equal ids, equal embeddings
     )
 
 

@@ -84,6 +84,20 @@ count once. Positives never act as negatives: accidental hits (a column with the
 id, other than the label) are removed over both sources, which is why ``remove_accidental_hits``
 must be True in that mode. Masked logits get TFRS's ``MIN_FLOAT``.
 
+**Columns by id** (``columns_by_id=True``, set by ``recsampled train``). Under the rules above,
+row ``r`` scores its label column ``r`` and the first column of every other distinct id: the
+masks depend on the row (which id is its positive), so they cost ``[B, C]`` passes. When equal
+ids have equal candidate embeddings (an id tower), the label column ``r`` and the first column
+holding ``r``'s positive are the same vector with the same ``q``, so the same loss comes from
+one set of columns for all rows: the first occurrence of each distinct id, with row ``r``'s
+label the column of its positive. No per-row mask remains: ``scores = (U/τ)·Cᵀ + b`` with
+``b = -log q``, one matmul, one broadcast add, one softmax cross-entropy (tested against the
+default rules, ``tests/tasks/test_retrieval.py``). A catalogue column whose id is also in the
+batch is a repeat too. Outside XLA only the distinct columns are scored (``[B, n]``, ``n`` the
+distinct ids: fewer columns on a log with popular items); under XLA, which compiles per shape,
+every column is kept and a repeat gets the bias ``MIN_FLOAT``. The gradient of an id's
+embedding is the same sum (all of it reaches the first row holding the id).
+
 **Adaptive samplers.** A sampler with ``needs_queries`` (the
 :class:`recsampled.samplers.QuadraticKernelSampler`) gets the batch's ``query_embeddings``. In its
 batch-mixture mode it draws ``S`` ids shared by the batch from ``q̄ = (1/B)·Σ_b q(· | u_b)``, so
@@ -103,6 +117,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # whether a graph is being XLA-compiled
 from tensorflow_recommenders import layers as tfrs_layers
 from tensorflow_recommenders import metrics as tfrs_metrics
 from tensorflow_recommenders.tasks import base
@@ -134,6 +149,42 @@ def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
     positions = tf.range(tf.size(ids))
     first = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
     return tf.gather(first, index) < positions
+
+
+def distinct_columns(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``([num_distinct], [num_columns])`` int32: the first column holding each distinct id (in
+    order of first appearance), and the distinct id of each column.
+
+    Example:
+        >>> first, index = distinct_columns(tf.constant([7, 3, 7, 7, 5]))
+        >>> first.numpy(), index.numpy()
+        (array([0, 1, 4], dtype=int32), array([0, 1, 0, 0, 2], dtype=int32))
+    """
+    distinct, index = tf.unique(ids, out_idx=tf.int32)
+    first = tf.math.unsorted_segment_min(tf.range(tf.size(ids)), index, tf.size(distinct))
+    return first, index
+
+
+@tf.custom_gradient
+def _gather_rows(rows: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """``tf.gather(rows, indices)`` with a dense gradient (``all_gather``'s gradient, under a
+    strategy, takes no ``IndexedSlices``; ``rows`` is a batch, so dense is small)."""
+
+    def gradient(upstream: tf.Tensor) -> tuple[tf.Tensor, None]:
+        return tf.math.unsorted_segment_sum(upstream, indices, tf.shape(rows)[0]), None
+
+    return tf.gather(rows, indices), gradient
+
+
+def first_columns(ids: tf.Tensor) -> tf.Tensor:
+    """``[num_columns]`` int32: the first column holding the id of each column.
+
+    Example:
+        >>> first_columns(tf.constant([7, 3, 7, 7, 5])).numpy()
+        array([0, 1, 0, 0, 4], dtype=int32)
+    """
+    first, index = distinct_columns(ids)
+    return tf.gather(first, index)
 
 
 def _dot(query_embeddings: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
@@ -219,6 +270,14 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         global_batch_negatives: under a ``tf.distribute`` strategy with several replicas,
             score each replica's queries against the candidates of the global batch (module
             docstring); False keeps per-replica negatives, as ``tfrs.tasks.Retrieval``.
+        columns_by_id: score each distinct candidate id in one column, the first that holds
+            it, and make that column the label of every row whose positive it is (module
+            docstring, "Columns by id"). The loss equals the default rules' when equal ids have
+            equal candidate embeddings (an id tower such as :class:`recsampled.models.Tower`);
+            the step needs no per-row masks and is faster. Applies when the task treats ids as
+            columns (``candidate_frequency`` or ``num_sampled > 0``, with in-batch negatives),
+            with the default loss, 2-D queries, no hard negatives, no ``score_mask``, no
+            batch metrics and a shared (not per-query) sampler; otherwise the default rules.
 
     Example:
         >>> from recsampled.samplers import UniformSampler
@@ -251,8 +310,10 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         in_batch_negatives: bool = True,
         seed: int | None = None,
         global_batch_negatives: bool = True,
+        columns_by_id: bool = False,
     ) -> None:
         super().__init__(name=name)
+        self._default_loss = loss is None
         self._loss = (
             loss
             if loss is not None
@@ -269,6 +330,7 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         self._in_batch_negatives = check_bool("in_batch_negatives", in_batch_negatives)
         self._seed = check_optional_seed("seed", seed)
         self._global_batch_negatives = check_bool("global_batch_negatives", global_batch_negatives)
+        self._columns_by_id = check_bool("columns_by_id", columns_by_id)
         if candidate_frequency is not None and not (
             callable(getattr(candidate_frequency, "update", None))
             and callable(getattr(candidate_frequency, "probability", None))
@@ -380,6 +442,16 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         """
         num_queries = tf.shape(query_embeddings)[0]
         candidate_ids = self._check_candidates(candidate_ids, candidate_sampling_probability)
+        if self._use_columns_by_id(query_embeddings, score_mask, compute_batch_metrics):
+            return self._call_by_id(
+                query_embeddings,
+                candidate_embeddings,
+                candidate_ids,
+                candidate_sampling_probability,
+                sample_weight=sample_weight,
+                compute_metrics=compute_metrics,
+                training=training,
+            )
         batch = self._global_batch(
             query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability
         )
@@ -408,6 +480,94 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             sample_weight=sample_weight,
             compute_metrics=compute_metrics,
             compute_batch_metrics=compute_batch_metrics,
+        )
+
+    # -- columns by id (module docstring) -------------------------------------------------
+
+    def _use_columns_by_id(
+        self, query_embeddings: tf.Tensor, score_mask: tf.Tensor | None, batch_metrics: bool
+    ) -> bool:
+        """Whether :meth:`call` takes the columns-by-id path (``columns_by_id``'s conditions)."""
+        return (
+            self._columns_by_id
+            and self._by_id
+            and self._in_batch_negatives
+            and self._default_loss
+            and query_embeddings.shape.rank == 2
+            and self._hard_negatives is None
+            and score_mask is None
+            and not (batch_metrics and self._batch_metrics)
+            and not (self._num_sampled and self.sampler.per_query)
+        )
+
+    def _call_by_id(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        candidate_ids: tf.Tensor,
+        candidate_sampling_probability: tf.Tensor | None,
+        *,
+        sample_weight: tf.Tensor | None,
+        compute_metrics: bool,
+        training: bool | None,
+    ) -> tf.Tensor:
+        """:meth:`call` with one column per distinct id: ``[B, C]`` scores
+        ``u·v_j/τ + b_j``, ``b_j = -log q_j`` for a column holding the first occurrence of its
+        id and ``MIN_FLOAT`` for a repeat, the label of row ``r`` the first column holding its
+        positive; softmax cross-entropy summed over rows (weighted)."""
+        num_queries = tf.shape(query_embeddings)[0]
+        batch = self._global_batch(
+            query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability
+        )
+        sampled = self._sample_catalogue(query_embeddings, batch)
+        columns, column_ids = batch.candidate_embeddings, batch.candidate_ids
+        if sampled is not None:
+            ids = sampled.sampled_candidates
+            embedded = tf.cast(self.candidate_model(ids), columns.dtype)
+            columns = tf.concat([columns, embedded], axis=0)
+            column_ids = tf.concat([column_ids, tf.cast(ids, column_ids.dtype)], axis=0)
+        if self.candidate_frequency is not None and training is not False:
+            self.candidate_frequency.update(batch.positive_ids)
+        probability = self._column_probability(
+            batch.candidate_sampling_probability, batch.candidate_ids, sampled
+        )
+        dtype = query_embeddings.dtype
+        bias = (
+            tf.zeros(tf.shape(column_ids), dtype)
+            if probability is None
+            else -tf.math.log(tf.clip_by_value(tf.cast(probability, dtype), 1e-6, 1.0))
+        )
+        first, index = distinct_columns(column_ids)
+        offset = 0 if batch.label_offset is None else tf.cast(batch.label_offset, tf.int32)
+        label_ids = index[offset : offset + num_queries]
+        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+            # XLA compiles per shape: keep every column, a repeat masked by its bias.
+            repeated = tf.gather(first, index) < tf.range(tf.size(column_ids))
+            bias = tf.where(repeated, tf.cast(MIN_FLOAT, dtype), bias)
+            label_columns = tf.gather(first, label_ids)
+        else:  # the distinct columns only: fewer columns, no mask
+            columns, bias = _gather_rows(columns, first), tf.gather(bias, first)
+            label_columns = label_ids
+        queries = query_embeddings
+        if self._temperature is not None:
+            queries = queries / tf.cast(self._temperature, dtype)
+        # Qᵀ·G then transposed is faster on the CPU than the Gᵀ·Q of transpose_b's gradient.
+        scores = tf.linalg.matmul(queries, tf.transpose(columns)) + bias[tf.newaxis, :]
+        labels = tf.one_hot(label_columns, tf.shape(scores)[1], dtype=dtype)
+        losses = tf.nn.softmax_cross_entropy_with_logits(labels, scores)
+        if sample_weight is not None:
+            losses = losses * tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
+        loss = tf.reduce_sum(losses)
+        return self._update_metrics(
+            loss,
+            query_embeddings,
+            candidate_embeddings,
+            candidate_ids,
+            labels,
+            scores,
+            sample_weight=sample_weight,
+            compute_metrics=compute_metrics,
+            compute_batch_metrics=False,
         )
 
     # -- the steps of call, in order ------------------------------------------------------

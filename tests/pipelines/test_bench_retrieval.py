@@ -199,8 +199,11 @@ def test_issue_shape_throughput_is_computed_from_its_timings() -> None:
         floor["score_flops"] / (floor["gemm_gflops"] * 1e6)
     )
     assert floor["floor_ms"] == pytest.approx(floor["matmul_floor_ms"] + floor["gathers_ms"])
+    assert floor["shape_floor_ms"] == pytest.approx(floor["step_matmuls_ms"] + floor["gathers_ms"])
     assert result["tasks"]["tfrs_recipe"]["over_tfrs"] == pytest.approx(1.0)
     for task in result["tasks"].values():
         assert task["examples_per_second"] == pytest.approx(1e3 * 64 / task["step_ms"])
         assert task["step_over_floor"] == pytest.approx(task["step_ms"] / floor["floor_ms"])
+        shape_floor = task["step_ms"] / floor["shape_floor_ms"]
+        assert task["step_over_shape_floor"] == pytest.approx(shape_floor)
         assert task["step_ms"] > 0 and task["step_cpu_ms"] > 0 and task["over_tfrs"] > 0

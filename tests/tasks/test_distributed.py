@@ -62,7 +62,15 @@ def differences(all_differences: dict[int, dict], request: pytest.FixtureRequest
 
 
 @pytest.mark.parametrize(
-    "case", ["in_batch_counts", "in_batch_streaming", "mixed", "sampled_softmax"]
+    "case",
+    [
+        "in_batch_counts",
+        "in_batch_streaming",
+        "mixed",
+        "sampled_softmax",
+        "in_batch_counts_by_id",
+        "mixed_by_id",
+    ],
 )
 def test_global_batch_step_equals_single_device(differences: dict, case: str) -> None:
     # Max |distributed - single device| over 3 steps: the loss (sum over replicas) and the
@@ -266,6 +274,8 @@ def _report(strategy) -> dict:  # noqa: ANN001
         ]
     }
     report["per_replica"] = compare("in_batch_counts", global_batch_negatives=False)
+    for case in ("in_batch_counts", "mixed"):
+        report[f"{case}_by_id"] = compare(case, columns_by_id=True)
     return report
 
 

@@ -20,7 +20,7 @@ import tensorflow_recommenders as tfrs
 
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.tasks import Retrieval
-from recsampled.tasks.retrieval import repeated_columns
+from recsampled.tasks.retrieval import first_columns, repeated_columns
 
 MIN_FLOAT = float(np.finfo(np.float32).min / 100.0)
 
@@ -447,6 +447,134 @@ def test_real_sampler_in_graph_mode_trains_the_catalogue_embeddings():
     assert len(set(touched) - {0, 1, 2, 3, 4}) > 0  # catalogue-only items get gradients
     assert int(estimator.step) == 1
     assert items.embeddings.ref() in {v.ref() for v in task.trainable_variables}
+
+
+# -- columns by id ----------------------------------------------------------------------------
+
+
+def _by_id_case(seed, num_candidates=10, num_ids=5):
+    """Candidates from an id table (equal ids, equal rows), many repeats and accidental hits."""
+    rng = np.random.default_rng(seed)
+    table = tf.constant(rng.normal(size=(num_ids + 7, 4)), tf.float32)
+    ids = tf.constant(rng.integers(0, num_ids, size=num_candidates))
+    queries = tf.constant(rng.normal(size=(8, 4)), tf.float32)
+    weights = tf.constant(rng.uniform(0.1, 2.0, size=8), tf.float32)
+    sampled = rng.choice(num_ids + 7, size=6, replace=False)  # overlaps the batch's ids
+    counts = rng.uniform(0.05, 0.9, size=num_ids + 7).astype(np.float32)
+    return table, ids, queries, weights, sampled, counts
+
+
+def _by_id_tasks(source, table, sampled, counts):
+    frequency = FixedFrequency(counts=np.arange(12, 0, -1.0), batch_size=8)
+    options = dict(temperature=0.5, remove_accidental_hits=True)
+    if source in ("frequency", "mixed"):
+        options["candidate_frequency"] = frequency
+    if source in ("mixed", "catalogue"):
+        options |= dict(
+            sampler=FixedSampler(sampled, counts),
+            num_sampled=len(sampled),
+            candidate_model=lambda i: tf.gather(table, i),
+        )
+    return Retrieval(**options), Retrieval(**options, columns_by_id=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("source", ["frequency", "mixed", "catalogue"])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_columns_by_id_equal_the_default_rules_with_an_id_table(seed, source, mode):
+    # Loss and the gradients of the queries and of the id table equal those of the default rules
+    # (and the NumPy reference) when equal ids have equal embeddings; float32 sums in another
+    # order, so 1e-5 relative.
+    table, ids, queries, weights, sampled, counts = _by_id_case(seed)
+    default, by_id = _by_id_tasks(source, table, sampled, counts)
+    assert by_id._use_columns_by_id(queries, None, True)
+
+    def step(task, queries, table):
+        with tf.GradientTape() as tape:
+            tape.watch([queries, table])
+            loss = task(queries, tf.gather(table, ids), candidate_ids=ids, sample_weight=weights)
+        return loss, tape.gradient(loss, [queries, table])
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    expected_loss, expected_gradients = step(default, queries, table)
+    loss, gradients = step(by_id, queries, table)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    for got, want in zip(gradients, expected_gradients, strict=True):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(got), tf.convert_to_tensor(want), rtol=1e-5, atol=1e-6
+        )
+    pi = FixedFrequency(counts=np.arange(12, 0, -1.0), batch_size=8).probability(tf.range(12))
+    catalogue = source != "frequency"
+    reference = reference_loss(
+        queries,
+        tf.gather(table, ids),
+        ids.numpy(),
+        sampled_embeddings=tf.gather(table, sampled) if catalogue else None,
+        sampled_ids=sampled if catalogue else (),
+        in_batch_probability=pi.numpy()[ids.numpy()] if source != "catalogue" else None,
+        sampled_in_batch_probability=pi.numpy()[sampled] if source == "mixed" else None,
+        in_batch_counts=counts[ids.numpy()] if catalogue else None,
+        sampled_counts=counts[sampled] if catalogue else None,
+        temperature=0.5,
+        sample_weight=weights.numpy(),
+    )
+    np.testing.assert_allclose(loss, reference, rtol=1e-5)
+
+
+def test_columns_by_id_take_the_first_row_of_each_id():
+    # With unequal rows for an equal id the two rules differ, as documented: the by-id loss
+    # scores every row against the first row holding each id. Ids [0, 1, 0]: rows 0 and 2 share
+    # id 0 and their label is column 0; column 2 (a repeat) drops out. D = 1, all q equal.
+    candidates = tf.constant([[1.0], [2.0], [5.0]])
+    queries = tf.constant([[1.0], [0.5], [1.0]])
+    ids = tf.constant([0, 1, 0])
+    frequency = FixedFrequency(counts=[1.0, 1.0], batch_size=1)
+    options = dict(remove_accidental_hits=True, candidate_frequency=frequency)
+    by_id = Retrieval(**options, columns_by_id=True)(queries, candidates, candidate_ids=ids)
+    default = Retrieval(**options)(queries, candidates, candidate_ids=ids)
+    # Row 0: columns (1, 2), label 1 -> log(e + e^2) - 1; row 1: (0.5, 1), label 1; row 2 as 0.
+    row = lambda scores, label: np.log(np.exp(scores).sum()) - label  # noqa: E731
+    expected = 2 * row(np.array([1.0, 2.0]), 1.0) + row(np.array([0.5, 1.0]), 1.0)
+    np.testing.assert_allclose(by_id, expected, rtol=1e-6)
+    # The default rules score row 2 against its own row (5) as the label: a different loss.
+    assert abs(float(default) - expected) > 0.5
+
+
+def test_columns_by_id_fall_back_where_they_do_not_apply():
+    table, ids, queries, weights, sampled, counts = _by_id_case(0)
+    frequency = FixedFrequency(counts=np.arange(12, 0, -1.0), batch_size=8)
+    options = dict(remove_accidental_hits=True, columns_by_id=True)
+    task = Retrieval(**options, candidate_frequency=frequency)
+    mask = tf.ones([8, 10], tf.bool)
+    assert not task._use_columns_by_id(queries, mask, False)  # a score_mask
+    assert not task._use_columns_by_id(tf.ones([8, 2, 4]), None, False)  # multi-head queries
+    assert not Retrieval(**options)._use_columns_by_id(queries, None, False)  # TFRS rules
+    hard = Retrieval(**options, candidate_frequency=frequency, num_hard_negatives=3)
+    assert not hard._use_columns_by_id(queries, None, False)
+    lossy = Retrieval(
+        **options,
+        candidate_frequency=frequency,
+        loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    assert not lossy._use_columns_by_id(queries, None, False)
+    metered = Retrieval(**options, candidate_frequency=frequency, **_metrics())
+    assert not metered._use_columns_by_id(queries, None, True)
+    assert metered._use_columns_by_id(queries, None, False)
+    # And the fallback is the default rules: equal losses with a score mask.
+    default = Retrieval(remove_accidental_hits=True, candidate_frequency=frequency)
+    args = (queries, tf.gather(table, ids))
+    np.testing.assert_allclose(
+        task(*args, candidate_ids=ids, score_mask=mask),
+        default(*args, candidate_ids=ids, score_mask=mask),
+        rtol=1e-6,
+    )
+
+
+def test_first_columns():
+    np.testing.assert_array_equal(
+        first_columns(tf.constant([7, 3, 7, 7, 5, 3])), [0, 1, 0, 0, 4, 1]
+    )
 
 
 def test_repeated_columns():
