@@ -475,16 +475,14 @@ CATALOGUE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "large-cata
 CATALOGUE_TASKS = ("tfrs_recipe", "recsampled_default_rules", "recsampled")
 
 
-def catalogue_throughput(
-    rounds: int, *, steps: int = 20, num_interactions: int = 1_000_000
-) -> dict:
+def catalogue_throughput(rounds: int, *, steps: int = 20, overrides: Sequence[str] = ()) -> dict:
     """The 10^6-item config (``configs/large-catalogue.yaml``: B 4096, D 32, 1,024 log-uniform
     catalogue negatives, streaming logQ) head to head: its step with columns by id (what
     ``recsampled train`` runs), the same task under the default per-row rules, and the TFRS recipe
-    (in-batch only, dense Adam) at the same B and D. The log has the config's users and items but
-    ``num_interactions`` rows (a step's cost does not depend on the log's length)."""
-    config = load_config(CATALOGUE_CONFIG)
-    log = dataclasses.asdict(config.data.synthetic) | {"num_interactions": num_interactions}
+    (in-batch only, dense Adam) at the same B and D, on the config's synthetic log
+    (``overrides``: ``--set`` items, for a small test)."""
+    config = load_config(CATALOGUE_CONFIG, overrides=overrides)
+    log = dataclasses.asdict(config.data.synthetic)
     train = synthetic.generate(**log).to_interactions()
     b, dim = config.training.batch_size, config.model.embedding_dim
     dataset = training_batches(train, batch_size=b, seed=0, drop_remainder=True,

@@ -207,3 +207,18 @@ def test_issue_shape_throughput_is_computed_from_its_timings() -> None:
         shape_floor = task["step_ms"] / floor["shape_floor_ms"]
         assert task["step_over_shape_floor"] == pytest.approx(shape_floor)
         assert task["step_ms"] > 0 and task["step_cpu_ms"] > 0 and task["over_tfrs"] > 0
+
+
+def test_catalogue_throughput_compares_the_by_id_step_with_the_default_rules() -> None:
+    """The 10^6-item config's head-to-head, shrunk: the three tasks ran and the ratios follow."""
+    small = ["data.synthetic.num_users=300", "data.synthetic.num_items=400",
+             "data.synthetic.num_interactions=6000", "data.synthetic.num_clusters=5",
+             "training.batch_size=64", "task.num_sampled=16"]  # fmt: skip
+    result = bench.catalogue_throughput(2, steps=3, overrides=small)
+    assert set(result["tasks"]) == set(bench.CATALOGUE_TASKS)
+    assert result["shape"]["batch_size"] == 64 and result["shape"]["num_sampled"] == 16
+    tasks = result["tasks"]
+    assert tasks["tfrs_recipe"]["over_tfrs"] == pytest.approx(1.0)
+    assert tasks["recsampled_default_rules"]["over_default_rules"] == pytest.approx(1.0)
+    for task in tasks.values():
+        assert task["examples_per_second"] == pytest.approx(1e3 * 64 / task["step_ms"])
