@@ -50,6 +50,8 @@ class MicroBatcher:
         on_batch: called with ``(number of queries, number of rows)`` after each call.
         in_thread: call ``run`` for a batch of two or more queries in a worker thread (the
             event loop reads the next requests meanwhile); a lone query runs on the loop.
+        thread_initializer: called once in that worker thread before its first batch (the
+            service sets its OpenMP thread count there: OpenMP's is per thread).
     """
 
     def __init__(
@@ -61,9 +63,11 @@ class MicroBatcher:
         group_key: Callable[[Any], Hashable] = lambda query: id(query.artifact),
         on_batch: Callable[[int, int], None] | None = None,
         in_thread: bool = True,
+        thread_initializer: Callable[[], None] | None = None,
     ):
         self.run = run
         self.in_thread = in_thread
+        self.thread_initializer = thread_initializer
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.group_key = group_key
@@ -101,7 +105,9 @@ class MicroBatcher:
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._queue = asyncio.Queue()
         if self._executor is None and self.in_thread:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="recsampled-batch")
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix="recsampled-batch", initializer=self.thread_initializer
+            )
         self._task = loop.create_task(self._collect(), name="recsampled-micro-batcher")
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 
 import pytest
@@ -143,3 +144,18 @@ def test_a_gone_client_is_skipped():
 
     assert asyncio.run(scenario()) == "answer-kept"
     assert run.calls == [[query("kept")]]
+
+
+def test_the_thread_initializer_runs_in_the_worker_thread_before_its_batches():
+    """It sets per-thread state (the service: FAISS's OpenMP thread count) where ``run`` runs."""
+    local = threading.local()
+    seen = []
+
+    def run(queries: list) -> list:
+        seen.append((threading.current_thread() is threading.main_thread(), local.__dict__))
+        return [q.name for q in queries]
+
+    b = MicroBatcher(run, group_key=lambda q: q.group, max_wait_ms=5, in_thread=True,
+                     thread_initializer=lambda: setattr(local, "ready", True))  # fmt: skip
+    assert asyncio.run(submit_all(b, [query(i) for i in range(3)])) == [0, 1, 2]
+    assert seen == [(False, {"ready": True})]  # one shared call, in the initialised thread
