@@ -80,10 +80,21 @@ class ServiceMetrics:
         self.generation = Gauge(
             "recsampled_artifact_generation", "Generation of the served artifact.", registry=r
         )
+        self._children: dict[tuple[str, str, int], tuple] = {}  # labels() once per label set
+
+    def _request_children(self, endpoint: str, method: str, status: int) -> tuple:
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(endpoint, method, str(status)),
+                        self.latency.labels(endpoint))  # fmt: skip
+            self._children[key] = children
+        return children
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        count, latency = self._request_children(endpoint, method, status)
+        count.inc()
+        latency.observe(seconds)
 
     def observe_error(self, endpoint: str, kind: str) -> None:
         self.errors.labels(endpoint, kind).inc()

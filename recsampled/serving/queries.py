@@ -94,7 +94,7 @@ class Ranked(NamedTuple):
 
 def _check_ids(values: Sequence[Any], vocabulary: np.ndarray, field: str) -> np.ndarray:
     """Ids of a request as an array of the vocabulary's type (integers or strings)."""
-    integer = np.issubdtype(vocabulary.dtype, np.integer)
+    integer = vocabulary.dtype.kind in "iu"  # np.issubdtype(dtype, np.integer), 20x cheaper
     kind, python_type = ("an integer", int) if integer else ("a string", str)
     for position, value in enumerate(values):
         if not isinstance(value, python_type):
@@ -180,7 +180,7 @@ def user_query(
         exclude_seen = False
     ids = _check_ids(request.user_ids, retriever.user_ids, "user_ids")
     indices = artifact.user_indices(ids)
-    if (indices < 0).any():
+    if indices.min() < 0:  # (`user_ids` holds at least one id)
         unknown = ids[indices < 0].tolist()
         if request.unknown_user == "error":
             raise ServiceError(

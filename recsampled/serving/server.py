@@ -16,7 +16,7 @@ import tensorflow as tf
 import uvicorn
 
 from recsampled.index import Retriever
-from recsampled.serving.app import create_app
+from recsampled.serving.app import create_app, direct_answers
 from recsampled.serving.settings import ServingSettings
 
 logger = logging.getLogger("recsampled.serving")
@@ -35,7 +35,9 @@ def serve(
     """Loads the artifact, then serves it with uvicorn until SIGINT/SIGTERM.
 
     SIGHUP reloads the artifact folder in the background (checked, then swapped in; a broken
-    folder is refused and logged, the old artifact keeps serving).
+    folder is refused and logged, the old artifact keeps serving). ``POST`` requests to the
+    query endpoints are answered before FastAPI's middleware
+    (:func:`~recsampled.serving.app.direct_answers`).
 
     Args:
         artifacts: the artifact folder (or a symlink to it), or a loaded Retriever.
@@ -63,7 +65,12 @@ def serve(
             logger.warning("TensorFlow is initialised already; tf_threads=%d ignored", tf_threads)
     app = create_app(artifacts, settings=settings)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+        direct_answers(app),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
     )
     # uvicorn's own loop choice: uvloop when it is installed (uvicorn[standard]), else asyncio
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:

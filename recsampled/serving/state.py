@@ -153,13 +153,13 @@ class LoadedArtifact:
 def _lookup(index: pd.Index, ids: np.ndarray) -> np.ndarray:
     if len(ids) > SMALL_LOOKUP:
         return index.get_indexer(ids).astype(np.int64)
-    rows = np.full(len(ids), -1, np.int64)
-    for position, value in enumerate(ids):
+    rows = []
+    for value in ids.tolist():
         try:
-            rows[position] = index.get_loc(value)
+            rows.append(index.get_loc(value))
         except (KeyError, TypeError):
-            pass
-    return rows
+            rows.append(-1)
+    return np.array(rows, np.int64)
 
 
 def _query_function(retriever: Retriever) -> Any | None:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsampled.serving import ServingSettings, create_app
+from recsampled.serving.app import direct_answers
 from recsampled.serving.cli import add_serve_arguments, serve_main
 from recsampled.serving.schemas import (
     EmbeddingResponse,
@@ -282,3 +283,38 @@ def test_serve_command_names_a_broken_artifact(artifacts, capsys):
     assert serve_main(parser.parse_args(["--artifacts", str(artifacts["broken"])])) == 2
     err = capsys.readouterr().err
     assert "index.faiss" in err and "Traceback" not in err
+
+
+DENY = ITEM_IDS[:2].tolist()
+DIRECT_REQUESTS = [
+    ("post", "/recommend", {"user_ids": [USERS[3], USERS[1]], "k": 4}),
+    ("post", "/recommend", {"user_ids": [5], "k": 4}),
+    ("post", "/recommend", {"user_ids": [5], "unknown_user": "popular", "deny_items": DENY}),
+    ("post", "/recommend", {"user_ids": [USERS[0]], "k": 0}),
+    ("post", "/recommend", b'{"user_ids": [1000], "k": '),
+    ("post", "/similar-items", {"item_ids": ["item-010", "item-003"], "k": 3}),
+    ("post", "/recommend-by-embedding", {"query_embeddings": [[0.5] * 8], "k": 2}),
+    ("get", "/recommend", None),
+    ("get", "/healthz", None),
+]  # fmt: skip
+
+
+def test_direct_answers_equal_the_apps(artifacts):
+    """``serve`` runs ``direct_answers(app)``: the same statuses, bodies and metrics as the
+    FastAPI app for the query endpoints (answered before FastAPI) and the rest (passed on)."""
+    answers = {}
+    for direct in (False, True):
+        app = create_app(artifacts["a"], settings=SETTINGS)
+        with TestClient(direct_answers(app) if direct else app) as c:
+            for method, path, body in DIRECT_REQUESTS:
+                if isinstance(body, bytes):
+                    response = c.request(method, path, content=body)
+                else:
+                    response = c.request(method, path, json=body)
+                answers.setdefault(direct, []).append((response.status_code, response.content))
+            metrics = c.get("/metrics").text
+        counted = 'recsampled_requests_total{endpoint="/recommend",method="POST",status="200"} 2.0'
+        assert counted in metrics  # once each, not once per layer
+        assert 'recsampled_errors_total{endpoint="/recommend",kind="unknown_user"} 1.0' in metrics
+    assert answers[True] == answers[False]
+    assert [status for status, _ in answers[True]] == [200, 404, 200, 422, 400, 200, 200, 405, 200]
