@@ -278,6 +278,10 @@ def parse_body(model: type[BaseModel], body: bytes) -> Any:
     if not body:
         errors = [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         raise validation_error(errors)
+    try:  # pydantic's own JSON parser: half the CPU time of json.loads + model_validate
+        return model.model_validate_json(body)
+    except ValidationError:
+        pass  # a body it refuses is read again as below, for the same errors as FastAPI's
     try:
         data = json.loads(body)
     except json.JSONDecodeError as e:

@@ -352,7 +352,10 @@ def _search(
         kept = [i for i, row in enumerate(rows) if row >= 0 and row not in banned][:k]
         if len(kept) < min(k, n - len(ex)):
             short.append(b)
-        out.append((top.rows[b, kept], top.scores[b, kept]))
+        if not kept or kept[-1] == len(kept) - 1:  # the first len(kept) rows: a view
+            out.append((top.rows[b, : len(kept)], top.scores[b, : len(kept)]))
+        else:
+            out.append((top.rows[b, kept], top.scores[b, kept]))
     if short:
         exact = search_excluding(
             retriever.index,
@@ -422,7 +425,8 @@ def answer(queries: Sequence[Query]) -> list[list[Ranked]]:
         if queries[q].allow is not None:
             rows, scores = _scored_allow(queries[q], vectors[s], excluded[s])
             results[q][j] = Ranked(queries[q].keys[j], rows, scores, False)
-    for q, query in enumerate(queries):
-        for j in np.flatnonzero(query.rows < 0):
-            results[q][j] = _popular(query, int(j))
+    for q, query in enumerate(queries):  # the rows left are unknown users (index -1)
+        for j, ranked in enumerate(results[q]):
+            if ranked is None:
+                results[q][j] = _popular(query, j)
     return results  # type: ignore[return-value]

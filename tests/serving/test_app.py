@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from recsampled.serving import ServingSettings, create_app
-from recsampled.serving.app import direct_answers
+from recsampled.serving.app import direct_answers, parse_body
 from recsampled.serving.cli import add_serve_arguments, serve_main
+from recsampled.serving.errors import ServiceError
 from recsampled.serving.schemas import (
+    EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
     RecommendRequest,
@@ -318,3 +321,37 @@ def test_direct_answers_equal_the_apps(artifacts):
         assert 'recsampled_errors_total{endpoint="/recommend",kind="unknown_user"} 1.0' in metrics
     assert answers[True] == answers[False]
     assert [status for status, _ in answers[True]] == [200, 404, 200, 422, 400, 200, 200, 405, 200]
+
+
+TRICKY_BODIES = [
+    b'{"user_ids": [1], "k": 1, "k": 2}', b' {"user_ids": [-0]} ', b'{"user_ids": ["x\\u0000y"]}',
+    b'{"user_ids": ["\\ud800"]}', b'{"user_ids": ["a\xff"]}', b'\xef\xbb\xbf{"user_ids": [1]}',
+    '{"user_ids": ["\u00e9"]}'.encode("utf-16"), b'{"user_ids": [1]} x', b'{"user_ids": [1e3]}',
+    b'{"user_ids": [1], "k": 1.0}', b'{"user_ids": [1], "k": "2"}', b'{"user_ids": [1],}',
+    b'{"user_ids": [1], "k": 100000000000000000000000}', b'{"user_ids": [9223372036854775808]}',
+    b'{"user_ids": [1], "exclude_seen": 1}', b'{"user_ids": [1], "unknown_user": null}',
+]  # fmt: skip
+TRICKY_VECTORS = [
+    b'{"query_embeddings": [[NaN, 1]]}', b'{"query_embeddings": [[-Infinity, 1]]}',
+    b'{"query_embeddings": [[1e-400, 1.00000000000000011102230246251565404236316680908203125]]}',
+    b'{"query_embeddings": [[0.1, 3.4028234663852886e38, 1e39]]}', b'{"query_embeddings": [[1]]}',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model, body",
+    [(RecommendRequest, b) for b in TRICKY_BODIES]
+    + [(EmbeddingRequest, b) for b in TRICKY_VECTORS],
+)
+def test_parse_body_reads_what_json_loads_reads(model, body):
+    """pydantic's JSON parser first: the same request or the same error as ``json.loads`` then
+    ``model_validate`` (FastAPI's way), on bodies where the two parsers could differ."""
+    try:
+        expected = model.model_validate(json.loads(body))
+    except (ValueError, UnicodeDecodeError) as e:  # pydantic's ValidationError is a ValueError
+        expected = type(e)
+    try:
+        assert parse_body(model, body) == expected
+    except ServiceError as error:
+        assert expected in (json.JSONDecodeError, UnicodeDecodeError, ValidationError)
+        assert error.status == (422 if expected is ValidationError else 400)
