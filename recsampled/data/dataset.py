@@ -160,7 +160,25 @@ def training_batches(
     total = (end_epoch - first_epoch) * num_batches - first_batch
     dataset = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(epoch_batches)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(max(total, 0)))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return prefetched(dataset)
+
+
+def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with two batches prefetched and tf.data's autotuning off.
+
+    The autotuning thread sleeps in doubling periods (10 ms, 20 ms, 40 ms, ...) and the end of an
+    iterator waited for it: every ``Model.fit`` lasted a power of two of 10 ms (fits of 19, 33
+    and 41 steps of the same model each took 0.64 s; 50 and 60 steps each 1.28 s, against
+    0.69 s and 0.84 s for the same steps without that wait). These batches are in-memory gathers
+    and slices: a fixed prefetch keeps the step fed.
+
+    Example:
+        >>> prefetched(tf.data.Dataset.range(3)).options().autotune.enabled
+        False
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(2).with_options(options)
 
 
 def make_dataset(
@@ -204,4 +222,4 @@ def make_dataset(
         dataset = seeds.flat_map(lambda s: _epoch_batches(columns, seed=s, **options))
     else:
         dataset = _epoch_batches(columns, seed=tf.constant(0, tf.int64), **options)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return prefetched(dataset)

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsampled.config import ConfigError, DistributeConfig
+from recsampled.data.dataset import prefetched
 from recsampled.errors import RecsampledError
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def distribute_batches(
     if strategy.num_replicas_in_sync == 1:
         return make_batches()
     return strategy.distribute_datasets_from_function(
-        lambda context: replica_slices(make_batches(), context).prefetch(tf.data.AUTOTUNE)
+        lambda context: prefetched(replica_slices(make_batches(), context))
     )
 
 

@@ -98,3 +98,16 @@ def test_max_steps_per_epoch_takes_the_first_batches_of_each_epochs_order():
     assert steps_per_epoch(23, 5, limit=2) == 2 and steps_per_epoch(23, 5, limit=9) == 5
     with pytest.raises(ValueError, match="`limit`"):
         steps_per_epoch(23, 5, limit=0)
+
+
+def test_batches_are_prefetched_without_tf_data_autotuning():
+    # Autotuning's thread made the end of every iterator wait for its doubling sleep (the
+    # docstring of recsampled.data.dataset.prefetched); both builders turn it off, and a
+    # dataset derived from theirs (map, cache) keeps the option.
+    from recsampled.data import make_dataset
+
+    log = _log()
+    for dataset in (training_batches(log, batch_size=5, seed=0), make_dataset(log, batch_size=5)):
+        assert dataset.options().autotune.enabled is False
+        assert dataset.map(lambda b: b).cache().options().autotune.enabled is False
+        assert sum(len(b["item_id"]) for b in dataset) == len(log)
