@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 import faiss
 import tensorflow as tf
@@ -20,6 +21,12 @@ from recsampled.serving.app import create_app, direct_answers
 from recsampled.serving.settings import ServingSettings
 
 logger = logging.getLogger("recsampled.serving")
+
+#: the interpreter's thread switch interval (s) while a batch thread shares the GIL with the
+#: event loop: a batch thread back from FAISS waits at most this long for the GIL (Python's
+#: default, 5 ms, is more than a batch's wait). Measured on 2 loaded cores, 64 clients, the
+#: 10^6 IVF artifact: +10% queries/s batched; -7% without batching (40 threads), kept at 5 ms.
+BATCH_SWITCH_INTERVAL = 0.0005
 
 
 def serve(
@@ -37,7 +44,8 @@ def serve(
     SIGHUP reloads the artifact folder in the background (checked, then swapped in; a broken
     folder is refused and logged, the old artifact keeps serving). ``POST`` requests to the
     query endpoints are answered before FastAPI's middleware
-    (:func:`~recsampled.serving.app.direct_answers`).
+    (:func:`~recsampled.serving.app.direct_answers`). With shared searches in a thread (the
+    default), the process's thread switch interval is set to :data:`BATCH_SWITCH_INTERVAL`.
 
     Args:
         artifacts: the artifact folder (or a symlink to it), or a loaded Retriever.
@@ -63,6 +71,9 @@ def serve(
             tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
         except RuntimeError:  # TensorFlow already initialised (an embedding process)
             logger.warning("TensorFlow is initialised already; tf_threads=%d ignored", tf_threads)
+    settings = settings or ServingSettings()
+    if settings.batching and settings.batch_in_thread:
+        sys.setswitchinterval(BATCH_SWITCH_INTERVAL)
     app = create_app(artifacts, settings=settings)
     config = uvicorn.Config(
         direct_answers(app),
