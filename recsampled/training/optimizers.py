@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # whether a graph is being XLA-compiled
 
 from recsampled.layers.optimizers import LazyAdam
 
@@ -112,7 +113,37 @@ class SparseSGD(RowL2, _SGDStep):
 
 @tf.keras.utils.register_keras_serializable(package="recsampled")
 class RowL2Adagrad(RowL2, tf.keras.optimizers.Adagrad):
-    """``tf.keras.optimizers.Adagrad`` (sparse) with ``row_l2`` (module docstring)."""
+    """``tf.keras.optimizers.Adagrad`` (sparse) with ``row_l2`` (module docstring).
+
+    A sparse step is one fused kernel, TF's ``ResourceSparseApplyAdagradV2`` (accumulator and
+    row updated in one pass over the touched rows), where Keras scatters into the accumulator,
+    gathers it back and scatters into the table. The kernel puts ε outside the square root,
+    ``θ -= lr·g/(√a + ε)`` against Keras's ``lr·g/√(a + ε)``: with the accumulator at least its
+    default initial 0.1 and ε = 1e-7 the two steps differ by under 2e-7 relative (tested against
+    NumPy). Under XLA, which has no such kernel, and for dense gradients: Keras's step.
+    """
+
+    def update_step(self, gradient: Any, variable: tf.Variable) -> Any:
+        if not isinstance(gradient, tf.IndexedSlices) or _in_xla():
+            return super().update_step(gradient, variable)
+        values = gradient.values
+        if self.row_l2:
+            rows = tf.gather(variable, gradient.indices)
+            values = values + tf.cast(self.row_l2, variable.dtype) * rows
+        accumulator = self._accumulators[self._index_dict[self._var_key(variable)]]
+        return tf.raw_ops.ResourceSparseApplyAdagradV2(
+            var=variable.handle,
+            accum=accumulator.handle,
+            lr=tf.cast(self.learning_rate, variable.dtype),
+            epsilon=tf.cast(self.epsilon, variable.dtype),
+            grad=values,
+            indices=gradient.indices,
+        )
+
+
+def _in_xla() -> bool:
+    """Whether the current graph is being compiled by XLA."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 @tf.keras.utils.register_keras_serializable(package="recsampled")

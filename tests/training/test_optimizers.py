@@ -142,3 +142,15 @@ def test_round_trip_through_keras_config(name):
     optimizer = make_optimizer(name, learning_rate=0.05, **kwargs)
     clone = type(optimizer).from_config(optimizer.get_config())
     assert clone.get_config() == optimizer.get_config()
+
+
+def test_adagrad_sparse_step_is_one_fused_kernel():
+    # The graph step runs TF's fused sparse Adagrad kernel (no scatter-gather-scatter); the
+    # NumPy test above checks its result.
+    table = tf.Variable(tf.ones([5, 2]))
+    optimizer = make_optimizer("adagrad", learning_rate=0.1, row_l2=0.5)
+    gradient = tf.IndexedSlices(tf.ones([2, 2]), tf.constant([1, 3]), tf.constant([5, 2]))
+    step = tf.function(lambda: optimizer.apply_gradients([(gradient, table)]))
+    kinds = [op.type for op in step.get_concrete_function().graph.get_operations()]
+    assert kinds.count("ResourceSparseApplyAdagradV2") == 1
+    assert "ResourceScatterAdd" not in kinds
