@@ -431,12 +431,8 @@ def step_floor(batch: dict, num_users: int, num_items: int, dim: int, repeats: i
                              + timings["gathers"]["cpu_median_ms"])}  # fmt: skip
 
 
-def shape_throughput(rounds: int, *, steps: int = 60, shape: dict | None = None,
-                     dim: int = 64, batch_size: int = 1024) -> dict:  # fmt: skip
-    """Issue 17's head-to-head at its shape: ``steps`` fit steps of each of :data:`SHAPE_TASKS`
-    per round, rounds alternated; wall and CPU ms per step, ratios to the TFRS recipe and to the
-    floor of :func:`step_floor`."""
-    train = synthetic.generate(**(shape or ISSUE_SHAPE)).to_interactions()
+def _cached_batches(train: Interactions, batch_size: int, steps: int) -> tf.data.Dataset:
+    """``steps`` training batches with ``probability`` (the TFRS recipe's ``π_b``), cached."""
     probability = rs.FixedFrequency(counts=train.item_counts, batch_size=batch_size)
     dataset = training_batches(train, batch_size=batch_size, seed=0, drop_remainder=True,
                                max_steps_per_epoch=steps)  # fmt: skip
@@ -444,31 +440,48 @@ def shape_throughput(rounds: int, *, steps: int = 60, shape: dict | None = None,
     dataset = dataset.cache()
     for _ in dataset:  # fill the cache
         pass
-    models = shape_models(train, dim, batch_size)
+    return dataset
+
+
+def _head_to_head(models: dict, dataset: tf.data.Dataset, *, rounds: int, steps: int,
+                  batch_size: int, desc: str) -> tuple[dict, harness.Timings, dict]:  # fmt: skip
+    """One ``fit`` over ``dataset`` per model per round, rounds alternated: per model the wall and
+    CPU ms per step, examples/s and the ratios to the first model (the TFRS recipe)."""
     fits = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
     load_before = harness.load_average()
-    timings = harness.time_round_robin(fits, repeats=rounds, desc="shape fit")
-    floor = step_floor(next(iter(dataset)), train.num_users, train.num_items, dim, 3 * rounds)
-    summaries = timings.summaries()
-    result = {"shape": {"users": train.num_users, "items": train.num_items, "rows": len(train),
-                        "embedding_dim": dim, "batch_size": batch_size, "steps_per_round": steps},
-              "rounds": rounds, "floor": floor, "tasks": {}}  # fmt: skip
-    for name in SHAPE_TASKS:
+    timings = harness.time_round_robin(fits, repeats=rounds, desc=desc)
+    load = {"before": load_before, "after": harness.load_average()}
+    summaries, baseline = timings.summaries(), next(iter(models))
+    tasks = {}
+    for name in models:
         wall_ms, cpu_ms = (summaries[name][k] / steps for k in ("median_ms", "cpu_median_ms"))
-        result["tasks"][name] = {
-            "step_ms": wall_ms, "step_cpu_ms": cpu_ms,
-            "examples_per_second": 1e3 * batch_size / wall_ms,
-            "over_tfrs": timings.ratio("tfrs_recipe", name)["mean"],
-            "over_tfrs_cpu": timings.ratio("tfrs_recipe", name, cpu=True)["mean"],
-            "over_tfrs_of_medians": timings.ratio("tfrs_recipe", name)["of_medians"],
-            "over_tfrs_se": timings.ratio("tfrs_recipe", name)["se"],
-            "over_tfrs_median": timings.ratio("tfrs_recipe", name)["median"],
-            "step_over_shape_floor": wall_ms / floor["shape_floor_ms"],
-            "step_over_floor": wall_ms / floor["floor_ms"],
-            "step_cpu_over_floor_cpu": cpu_ms / floor["floor_cpu_ms"],
-        }  # fmt: skip
-    result["load_average"] = {"before": load_before, "after": harness.load_average()}
-    return result
+        wall, cpu = timings.ratio(baseline, name), timings.ratio(baseline, name, cpu=True)
+        tasks[name] = {"step_ms": wall_ms, "step_cpu_ms": cpu_ms,
+                       "examples_per_second": 1e3 * batch_size / wall_ms,
+                       "over_tfrs": wall["mean"], "over_tfrs_cpu": cpu["mean"],
+                       "over_tfrs_of_medians": wall["of_medians"], "over_tfrs_se": wall["se"],
+                       "over_tfrs_median": wall["median"]}  # fmt: skip
+    return tasks, timings, load
+
+
+def shape_throughput(rounds: int, *, steps: int = 60, shape: dict | None = None,
+                     dim: int = 64, batch_size: int = 1024) -> dict:  # fmt: skip
+    """Issue 17's head-to-head at its shape: ``steps`` fit steps of each of :data:`SHAPE_TASKS`
+    per round, rounds alternated; wall and CPU ms per step, ratios to the TFRS recipe and to the
+    floor of :func:`step_floor`."""
+    train = synthetic.generate(**(shape or ISSUE_SHAPE)).to_interactions()
+    dataset = _cached_batches(train, batch_size, steps)
+    models = shape_models(train, dim, batch_size)
+    tasks, _, load = _head_to_head(models, dataset, rounds=rounds, steps=steps,
+                                   batch_size=batch_size, desc="shape fit")  # fmt: skip
+    floor = step_floor(next(iter(dataset)), train.num_users, train.num_items, dim, 3 * rounds)
+    for task in tasks.values():
+        task["step_over_shape_floor"] = task["step_ms"] / floor["shape_floor_ms"]
+        task["step_over_floor"] = task["step_ms"] / floor["floor_ms"]
+        task["step_cpu_over_floor_cpu"] = task["step_cpu_ms"] / floor["floor_cpu_ms"]
+    return {"shape": {"users": train.num_users, "items": train.num_items, "rows": len(train),
+                      "embedding_dim": dim, "batch_size": batch_size, "steps_per_round": steps},
+            "rounds": rounds, "floor": floor, "tasks": tasks, "load_average": load}  # fmt: skip
 
 
 CATALOGUE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "large-catalogue.yaml"
@@ -482,41 +495,23 @@ def catalogue_throughput(rounds: int, *, steps: int = 20, overrides: Sequence[st
     (in-batch only, dense Adam) at the same B and D, on the config's synthetic log
     (``overrides``: ``--set`` items, for a small test)."""
     config = load_config(CATALOGUE_CONFIG, overrides=overrides)
-    log = dataclasses.asdict(config.data.synthetic)
-    train = synthetic.generate(**log).to_interactions()
+    train = synthetic.generate(**dataclasses.asdict(config.data.synthetic)).to_interactions()
     b, dim = config.training.batch_size, config.model.embedding_dim
-    dataset = training_batches(train, batch_size=b, seed=0, drop_remainder=True,
-                               max_steps_per_epoch=steps)  # fmt: skip
-    probability = rs.FixedFrequency(counts=train.item_counts, batch_size=b)
-    dataset = dataset.map(lambda x: x | {"probability": probability.probability(x["item_id"])})
-    dataset = dataset.cache()
-    for _ in dataset:
-        pass
+    dataset = _cached_batches(train, b, steps)
     ours, rules = build_model(config, train), build_model(config, train)
     rules.task._columns_by_id = False  # the default rules, for the comparison only
     tfrs_model = TfrsRecipe(train.num_users, train.num_items, dim, config.task.temperature)
     tfrs_model.compile(optimizer=tf.keras.optimizers.Adam(0.005))
     models = dict(zip(CATALOGUE_TASKS, (tfrs_model, rules, ours), strict=True))
-    fits = {name: lambda m=m: m.fit(dataset, epochs=1, verbose=0) for name, m in models.items()}
-    load_before = harness.load_average()
-    timings = harness.time_round_robin(fits, repeats=rounds, desc="catalogue fit")
-    summaries = timings.summaries()
-    result = {"config": str(CATALOGUE_CONFIG.relative_to(CATALOGUE_CONFIG.parents[1])),
-              "shape": {"users": train.num_users, "items": train.num_items,
-                        "embedding_dim": dim, "batch_size": b,
-                        "num_sampled": config.task.num_sampled, "steps_per_round": steps},
-              "rounds": rounds, "tasks": {}}  # fmt: skip
-    for name in CATALOGUE_TASKS:
-        wall_ms, cpu_ms = (summaries[name][k] / steps for k in ("median_ms", "cpu_median_ms"))
-        result["tasks"][name] = {
-            "step_ms": wall_ms, "step_cpu_ms": cpu_ms,
-            "examples_per_second": 1e3 * b / wall_ms,
-            "over_tfrs": timings.ratio("tfrs_recipe", name)["mean"],
-            "over_tfrs_cpu": timings.ratio("tfrs_recipe", name, cpu=True)["mean"],
-            "over_default_rules": timings.ratio("recsampled_default_rules", name)["mean"],
-        }  # fmt: skip
-    result["load_average"] = {"before": load_before, "after": harness.load_average()}
-    return result
+    tasks, timings, load = _head_to_head(models, dataset, rounds=rounds, steps=steps,
+                                         batch_size=b, desc="catalogue fit")  # fmt: skip
+    for name, task in tasks.items():
+        task["over_default_rules"] = timings.ratio("recsampled_default_rules", name)["mean"]
+    return {"config": str(CATALOGUE_CONFIG.relative_to(CATALOGUE_CONFIG.parents[1])),
+            "shape": {"users": train.num_users, "items": train.num_items, "embedding_dim": dim,
+                      "batch_size": b, "num_sampled": config.task.num_sampled,
+                      "steps_per_round": steps},
+            "rounds": rounds, "tasks": tasks, "load_average": load}  # fmt: skip
 
 
 def _paired(a: dict, b: dict, fn: Callable[[float, float], float]) -> dict | None:
