@@ -522,6 +522,29 @@ def test_columns_by_id_equal_the_default_rules_with_an_id_table(seed, source, mo
     np.testing.assert_allclose(loss, reference, rtol=1e-5)
 
 
+def test_columns_by_id_update_a_streaming_estimator_as_the_default_rules():
+    # Three training steps with a FrequencyEstimator each: the same losses (the estimator is
+    # updated before it is read, in both) and the same estimator state afterwards.
+    table, ids, queries, weights, _, _ = _by_id_case(1)
+    tasks = [
+        Retrieval(
+            remove_accidental_hits=True,
+            candidate_frequency=FrequencyEstimator(num_buckets=64, alpha=0.5),
+            columns_by_id=by_id,
+        )
+        for by_id in (False, True)
+    ]
+    losses = [[], []]
+    for step in range(3):
+        batch = tf.roll(ids, shift=step, axis=0)
+        for task, out in zip(tasks, losses, strict=True):
+            out.append(float(task(queries, tf.gather(table, batch), candidate_ids=batch)))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    for name in ("step", "last_seen", "gap"):
+        a, b = (getattr(task.candidate_frequency, name).numpy() for task in tasks)
+        np.testing.assert_array_equal(a, b)
+
+
 def test_columns_by_id_take_the_first_row_of_each_id():
     # With unequal rows for an equal id the two rules differ, as documented: the by-id loss
     # scores every row against the first row holding each id. Ids [0, 1, 0]: rows 0 and 2 share
