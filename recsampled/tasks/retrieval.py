@@ -117,11 +117,11 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # whether a graph is being XLA-compiled
 from tensorflow_recommenders import layers as tfrs_layers
 from tensorflow_recommenders import metrics as tfrs_metrics
 from tensorflow_recommenders.tasks import base
 
+from recsampled._tf import compiling_with_xla
 from recsampled._validation import check_bool, check_num_sampled, check_optional_seed, received
 from recsampled.samplers.base import CandidateSampler, SampledValues, repeated_per_row
 from recsampled.samplers.frequency import CandidateFrequency
@@ -138,19 +138,6 @@ def _check_optional_positive_float(name: str, value: object) -> float | None:
     return float(value)
 
 
-def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
-    """``[num_columns]`` bool: whether an earlier column holds the same id.
-
-    Example:
-        >>> repeated_columns(tf.constant([7, 3, 7, 7, 5])).numpy()
-        array([False, False,  True,  True, False])
-    """
-    distinct, index = tf.unique(ids, out_idx=tf.int32)
-    positions = tf.range(tf.size(ids))
-    first = tf.math.unsorted_segment_min(positions, index, tf.size(distinct))
-    return tf.gather(first, index) < positions
-
-
 def distinct_columns(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """``([num_distinct], [num_columns])`` int32: the first column holding each distinct id (in
     order of first appearance), and the distinct id of each column.
@@ -165,6 +152,17 @@ def distinct_columns(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return first, index
 
 
+def repeated_columns(ids: tf.Tensor) -> tf.Tensor:
+    """``[num_columns]`` bool: whether an earlier column holds the same id.
+
+    Example:
+        >>> repeated_columns(tf.constant([7, 3, 7, 7, 5])).numpy()
+        array([False, False,  True,  True, False])
+    """
+    first, index = distinct_columns(ids)
+    return tf.gather(first, index) < tf.range(tf.size(ids))
+
+
 @tf.custom_gradient
 def _gather_rows(rows: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     """``tf.gather(rows, indices)`` with a dense gradient (``all_gather``'s gradient, under a
@@ -174,17 +172,6 @@ def _gather_rows(rows: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
         return tf.math.unsorted_segment_sum(upstream, indices, tf.shape(rows)[0]), None
 
     return tf.gather(rows, indices), gradient
-
-
-def first_columns(ids: tf.Tensor) -> tf.Tensor:
-    """``[num_columns]`` int32: the first column holding the id of each column.
-
-    Example:
-        >>> first_columns(tf.constant([7, 3, 7, 7, 5])).numpy()
-        array([0, 1, 0, 0, 4], dtype=int32)
-    """
-    first, index = distinct_columns(ids)
-    return tf.gather(first, index)
 
 
 def _dot(query_embeddings: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
@@ -440,18 +427,40 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         Returns:
             Scalar loss.
         """
-        num_queries = tf.shape(query_embeddings)[0]
         candidate_ids = self._check_candidates(candidate_ids, candidate_sampling_probability)
+        inputs = (query_embeddings, candidate_embeddings, candidate_ids)
         if self._use_columns_by_id(query_embeddings, score_mask, compute_batch_metrics):
-            return self._call_by_id(
-                query_embeddings,
-                candidate_embeddings,
-                candidate_ids,
-                candidate_sampling_probability,
-                sample_weight=sample_weight,
-                compute_metrics=compute_metrics,
-                training=training,
+            loss = self._loss_by_id(
+                *inputs, candidate_sampling_probability, sample_weight, training=training
             )
+            labels = scores = None
+            compute_batch_metrics = False  # none to compute: a condition of the path
+        else:
+            loss, labels, scores = self._loss_by_rules(
+                *inputs, candidate_sampling_probability, sample_weight, score_mask, training
+            )
+        return self._update_metrics(
+            loss,
+            *inputs,
+            labels,
+            scores,
+            sample_weight=sample_weight,
+            compute_metrics=compute_metrics,
+            compute_batch_metrics=compute_batch_metrics,
+        )
+
+    def _loss_by_rules(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        candidate_ids: tf.Tensor | None,
+        candidate_sampling_probability: tf.Tensor | None,
+        sample_weight: tf.Tensor | None,
+        score_mask: tf.Tensor | None,
+        training: bool | None,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The loss under the per-row rules (module docstring), with its labels and scores."""
+        num_queries = tf.shape(query_embeddings)[0]
         batch = self._global_batch(
             query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability
         )
@@ -470,17 +479,7 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         if self._hard_negatives is not None:
             scores, labels = self._hard_negatives(scores, labels)
         loss = self._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)
-        return self._update_metrics(
-            loss,
-            query_embeddings,
-            candidate_embeddings,
-            candidate_ids,
-            labels,
-            scores,
-            sample_weight=sample_weight,
-            compute_metrics=compute_metrics,
-            compute_batch_metrics=compute_batch_metrics,
-        )
+        return loss, labels, scores
 
     # -- columns by id (module docstring) -------------------------------------------------
 
@@ -500,18 +499,17 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
             and not (self._num_sampled and self.sampler.per_query)
         )
 
-    def _call_by_id(
+    def _loss_by_id(
         self,
         query_embeddings: tf.Tensor,
         candidate_embeddings: tf.Tensor,
         candidate_ids: tf.Tensor,
         candidate_sampling_probability: tf.Tensor | None,
-        *,
         sample_weight: tf.Tensor | None,
-        compute_metrics: bool,
+        *,
         training: bool | None,
     ) -> tf.Tensor:
-        """:meth:`call` with one column per distinct id: ``[B, C]`` scores
+        """The loss with one column per distinct id: ``[B, C]`` scores
         ``u·v_j/τ + b_j``, ``b_j = -log q_j`` for a column holding the first occurrence of its
         id and ``MIN_FLOAT`` for a repeat, the label of row ``r`` the first column holding its
         positive; softmax cross-entropy summed over rows (weighted)."""
@@ -540,7 +538,7 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         first, index = distinct_columns(column_ids)
         offset = 0 if batch.label_offset is None else tf.cast(batch.label_offset, tf.int32)
         label_ids = index[offset : offset + num_queries]
-        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        if compiling_with_xla():
             # XLA compiles per shape: keep every column, a repeat masked by its bias.
             repeated = tf.gather(first, index) < tf.range(tf.size(column_ids))
             bias = tf.where(repeated, tf.cast(MIN_FLOAT, dtype), bias)
@@ -557,18 +555,7 @@ class Retrieval(tf.keras.layers.Layer, base.Task):
         losses = tf.nn.softmax_cross_entropy_with_logits(labels, scores)
         if sample_weight is not None:
             losses = losses * tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
-        loss = tf.reduce_sum(losses)
-        return self._update_metrics(
-            loss,
-            query_embeddings,
-            candidate_embeddings,
-            candidate_ids,
-            labels,
-            scores,
-            sample_weight=sample_weight,
-            compute_metrics=compute_metrics,
-            compute_batch_metrics=False,
-        )
+        return tf.reduce_sum(losses)
 
     # -- the steps of call, in order ------------------------------------------------------
 

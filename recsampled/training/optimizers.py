@@ -34,8 +34,8 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # whether a graph is being XLA-compiled
 
+from recsampled._tf import compiling_with_xla
 from recsampled.layers.optimizers import LazyAdam
 
 SPARSE_OPTIMIZERS = ("lazy_adam", "adagrad", "sgd")
@@ -124,7 +124,7 @@ class RowL2Adagrad(RowL2, tf.keras.optimizers.Adagrad):
     """
 
     def update_step(self, gradient: Any, variable: tf.Variable) -> Any:
-        if not isinstance(gradient, tf.IndexedSlices) or _in_xla():
+        if not isinstance(gradient, tf.IndexedSlices) or compiling_with_xla():
             return super().update_step(gradient, variable)
         values = gradient.values
         if self.row_l2:
@@ -139,11 +139,6 @@ class RowL2Adagrad(RowL2, tf.keras.optimizers.Adagrad):
             grad=values,
             indices=gradient.indices,
         )
-
-
-def _in_xla() -> bool:
-    """Whether the current graph is being compiled by XLA."""
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 @tf.keras.utils.register_keras_serializable(package="recsampled")

@@ -20,7 +20,7 @@ import tensorflow_recommenders as tfrs
 
 from recsampled.samplers.frequency import FixedFrequency, FrequencyEstimator
 from recsampled.tasks import Retrieval
-from recsampled.tasks.retrieval import first_columns, repeated_columns
+from recsampled.tasks.retrieval import distinct_columns, repeated_columns
 
 MIN_FLOAT = float(np.finfo(np.float32).min / 100.0)
 
@@ -594,10 +594,9 @@ def test_columns_by_id_fall_back_where_they_do_not_apply():
     )
 
 
-def test_first_columns():
-    np.testing.assert_array_equal(
-        first_columns(tf.constant([7, 3, 7, 7, 5, 3])), [0, 1, 0, 0, 4, 1]
-    )
+def test_distinct_columns():
+    first, index = distinct_columns(tf.constant([7, 3, 7, 7, 5, 3]))
+    np.testing.assert_array_equal(tf.gather(first, index), [0, 1, 0, 0, 4, 1])
 
 
 def test_repeated_columns():
