@@ -55,7 +55,7 @@ from recsampled.data import (  # noqa: E402
 from recsampled.evaluation import embedding_scores, evaluate  # noqa: E402
 from recsampled.models import TwoTowerModel  # noqa: E402
 from recsampled.runs import build_model  # noqa: E402
-from recsampled.runs.build import TowerFeatures  # noqa: E402
+from recsampled.runs.build import TowerFeatures, build_task  # noqa: E402
 
 LOG = logging.getLogger("pipelines.bench_retrieval")
 SCHEMA_VERSION = 3
@@ -498,8 +498,9 @@ def catalogue_throughput(rounds: int, *, steps: int = 20, overrides: Sequence[st
     train = synthetic.generate(**dataclasses.asdict(config.data.synthetic)).to_interactions()
     b, dim = config.training.batch_size, config.model.embedding_dim
     dataset = _cached_batches(train, b, steps)
-    ours, rules = build_model(config, train), build_model(config, train)
-    rules.task._columns_by_id = False  # the default rules, for the comparison only
+    ours = build_model(config, train)
+    rules = build_model(config, train, task=lambda c: build_task(config, train, c,
+                                                              columns_by_id=False))  # fmt: skip
     tfrs_model = TfrsRecipe(train.num_users, train.num_items, dim, config.task.temperature)
     tfrs_model.compile(optimizer=tf.keras.optimizers.Adam(0.005))
     models = dict(zip(CATALOGUE_TASKS, (tfrs_model, rules, ours), strict=True))

@@ -191,8 +191,11 @@ def build_towers(
     return towers[0], towers[1]
 
 
-def build_task(config: Config, train: Interactions, candidate_tower: Tower) -> Retrieval:
-    """The retrieval task of the ``task`` section (samplers, logQ, negatives)."""
+def build_task(
+    config: Config, train: Interactions, candidate_tower: Tower, *, columns_by_id: bool = True
+) -> Retrieval:
+    """The retrieval task of the ``task`` section (samplers, logQ, negatives); ``columns_by_id``
+    as :class:`~recsampled.tasks.Retrieval`'s (exact for these id towers, and faster)."""
     task_config = config.task
     negatives = NEGATIVES[task_config.negatives]
     sampler = build_sampler(config, train, candidate_tower=candidate_tower)
@@ -206,7 +209,7 @@ def build_task(config: Config, train: Interactions, candidate_tower: Tower) -> R
         candidate_model=candidate_tower if sampler is not None else None,
         in_batch_negatives=negatives.in_batch,
         seed=task_config.seed if task_config.seed is not None else config.training.seed,
-        columns_by_id=True,  # the towers are id towers: equal ids, equal embeddings
+        columns_by_id=columns_by_id,
     )
 
 
